@@ -1,0 +1,59 @@
+# ngx_tenant_module: build, run and test.
+#
+#   make            build build/nginx/objs/ngx_tenant_module.so
+#   make run        install what is missing, build, migrate, start the gateway
+#   make test       the whole suite (unit + integration), as CI runs it
+
+SHELL       := /bin/bash
+
+NGX_SRC     ?= /usr/share/nginx/src
+BUILD       ?= build
+NGX_BUILD    = $(BUILD)/nginx
+MODULE       = $(NGX_BUILD)/objs/ngx_tenant_module.so
+CC          ?= cc
+
+# Extra warnings on top of nginx's own -W -Wall -Werror.
+NGX_CC_OPT  ?= -Wextra -Wno-unused-parameter -Werror
+
+MODULE_SRCS  = config ngx_tenant_module.c $(wildcard src/*.c src/*.h)
+
+UNIT_CFLAGS  = -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror \
+               -g -O1 -Isrc
+UNIT_LIBS    = -ljansson -lcrypto
+UNIT_SRCS    = $(wildcard src/tenant_*.c)
+UNIT_TESTS   = $(patsubst t/unit/%.c,$(BUILD)/unit/%,$(wildcard t/unit/test_*.c))
+
+.PHONY: all module unit deps run test migrate clean
+
+all: module
+
+module: $(MODULE)
+
+$(NGX_BUILD)/objs/Makefile: config
+	rm -rf $(NGX_BUILD)
+	mkdir -p $(BUILD)
+	cp -r $(NGX_SRC) $(NGX_BUILD)
+	cd $(NGX_BUILD) && . ./conf_flags && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" \
+	        --with-cc-opt="$(NGX_CC_OPT)" \
+	        --add-dynamic-module=$(CURDIR) > configure.log 2>&1 \
+	    || { tail -20 configure.log; exit 1; }
+
+$(MODULE): $(NGX_BUILD)/objs/Makefile $(MODULE_SRCS)
+	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
+
+unit: $(UNIT_TESTS)
+
+$(BUILD)/unit/%: t/unit/%.c $(UNIT_SRCS) $(wildcard src/tenant_*.h) t/unit/tap.h
+	@mkdir -p $(BUILD)/unit
+	$(CC) $(UNIT_CFLAGS) -It/unit -o $@ $< $(UNIT_SRCS) $(UNIT_LIBS)
+
+deps:
+	scripts/deps.sh
+
+test: deps module unit
+	prove --exec "" $(UNIT_TESTS)
+	prove -j1 t/
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,1133 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * ngx_tenant_module: the edge gateway of a multi-tenant SaaS.  In the
+ * access phase of a protected location it verifies the Clerk session
+ * token, resolves the organization to a tenant (PostgreSQL, cached in
+ * shared memory), checks the tenant's status and its tier's features, and
+ * hands proxy_pass signed tenant headers.
+ *
+ * This file is the table of contents: directives, configuration and the
+ * module's hooks.  The work is done in src/.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <libpq-fe.h>
+
+#include "ngx_tenant.h"
+#include "ngx_tenant_cache.h"
+#include "ngx_tenant_pg.h"
+
+
+static ngx_int_t ngx_tenant_preconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_tenant_postconfiguration(ngx_conf_t *cf);
+static void *ngx_tenant_create_main_conf(ngx_conf_t *cf);
+static char *ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_tenant_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_tenant_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+
+static char *ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_tenant_cache(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_tenant_token_cache(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_tenant_jwt_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_tenant_jwt_algorithms(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_tenant_jwt_authorized_parties(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_tenant_tier(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_tenant_signing_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+static ngx_int_t ngx_tenant_read_file(ngx_conf_t *cf, ngx_str_t *name,
+    ngx_str_t *out);
+static char *ngx_tenant_pstrdup0(ngx_pool_t *pool, const char *s);
+static void ngx_tenant_cleanup_keys(void *data);
+static void ngx_tenant_cleanup_sign(void *data);
+static ngx_int_t ngx_tenant_init_process(ngx_cycle_t *cycle);
+static void ngx_tenant_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_enum_t  ngx_tenant_log_levels[] = {
+    { ngx_string("info"), NGX_LOG_INFO },
+    { ngx_string("notice"), NGX_LOG_NOTICE },
+    { ngx_string("warn"), NGX_LOG_WARN },
+    { ngx_string("error"), NGX_LOG_ERR },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_command_t  ngx_tenant_commands[] = {
+
+    { ngx_string("tenant_database"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_tenant_database,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_tenant_cache,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_token_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_tenant_token_cache,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_jwt_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_tenant_jwt_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_jwks_file"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_tenant_jwt_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      1,
+      NULL },
+
+    { ngx_string("tenant_jwt_algorithms"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_tenant_jwt_algorithms,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_jwt_leeway"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_tenant_main_conf_t, leeway),
+      NULL },
+
+    { ngx_string("tenant_jwt_issuer"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_tenant_main_conf_t, issuer),
+      NULL },
+
+    { ngx_string("tenant_jwt_authorized_parties"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_tenant_jwt_authorized_parties,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_tier"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_tenant_tier,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_signing_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_tenant_signing_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_gateway"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_tenant_loc_conf_t, gateway),
+      NULL },
+
+    { ngx_string("tenant_require_feature"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_tenant_loc_conf_t, feature_name),
+      NULL },
+
+    { ngx_string("tenant_cors_preflight"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_tenant_loc_conf_t, cors_preflight),
+      NULL },
+
+    { ngx_string("tenant_refusal_log_level"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_tenant_loc_conf_t, refusal_log_level),
+      &ngx_tenant_log_levels },
+
+    { ngx_string("tenant_upgrade_url"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_tenant_loc_conf_t, upgrade_url),
+      NULL },
+
+    { ngx_string("tenant_problem_type_base"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_tenant_loc_conf_t, problem_type_base),
+      NULL },
+
+    { ngx_string("tenant_health"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_tenant_health,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_tenant_module_ctx = {
+    ngx_tenant_preconfiguration,           /* preconfiguration */
+    ngx_tenant_postconfiguration,          /* postconfiguration */
+
+    ngx_tenant_create_main_conf,           /* create main configuration */
+    ngx_tenant_init_main_conf,             /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_tenant_create_loc_conf,            /* create location configuration */
+    ngx_tenant_merge_loc_conf              /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_tenant_module = {
+    NGX_MODULE_V1,
+    &ngx_tenant_module_ctx,                /* module context */
+    ngx_tenant_commands,                   /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_tenant_init_process,               /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_tenant_exit_process,               /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_int_t
+ngx_tenant_preconfiguration(ngx_conf_t *cf)
+{
+    if (ngx_tenant_variables_add(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_tenant_headers_init(cf);
+}
+
+
+static ngx_int_t
+ngx_tenant_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_tenant_access_handler;
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_tenant_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_pool_cleanup_t      *cln;
+    ngx_tenant_main_conf_t  *tmcf;
+
+    tmcf = ngx_pcalloc(cf->pool, sizeof(ngx_tenant_main_conf_t));
+    if (tmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     tmcf->db_conninfo = { 0, NULL };
+     *     tmcf->pg = NULL;
+     *     tmcf->tenant_cache = NULL;
+     *     tmcf->token_cache = NULL;
+     *     tmcf->issuer = { 0, NULL };
+     *     tmcf->azp = NULL;
+     *     tmcf->policy = 0;
+     *     tmcf->sign = NULL;
+     */
+
+    tmcf->db_pool_size = NGX_CONF_UNSET_UINT;
+    tmcf->db_timeout = NGX_CONF_UNSET_MSEC;
+    tmcf->tenant_ttl = NGX_CONF_UNSET;
+    tmcf->tenant_negative_ttl = NGX_CONF_UNSET;
+    tmcf->tenant_stale = NGX_CONF_UNSET;
+    tmcf->algorithms = NGX_CONF_UNSET_UINT;
+    tmcf->leeway = NGX_CONF_UNSET;
+
+    tmcf->keys = ngx_pcalloc(cf->pool, sizeof(tenant_keyset_t));
+    tmcf->tiers = ngx_pcalloc(cf->pool, sizeof(tenant_tiers_t));
+
+    if (tmcf->keys == NULL || tmcf->tiers == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_tenant_cleanup_keys;
+    cln->data = tmcf->keys;
+
+    return tmcf;
+}
+
+
+static char *
+ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    uint32_t     crc;
+    ngx_str_t   *azp;
+    ngx_uint_t   i;
+
+    ngx_conf_init_uint_value(tmcf->db_pool_size, 4);
+    ngx_conf_init_msec_value(tmcf->db_timeout, 3000);
+    ngx_conf_init_value(tmcf->tenant_ttl, 30);
+    ngx_conf_init_value(tmcf->tenant_negative_ttl, 5);
+    ngx_conf_init_value(tmcf->tenant_stale, 300);
+    ngx_conf_init_uint_value(tmcf->algorithms,
+                             TENANT_JWT_RS256|TENANT_JWT_ES256);
+    ngx_conf_init_value(tmcf->leeway, 5);
+
+    if (tmcf->azp) {
+        azp = tmcf->azp->elts;
+
+        tmcf->azp_ptrs = ngx_palloc(cf->pool,
+                                    tmcf->azp->nelts * sizeof(char *));
+        tmcf->azp_lens = ngx_palloc(cf->pool,
+                                    tmcf->azp->nelts * sizeof(size_t));
+        if (tmcf->azp_ptrs == NULL || tmcf->azp_lens == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        for (i = 0; i < tmcf->azp->nelts; i++) {
+            tmcf->azp_ptrs[i] = (const char *) azp[i].data;
+            tmcf->azp_lens[i] = azp[i].len;
+        }
+    }
+
+    /*
+     * The token cache survives reloads: an entry is only used while the
+     * policy it was verified under (keys, algorithms, issuer, parties) is
+     * the policy in force.  tmcf->policy already holds the keys' crc.
+     */
+
+    crc = tmcf->policy;
+    crc ^= ngx_crc32_short((u_char *) &tmcf->algorithms,
+                           sizeof(tmcf->algorithms));
+    crc ^= ngx_crc32_short(tmcf->issuer.data, tmcf->issuer.len) * 3;
+
+    if (tmcf->azp) {
+        azp = tmcf->azp->elts;
+
+        for (i = 0; i < tmcf->azp->nelts; i++) {
+            crc ^= ngx_crc32_short(azp[i].data, azp[i].len) * (i + 5);
+        }
+    }
+
+    tmcf->policy = crc;
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_tenant_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_tenant_loc_conf_t  *tlcf;
+
+    tlcf = ngx_pcalloc(cf->pool, sizeof(ngx_tenant_loc_conf_t));
+    if (tlcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     tlcf->feature_name = { 0, NULL };
+     *     tlcf->problem_type_base = { 0, NULL };
+     */
+
+    tlcf->gateway = NGX_CONF_UNSET;
+    tlcf->feature = NGX_CONF_UNSET;
+    tlcf->cors_preflight = NGX_CONF_UNSET;
+    tlcf->refusal_log_level = NGX_CONF_UNSET_UINT;
+    tlcf->upgrade_url = NGX_CONF_UNSET_PTR;
+
+    return tlcf;
+}
+
+
+static char *
+ngx_tenant_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_tenant_loc_conf_t *prev = parent;
+    ngx_tenant_loc_conf_t *conf = child;
+
+    ngx_http_compile_complex_value_t   ccv;
+    ngx_tenant_main_conf_t            *tmcf;
+
+    static ngx_str_t  default_upgrade_url = ngx_string(
+        "https://app.capliquify.com/settings/billing"
+        "?plan=$tenant_required_tier&org=$tenant_org_id");
+
+    tmcf = ngx_http_conf_get_module_main_conf(cf, ngx_tenant_module);
+
+    ngx_conf_merge_value(conf->gateway, prev->gateway, 0);
+    ngx_conf_merge_str_value(conf->feature_name, prev->feature_name, "");
+    ngx_conf_merge_value(conf->cors_preflight, prev->cors_preflight, 1);
+    ngx_conf_merge_uint_value(conf->refusal_log_level,
+                              prev->refusal_log_level, NGX_LOG_INFO);
+    ngx_conf_merge_str_value(conf->problem_type_base,
+                             prev->problem_type_base,
+                             "https://capliquify.com/problems/");
+
+    ngx_conf_merge_ptr_value(conf->upgrade_url, prev->upgrade_url, NULL);
+
+    if (conf->upgrade_url == NULL) {
+        conf->upgrade_url = ngx_palloc(cf->pool,
+                                       sizeof(ngx_http_complex_value_t));
+        if (conf->upgrade_url == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+        ccv.cf = cf;
+        ccv.value = &default_upgrade_url;
+        ccv.complex_value = conf->upgrade_url;
+
+        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        prev->upgrade_url = conf->upgrade_url;
+    }
+
+    conf->feature = -1;
+
+    if (conf->feature_name.len) {
+        conf->feature = tenant_tiers_feature(tmcf->tiers,
+                                             (char *) conf->feature_name.data,
+                                             conf->feature_name.len);
+        if (conf->feature == -1) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "feature \"%V\" is not listed by any "
+                               "tenant_tier", &conf->feature_name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (conf->gateway != 1) {
+        return NGX_CONF_OK;
+    }
+
+    if (tmcf->keys->nkeys == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tenant_gateway\" needs \"tenant_jwt_key\" or "
+                           "\"tenant_jwks_file\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (tmcf->db_conninfo.len == 0 || tmcf->tenant_cache == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tenant_gateway\" needs \"tenant_database\" "
+                           "and \"tenant_cache\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (tmcf->sign == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tenant_gateway\" needs \"tenant_signing_key\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (tmcf->tiers->ntiers == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tenant_gateway\" needs at least one "
+                           "\"tenant_tier\"");
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * tenant_database <conninfo or URL> [pool=N] [timeout=time];
+ *
+ * A host name in the conninfo is resolved here, at configuration time,
+ * and handed to libpq as hostaddr: libpq would otherwise resolve it with
+ * a blocking getaddrinfo() inside PQconnectStart, on a worker.
+ */
+
+static char *
+ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    char                 *errmsg, *host, *hostaddr;
+    u_char               *p;
+    ngx_int_t             n;
+    ngx_str_t            *value, s;
+    ngx_url_t             u;
+    ngx_uint_t            i, k;
+    const char          **keywords, **values;
+    PQconninfoOption     *opts, *o;
+    ngx_tenant_pg_conn_info_t  *info;
+
+    if (tmcf->db_conninfo.len) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty PostgreSQL connection string");
+        return NGX_CONF_ERROR;
+    }
+
+    tmcf->db_conninfo = value[1];
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "pool=", 5) == 0) {
+            n = ngx_atoi(value[i].data + 5, value[i].len - 5);
+            if (n <= 0 || n > 256) {
+                goto invalid;
+            }
+
+            tmcf->db_pool_size = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+
+            tmcf->db_timeout = ngx_parse_time(&s, 0);
+            if (tmcf->db_timeout == (ngx_msec_t) NGX_ERROR
+                || tmcf->db_timeout == 0)
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    p = ngx_pnalloc(cf->pool, value[1].len + 1);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(p, value[1].data, value[1].len);
+    p[value[1].len] = '\0';
+
+    opts = PQconninfoParse((char *) p, &errmsg);
+
+    if (opts == NULL) {
+        /* the message may quote the conninfo: do not log it, it may hold
+         * a password */
+        if (errmsg) {
+            PQfreemem(errmsg);
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid PostgreSQL connection string");
+        return NGX_CONF_ERROR;
+    }
+
+    n = 0;
+    host = NULL;
+    hostaddr = NULL;
+
+    for (o = opts; o->keyword; o++) {
+        if (o->val == NULL) {
+            continue;
+        }
+
+        n++;
+
+        if (ngx_strcmp(o->keyword, "host") == 0) {
+            host = o->val;
+
+        } else if (ngx_strcmp(o->keyword, "hostaddr") == 0) {
+            hostaddr = o->val;
+        }
+    }
+
+    keywords = ngx_pcalloc(cf->pool, (n + 3) * sizeof(char *));
+    values = ngx_pcalloc(cf->pool, (n + 3) * sizeof(char *));
+    if (keywords == NULL || values == NULL) {
+        goto failed;
+    }
+
+    k = 0;
+
+    for (o = opts; o->keyword; o++) {
+        if (o->val == NULL) {
+            continue;
+        }
+
+        keywords[k] = ngx_tenant_pstrdup0(cf->pool, o->keyword);
+        values[k] = ngx_tenant_pstrdup0(cf->pool, o->val);
+        if (keywords[k] == NULL || values[k] == NULL) {
+            goto failed;
+        }
+
+        k++;
+    }
+
+    if (host && hostaddr == NULL && host[0] != '/' && host[0] != '@'
+        && ngx_strchr(host, ',') == NULL)
+    {
+        ngx_memzero(&u, sizeof(ngx_url_t));
+
+        u.host.data = (u_char *) host;
+        u.host.len = ngx_strlen(host);
+
+        if (ngx_inet_resolve_host(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "host \"%s\" of tenant_database could not be "
+                               "resolved", host);
+            goto failed;
+        }
+
+        p = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
+        if (p == NULL) {
+            goto failed;
+        }
+
+        n = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, p,
+                          NGX_SOCKADDR_STRLEN, 0);
+        p[n] = '\0';
+
+        keywords[k] = "hostaddr";
+        values[k] = (char *) p;
+        k++;
+    }
+
+    info = ngx_palloc(cf->pool, sizeof(ngx_tenant_pg_conn_info_t));
+    if (info == NULL) {
+        goto failed;
+    }
+
+    info->keywords = keywords;
+    info->values = values;
+    tmcf->db_info = info;
+
+    PQconninfoFree(opts);
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
+
+failed:
+
+    PQconninfoFree(opts);
+    return NGX_CONF_ERROR;
+}
+
+
+/* tenant_cache zone=name:size [ttl=30s] [negative_ttl=5s] [stale=5m]; */
+
+static char *
+ngx_tenant_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    time_t       *t;
+    ngx_str_t    *value, s;
+    ngx_uint_t    i, len;
+
+    if (tmcf->tenant_cache) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+            s.data = value[i].data + 5;
+            s.len = value[i].len - 5;
+
+            tmcf->tenant_cache = ngx_tenant_cache_add(cf, &s,
+                                                sizeof(ngx_tenant_record_t));
+            if (tmcf->tenant_cache == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "ttl=", 4) == 0) {
+            t = &tmcf->tenant_ttl;
+            len = 4;
+
+        } else if (ngx_strncmp(value[i].data, "negative_ttl=", 13) == 0) {
+            t = &tmcf->tenant_negative_ttl;
+            len = 13;
+
+        } else if (ngx_strncmp(value[i].data, "stale=", 6) == 0) {
+            t = &tmcf->tenant_stale;
+            len = 6;
+
+        } else {
+            goto invalid;
+        }
+
+        s.data = value[i].data + len;
+        s.len = value[i].len - len;
+
+        *t = ngx_parse_time(&s, 1);
+        if (*t == (time_t) NGX_ERROR) {
+            goto invalid;
+        }
+    }
+
+    if (tmcf->tenant_cache == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must have \"zone\" parameter",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+/* tenant_token_cache zone=name:size; */
+
+static char *
+ngx_tenant_token_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    ngx_str_t  *value, s;
+
+    if (tmcf->token_cache) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "zone=", 5) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    s.data = value[1].data + 5;
+    s.len = value[1].len - 5;
+
+    tmcf->token_cache = ngx_tenant_cache_add(cf, &s,
+                                             sizeof(ngx_tenant_token_t));
+    if (tmcf->token_cache == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * tenant_jwt_key <PEM file>;     (cmd->offset 0)
+ * tenant_jwks_file <JSON file>;  (cmd->offset 1)
+ *
+ * Files are read here, at configuration time, never on a request.
+ */
+
+static char *
+ngx_tenant_jwt_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    int         rc;
+    char        err[256];
+    ngx_str_t  *value, content;
+
+    value = cf->args->elts;
+
+    if (ngx_conf_full_name(cf->cycle, &value[1], 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_tenant_read_file(cf, &value[1], &content) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    err[0] = '\0';
+
+    if (cmd->offset == 0) {
+        rc = tenant_keyset_add_pem(tmcf->keys, content.data, content.len,
+                                   NULL, err, sizeof(err));
+    } else {
+        rc = tenant_keyset_add_jwks(tmcf->keys, content.data, content.len,
+                                    err, sizeof(err));
+    }
+
+    if (rc != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid key in \"%V\": %s", &value[1], err);
+        return NGX_CONF_ERROR;
+    }
+
+    tmcf->policy ^= ngx_crc32_long(content.data, content.len);
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_tenant_jwt_algorithms(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (tmcf->algorithms != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    tmcf->algorithms = 0;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (value[i].len == 5
+            && ngx_strncmp(value[i].data, "RS256", 5) == 0)
+        {
+            tmcf->algorithms |= TENANT_JWT_RS256;
+
+        } else if (value[i].len == 5
+                   && ngx_strncmp(value[i].data, "ES256", 5) == 0)
+        {
+            tmcf->algorithms |= TENANT_JWT_ES256;
+
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "unsupported algorithm \"%V\", "
+                               "only RS256 and ES256 are allowed", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_tenant_jwt_authorized_parties(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    ngx_str_t   *value, *azp;
+    ngx_uint_t   i;
+
+    if (tmcf->azp) {
+        return "is duplicate";
+    }
+
+    tmcf->azp = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                 sizeof(ngx_str_t));
+    if (tmcf->azp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        azp = ngx_array_push(tmcf->azp);
+        if (azp == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *azp = value[i];
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* tenant_tier <name> [features=a,b,c|*]; */
+
+static char *
+ngx_tenant_tier(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    char        err[256];
+    ngx_str_t  *value, spec;
+
+    value = cf->args->elts;
+
+    ngx_str_null(&spec);
+
+    if (cf->args->nelts == 3) {
+        if (ngx_strncmp(value[2].data, "features=", 9) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        spec.data = value[2].data + 9;
+        spec.len = value[2].len - 9;
+    }
+
+    if (tenant_tiers_add(tmcf->tiers, (char *) value[1].data, value[1].len,
+                         (char *) spec.data, spec.len, err, sizeof(err))
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid tier \"%V\": %s",
+                           &value[1], err);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* tenant_signing_key <64 hex digits>;  (ENCRYPTION_KEY) */
+
+static char *
+ngx_tenant_signing_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    char                 err[256];
+    u_char               ikm[32];
+    ngx_str_t           *value;
+    ngx_pool_cleanup_t  *cln;
+
+    if (tmcf->sign) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    /* the key itself is never quoted in a message */
+
+    if (value[1].len != 64
+        || tenant_hex_decode(ikm, (char *) value[1].data, 64) != 32)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must be 64 hexadecimal digits", &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    tmcf->sign = ngx_pcalloc(cf->pool, sizeof(tenant_sign_key_t));
+    if (tmcf->sign == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (tenant_sign_init(tmcf->sign, ikm, sizeof(ikm), err, sizeof(err))
+        != 0)
+    {
+        ngx_explicit_memzero(ikm, sizeof(ikm));
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%V: %s", &cmd->name, err);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_explicit_memzero(ikm, sizeof(ikm));
+
+    cln->handler = ngx_tenant_cleanup_sign;
+    cln->data = tmcf->sign;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_tenant_read_file(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *out)
+{
+    ssize_t          n;
+    ngx_file_t       file;
+    ngx_file_info_t  fi;
+
+    ngx_memzero(&file, sizeof(ngx_file_t));
+
+    file.name = *name;
+    file.log = cf->log;
+
+    file.fd = ngx_open_file(name->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (file.fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", name);
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(file.fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) > 1024 * 1024)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" is not a readable file of at most 1m",
+                           name);
+        goto failed;
+    }
+
+    out->len = ngx_file_size(&fi);
+    out->data = ngx_pnalloc(cf->pool, out->len + 1);
+    if (out->data == NULL) {
+        goto failed;
+    }
+
+    n = ngx_read_file(&file, out->data, out->len, 0);
+    if (n != (ssize_t) out->len) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "could not read \"%V\"", name);
+        goto failed;
+    }
+
+    out->data[out->len] = '\0';
+
+    ngx_close_file(file.fd);
+    return NGX_OK;
+
+failed:
+
+    ngx_close_file(file.fd);
+    return NGX_ERROR;
+}
+
+
+static char *
+ngx_tenant_pstrdup0(ngx_pool_t *pool, const char *s)
+{
+    char    *p;
+    size_t   len;
+
+    len = ngx_strlen(s);
+
+    p = ngx_pnalloc(pool, len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, s, len + 1);
+
+    return p;
+}
+
+
+static void
+ngx_tenant_cleanup_keys(void *data)
+{
+    tenant_keyset_free(data);
+}
+
+
+static void
+ngx_tenant_cleanup_sign(void *data)
+{
+    tenant_sign_free(data);
+}
+
+
+static ngx_int_t
+ngx_tenant_init_process(ngx_cycle_t *cycle)
+{
+    ngx_tenant_main_conf_t  *tmcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    tmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_tenant_module);
+
+    if (tmcf == NULL) {
+        return NGX_OK;
+    }
+
+    tmcf->start_time = ngx_time();
+
+    if (tmcf->db_info == NULL) {
+        return NGX_OK;
+    }
+
+    tmcf->pg = ngx_tenant_pg_pool_create(cycle, tmcf->db_info->keywords,
+                                         tmcf->db_info->values,
+                                         tmcf->db_pool_size,
+                                         tmcf->db_timeout);
+    if (tmcf->pg == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_tenant_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_tenant_main_conf_t  *tmcf;
+
+    tmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_tenant_module);
+
+    if (tmcf && tmcf->pg) {
+        ngx_tenant_pg_pool_destroy(tmcf->pg);
+        tmcf->pg = NULL;
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build, `make run` and the test suite
+# need, when any is missing.  Idempotent; needs root (or sudo) only when
+# something is missing.
+set -euo pipefail
+
+pkgs=(
+    build-essential nginx-core nginx-dev libpq-dev libjansson-dev libssl-dev
+    zlib1g-dev libpcre3-dev
+    postgresql postgresql-client
+    libcrypt-jwt-perl libdbd-pg-perl libjson-xs-perl libcryptx-perl
+    curl wrk openssl ca-certificates
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$p")
+done
+
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "deps: installing ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

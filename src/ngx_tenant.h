@@ -1,0 +1,181 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * Types shared by the nginx glue of ngx_tenant_module.
+ */
+
+#ifndef _NGX_TENANT_H_INCLUDED_
+#define _NGX_TENANT_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "tenant_jwt.h"
+#include "tenant_jwks.h"
+#include "tenant_tiers.h"
+#include "tenant_problem.h"
+#include "tenant_sign.h"
+#include "tenant_request.h"
+
+
+#define NGX_TENANT_ID_MAX         40      /* uuid text is 36 */
+#define NGX_TENANT_SLUG_MAX       64
+#define NGX_TENANT_SCHEMA_MAX     72
+#define NGX_TENANT_STATUS_MAX     16
+
+
+typedef struct ngx_tenant_pg_pool_s  ngx_tenant_pg_pool_t;
+typedef struct ngx_tenant_cache_s    ngx_tenant_cache_t;
+
+
+/* libpq connection parameters, NULL-terminated, for PQconnectStartParams */
+
+typedef struct {
+    const char              **keywords;
+    const char              **values;
+} ngx_tenant_pg_conn_info_t;
+
+
+/* A tenant as cached in shared memory: fixed size, no pointers. */
+
+typedef struct {
+    time_t              fetched;          /* loaded from the database at */
+    time_t              trial_ends_at;    /* 0: none */
+    u_char              found;            /* 0: negative entry */
+
+    u_char              id_len;
+    u_char              slug_len;
+    u_char              schema_len;
+    u_char              tier_len;
+    u_char              status_len;
+    u_char              org_id_len;
+
+    u_char              id[NGX_TENANT_ID_MAX];
+    u_char              slug[NGX_TENANT_SLUG_MAX];
+    u_char              schema[NGX_TENANT_SCHEMA_MAX];
+    u_char              tier[TENANT_NAME_MAX];
+    u_char              status[NGX_TENANT_STATUS_MAX];
+    u_char              org_id[TENANT_ORG_ID_MAX];
+} ngx_tenant_record_t;
+
+
+/* A verified token as cached in shared memory. */
+
+typedef struct {
+    uint32_t             policy;          /* ngx_tenant_main_conf_t.policy */
+    tenant_jwt_claims_t  claims;
+} ngx_tenant_token_t;
+
+
+typedef struct {
+    /* PostgreSQL */
+    ngx_str_t                 db_conninfo;
+    ngx_uint_t                db_pool_size;
+    ngx_msec_t                db_timeout;
+    ngx_tenant_pg_conn_info_t *db_info;
+    ngx_tenant_pg_pool_t     *pg;              /* per worker */
+
+    /* caches */
+    ngx_tenant_cache_t       *tenant_cache;
+    time_t                    tenant_ttl;
+    time_t                    tenant_negative_ttl;
+    time_t                    tenant_stale;
+    ngx_tenant_cache_t       *token_cache;
+
+    /* JWT */
+    tenant_keyset_t          *keys;
+    ngx_uint_t                algorithms;
+    time_t                    leeway;
+    ngx_str_t                 issuer;
+    ngx_array_t              *azp;             /* of ngx_str_t */
+    const char              **azp_ptrs;
+    size_t                   *azp_lens;
+    uint32_t                  policy;          /* crc32 of all of the above */
+
+    /* tiers and signing */
+    tenant_tiers_t           *tiers;
+    tenant_sign_key_t        *sign;
+
+    time_t                    start_time;
+} ngx_tenant_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                gateway;
+    ngx_int_t                 feature;         /* -1: none */
+    ngx_str_t                 feature_name;
+    ngx_flag_t                cors_preflight;
+    ngx_uint_t                refusal_log_level;
+    ngx_str_t                 problem_type_base;
+    ngx_http_complex_value_t *upgrade_url;
+} ngx_tenant_loc_conf_t;
+
+
+typedef enum {
+    NGX_TENANT_STATE_START = 0,
+    NGX_TENANT_STATE_WAIT_DB,
+    NGX_TENANT_STATE_RESOLVED,
+    NGX_TENANT_STATE_DONE
+} ngx_tenant_state_e;
+
+
+typedef enum {
+    NGX_TENANT_DB_NONE = 0,
+    NGX_TENANT_DB_FOUND,
+    NGX_TENANT_DB_NOT_FOUND,
+    NGX_TENANT_DB_ERROR
+} ngx_tenant_db_result_e;
+
+
+typedef struct ngx_tenant_pg_req_s  ngx_tenant_pg_req_t;
+
+
+/* Per request. */
+
+typedef struct {
+    ngx_tenant_state_e        state;
+    ngx_tenant_db_result_e    db_result;
+    ngx_tenant_pg_req_t      *query;
+
+    tenant_jwt_claims_t       claims;
+    u_char                    org_id[TENANT_ORG_ID_MAX + 1];
+    size_t                    org_id_len;
+
+    ngx_tenant_record_t       tenant;
+    unsigned                  has_tenant:1;
+    unsigned                  have_stale:1;
+    unsigned                  admitted:1;
+
+    ngx_str_t                 outcome;         /* for $tenant_outcome */
+    ngx_str_t                 required_tier;
+} ngx_tenant_ctx_t;
+
+
+extern ngx_module_t  ngx_tenant_module;
+
+
+/* ngx_tenant_access.c */
+ngx_int_t ngx_tenant_access_handler(ngx_http_request_t *r);
+
+/* ngx_tenant_headers.c */
+ngx_int_t ngx_tenant_headers_read_org(ngx_http_request_t *r,
+    ngx_str_t *org, ngx_uint_t *count);
+ngx_int_t ngx_tenant_headers_strip(ngx_http_request_t *r);
+ngx_int_t ngx_tenant_headers_inject(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+ngx_int_t ngx_tenant_headers_init(ngx_conf_t *cf);
+ngx_int_t ngx_tenant_variables_add(ngx_conf_t *cf);
+
+/* ngx_tenant_problem.c */
+ngx_int_t ngx_tenant_problem_send(ngx_http_request_t *r,
+    tenant_problem_t *p);
+ngx_int_t ngx_tenant_json_send(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *body, size_t len);
+
+/* ngx_tenant_health.c */
+char *ngx_tenant_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+
+#endif /* _NGX_TENANT_H_INCLUDED_ */

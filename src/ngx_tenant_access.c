@@ -1,0 +1,893 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * The access phase: token -> organization -> tenant -> status -> feature
+ * -> signed headers.  Re-entrant: while the tenant is looked up in
+ * PostgreSQL the handler returns NGX_AGAIN and the query's completion
+ * runs the phases again; the per-request ctx says where it stands.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <libpq-fe.h>
+
+#include "ngx_tenant.h"
+#include "ngx_tenant_cache.h"
+#include "ngx_tenant_pg.h"
+
+
+#define NGX_TENANT_RETRY_AFTER    "5"
+
+
+static const char  ngx_tenant_lookup_sql[] =
+    "SELECT id::text, slug, schema_name, subscription_tier,"
+    " subscription_status,"
+    " coalesce(extract(epoch FROM trial_ends_at)::bigint, 0)::text,"
+    " clerk_organization_id"
+    " FROM public.tenants WHERE clerk_organization_id = $1";
+
+
+typedef struct {
+    const char        *code;
+    ngx_uint_t         status;
+    const char        *title;
+} ngx_tenant_refusal_t;
+
+
+typedef enum {
+    NGX_TENANT_R_TOKEN_MISSING = 0,
+    NGX_TENANT_R_TOKEN_INVALID,
+    NGX_TENANT_R_ORG_REQUIRED,
+    NGX_TENANT_R_ORG_INVALID,
+    NGX_TENANT_R_ORG_AMBIGUOUS,
+    NGX_TENANT_R_ORG_MISMATCH,
+    NGX_TENANT_R_UNKNOWN_ORG,
+    NGX_TENANT_R_TRIAL_EXPIRED,
+    NGX_TENANT_R_SUSPENDED,
+    NGX_TENANT_R_FEATURE,
+    NGX_TENANT_R_UNAVAILABLE
+} ngx_tenant_refusal_e;
+
+
+static ngx_tenant_refusal_t  ngx_tenant_refusals[] = {
+    { "authentication_required", NGX_HTTP_UNAUTHORIZED,
+      "Authentication required" },
+    { "invalid_token", NGX_HTTP_UNAUTHORIZED,
+      "Invalid session token" },
+    { "organization_required", NGX_HTTP_BAD_REQUEST,
+      "Organization required" },
+    { "invalid_organization", NGX_HTTP_BAD_REQUEST,
+      "Invalid organization id" },
+    { "ambiguous_organization", NGX_HTTP_BAD_REQUEST,
+      "More than one organization id" },
+    { "organization_mismatch", NGX_HTTP_FORBIDDEN,
+      "Organization does not match the session" },
+    { "unknown_organization", NGX_HTTP_FORBIDDEN,
+      "Unknown organization" },
+    { "trial_expired", 402,
+      "Trial expired" },
+    { "tenant_suspended", NGX_HTTP_FORBIDDEN,
+      "Tenant suspended" },
+    { "feature_not_available", NGX_HTTP_FORBIDDEN,
+      "Feature not available on this plan" },
+    { "tenant_unavailable", NGX_HTTP_SERVICE_UNAVAILABLE,
+      "Tenant directory unavailable" }
+};
+
+
+static ngx_int_t ngx_tenant_access_start(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx);
+static ngx_int_t ngx_tenant_access_resolved(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx);
+static ngx_int_t ngx_tenant_access_token(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx,
+    tenant_jwt_status_t *status);
+static ngx_uint_t ngx_tenant_is_preflight(ngx_http_request_t *r);
+static ngx_int_t ngx_tenant_access_query(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+static void ngx_tenant_access_db_done(ngx_tenant_pg_req_t *req,
+    PGresult *res);
+static ngx_int_t ngx_tenant_record_from_row(PGresult *res,
+    ngx_tenant_record_t *rec);
+static void ngx_tenant_access_cleanup(void *data);
+static ngx_int_t ngx_tenant_refuse(ngx_http_request_t *r,
+    ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx,
+    ngx_tenant_refusal_e reason, const char *detail, size_t detail_len);
+static ngx_int_t ngx_tenant_refuse_token(ngx_http_request_t *r,
+    ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx,
+    tenant_jwt_status_t status);
+static ngx_int_t ngx_tenant_refuse_upgrade(ngx_http_request_t *r,
+    ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx,
+    ngx_tenant_refusal_e reason, const tenant_tier_t *required);
+static ngx_int_t ngx_tenant_send(ngx_http_request_t *r,
+    ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx,
+    tenant_problem_t *p, ngx_tenant_refusal_e reason);
+static ngx_int_t ngx_tenant_set_header(ngx_http_request_t *r, char *name,
+    u_char *value, size_t len);
+
+
+ngx_int_t
+ngx_tenant_access_handler(ngx_http_request_t *r)
+{
+    ngx_tenant_ctx_t        *ctx;
+    ngx_tenant_loc_conf_t   *tlcf;
+    ngx_tenant_main_conf_t  *tmcf;
+
+    tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+
+    if (tlcf->gateway != 1 || r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+
+    if (ctx == NULL) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_tenant_ctx_t));
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_http_set_ctx(r, ctx, ngx_tenant_module);
+
+        return ngx_tenant_access_start(r, tmcf, tlcf, ctx);
+    }
+
+    switch (ctx->state) {
+
+    case NGX_TENANT_STATE_WAIT_DB:
+        return NGX_AGAIN;
+
+    case NGX_TENANT_STATE_RESOLVED:
+        return ngx_tenant_access_resolved(r, tmcf, tlcf, ctx);
+
+    case NGX_TENANT_STATE_DONE:
+        return NGX_OK;
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+
+static ngx_int_t
+ngx_tenant_access_start(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx)
+{
+    ngx_int_t             rc;
+    ngx_str_t             org;
+    ngx_uint_t            norg;
+    tenant_jwt_status_t   status;
+
+    /* what the client says, before its tenant headers are removed */
+
+    if (ngx_tenant_headers_read_org(r, &org, &norg) != NGX_OK
+        || ngx_tenant_headers_strip(r) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (tlcf->cors_preflight && ngx_tenant_is_preflight(r)) {
+        ngx_str_set(&ctx->outcome, "preflight");
+        ctx->state = NGX_TENANT_STATE_DONE;
+        return NGX_DECLINED;
+    }
+
+    rc = ngx_tenant_access_token(r, tmcf, ctx, &status);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_TOKEN_MISSING,
+                                 NULL, 0);
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (status != TENANT_JWT_OK) {
+        return ngx_tenant_refuse_token(r, tlcf, ctx, status);
+    }
+
+    /* the organization: the token's, which a header may only repeat */
+
+    if (norg > 1) {
+        return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_ORG_AMBIGUOUS,
+                                 NULL, 0);
+    }
+
+    if (norg == 1 && !tenant_org_id_valid(org.data, org.len)) {
+        return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_ORG_INVALID,
+                                 NULL, 0);
+    }
+
+    if (ctx->claims.org_id_len) {
+
+        if (norg == 1
+            && (org.len != ctx->claims.org_id_len
+                || ngx_memcmp(org.data, ctx->claims.org_id, org.len) != 0))
+        {
+            return ngx_tenant_refuse(r, tlcf, ctx,
+                                     NGX_TENANT_R_ORG_MISMATCH,
+                                     "X-Organization-ID is not the "
+                                     "session's active organization",
+                                     sizeof("X-Organization-ID is not the "
+                                            "session's active organization")
+                                     - 1);
+        }
+
+        org.data = (u_char *) ctx->claims.org_id;
+        org.len = ctx->claims.org_id_len;
+
+        if (!tenant_org_id_valid(org.data, org.len)) {
+            return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_ORG_INVALID,
+                                     NULL, 0);
+        }
+
+    } else if (norg == 1) {
+        /*
+         * A session without an active organization cannot choose one by
+         * header: membership is what the token's org claim proves.
+         */
+        return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_ORG_MISMATCH,
+                                 "the session has no active organization",
+                                 sizeof("the session has no active "
+                                        "organization") - 1);
+
+    } else {
+        return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_ORG_REQUIRED,
+                                 NULL, 0);
+    }
+
+    ngx_memcpy(ctx->org_id, org.data, org.len);
+    ctx->org_id[org.len] = '\0';
+    ctx->org_id_len = org.len;
+
+    /* the tenant: shared memory first */
+
+    if (ngx_tenant_cache_get(tmcf->tenant_cache, ctx->org_id,
+                             ctx->org_id_len, &ctx->tenant)
+        == NGX_OK)
+    {
+        if (!ctx->tenant.found) {
+            ctx->db_result = NGX_TENANT_DB_NOT_FOUND;
+            ctx->state = NGX_TENANT_STATE_RESOLVED;
+            return ngx_tenant_access_resolved(r, tmcf, tlcf, ctx);
+        }
+
+        if (ngx_time() < ctx->tenant.fetched + tmcf->tenant_ttl) {
+            ctx->db_result = NGX_TENANT_DB_FOUND;
+            ctx->state = NGX_TENANT_STATE_RESOLVED;
+            return ngx_tenant_access_resolved(r, tmcf, tlcf, ctx);
+        }
+
+        /* past its TTL: ask again, keep it for when the database fails */
+        ctx->have_stale = 1;
+    }
+
+    return ngx_tenant_access_query(r, tmcf, ctx);
+}
+
+
+/*
+ * The token from "Authorization: Bearer", else the __session cookie:
+ * NGX_DECLINED when there is none, NGX_OK with *status otherwise.
+ */
+
+static ngx_int_t
+ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_ctx_t *ctx, tenant_jwt_status_t *status)
+{
+    size_t                len;
+    time_t                now;
+    ngx_int_t             n;
+    ngx_str_t             cookie;
+    const u_char         *token;
+    ngx_table_elt_t      *h;
+    tenant_jwt_policy_t   policy;
+    ngx_tenant_token_t    cached;
+    u_char                key[TENANT_SHA256_LEN];
+
+    static ngx_str_t      session = ngx_string("__session");
+
+    h = r->headers_in.authorization;
+
+    if (h) {
+        if (tenant_bearer_token(h->value.data, h->value.len, &token, &len)
+            != 0)
+        {
+            *status = TENANT_JWT_MALFORMED;
+            return NGX_OK;
+        }
+
+    } else {
+        n = ngx_http_parse_multi_header_lines(&r->headers_in.cookies,
+                                              &session, &cookie);
+        if (n == NGX_DECLINED || cookie.len == 0) {
+            return NGX_DECLINED;
+        }
+
+        token = cookie.data;
+        len = cookie.len;
+    }
+
+    if (len > TENANT_JWT_MAX_LEN) {
+        *status = TENANT_JWT_TOO_LARGE;
+        return NGX_OK;
+    }
+
+    now = ngx_time();
+
+    if (tmcf->token_cache) {
+        if (tenant_sha256(tmcf->sign, token, len, key) != 0) {
+            return NGX_ERROR;
+        }
+
+        if (ngx_tenant_cache_get(tmcf->token_cache, key, sizeof(key),
+                                 &cached)
+            == NGX_OK
+            && cached.policy == tmcf->policy
+            && now <= cached.claims.exp + tmcf->leeway)
+        {
+            ctx->claims = cached.claims;
+            *status = TENANT_JWT_OK;
+            return NGX_OK;
+        }
+    }
+
+    policy.algorithms = tmcf->algorithms;
+    policy.now = now;
+    policy.leeway = tmcf->leeway;
+    policy.issuer = tmcf->issuer.len ? (const char *) tmcf->issuer.data
+                                     : NULL;
+    policy.issuer_len = tmcf->issuer.len;
+    policy.azp = tmcf->azp_ptrs;
+    policy.azp_len = tmcf->azp_lens;
+    policy.nazp = tmcf->azp ? tmcf->azp->nelts : 0;
+
+    *status = tenant_jwt_verify(token, len, tmcf->keys, &policy,
+                                &ctx->claims);
+
+    if (*status == TENANT_JWT_OK && tmcf->token_cache) {
+        cached.policy = tmcf->policy;
+        cached.claims = ctx->claims;
+
+        (void) ngx_tenant_cache_put(tmcf->token_cache, key, sizeof(key),
+                                    &cached,
+                                    (time_t) ctx->claims.exp + tmcf->leeway);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_tenant_is_preflight(ngx_http_request_t *r)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    if (r->method != NGX_HTTP_OPTIONS) {
+        return 0;
+    }
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("Access-Control-Request-Method") - 1
+            && ngx_strncasecmp(h[i].key.data,
+                               (u_char *) "Access-Control-Request-Method",
+                               sizeof("Access-Control-Request-Method") - 1)
+               == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static ngx_int_t
+ngx_tenant_access_query(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_ctx_t *ctx)
+{
+    ngx_int_t             rc;
+    ngx_tenant_pg_req_t  *req;
+    ngx_http_cleanup_t   *cln;
+
+    req = ngx_pcalloc(r->pool, sizeof(ngx_tenant_pg_req_t));
+    if (req == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    req->handler = ngx_tenant_access_db_done;
+    req->data = r;
+    req->sql = ngx_tenant_lookup_sql;
+    req->nparams = 1;
+    req->values[0] = (const char *) ctx->org_id;
+    req->lengths[0] = (int) ctx->org_id_len;
+
+    rc = ngx_tenant_pg_query(tmcf->pg, req);
+
+    if (rc == NGX_DECLINED) {
+        /* the database failed moments ago: do not wait for it again */
+        ctx->db_result = NGX_TENANT_DB_ERROR;
+        ctx->state = NGX_TENANT_STATE_RESOLVED;
+
+        return ngx_tenant_access_resolved(r, tmcf,
+                   ngx_http_get_module_loc_conf(r, ngx_tenant_module), ctx);
+    }
+
+    ctx->query = req;
+    ctx->state = NGX_TENANT_STATE_WAIT_DB;
+
+    cln->handler = ngx_tenant_access_cleanup;
+    cln->data = ctx;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "tenant: looking up organization \"%s\"", ctx->org_id);
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_tenant_access_db_done(ngx_tenant_pg_req_t *req, PGresult *res)
+{
+    ngx_http_request_t      *r;
+    ngx_connection_t        *c;
+    ngx_tenant_ctx_t        *ctx;
+    ngx_tenant_record_t      rec;
+    ngx_tenant_main_conf_t  *tmcf;
+
+    r = req->data;
+    c = r->connection;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+
+    ctx->query = NULL;
+    ctx->state = NGX_TENANT_STATE_RESOLVED;
+
+    if (res == NULL) {
+        ctx->db_result = NGX_TENANT_DB_ERROR;
+
+    } else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                      "tenant: tenant lookup failed: %s",
+                      PQresultErrorMessage(res));
+        ctx->db_result = NGX_TENANT_DB_ERROR;
+
+    } else {
+        ngx_memzero(&rec, sizeof(ngx_tenant_record_t));
+        rec.fetched = ngx_time();
+
+        if (PQntuples(res) == 0) {
+            ctx->db_result = NGX_TENANT_DB_NOT_FOUND;
+
+            (void) ngx_tenant_cache_put(tmcf->tenant_cache, ctx->org_id,
+                                        ctx->org_id_len, &rec,
+                                        rec.fetched
+                                        + tmcf->tenant_negative_ttl);
+
+        } else if (ngx_tenant_record_from_row(res, &rec) != NGX_OK) {
+            ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                          "tenant: the tenants row of organization \"%s\" "
+                          "has a value out of bounds", ctx->org_id);
+            ctx->db_result = NGX_TENANT_DB_ERROR;
+
+        } else {
+            ctx->db_result = NGX_TENANT_DB_FOUND;
+            ctx->tenant = rec;
+
+            (void) ngx_tenant_cache_put(tmcf->tenant_cache, ctx->org_id,
+                                        ctx->org_id_len, &rec,
+                                        rec.fetched + tmcf->tenant_ttl
+                                        + tmcf->tenant_stale);
+        }
+    }
+
+    ngx_http_set_log_request(c->log, r);
+
+    r->write_event_handler(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_tenant_record_from_row(PGresult *res, ngx_tenant_record_t *rec)
+{
+    int          i, len;
+    char        *v;
+    u_char      *dst[6];
+    u_char      *lens[6];
+    size_t       max[6];
+    ngx_int_t    n;
+
+    static const int  cols[6] = { 0, 1, 2, 3, 4, 6 };
+
+    dst[0] = rec->id;      lens[0] = &rec->id_len;     max[0] = sizeof(rec->id);
+    dst[1] = rec->slug;    lens[1] = &rec->slug_len;   max[1] = sizeof(rec->slug);
+    dst[2] = rec->schema;  lens[2] = &rec->schema_len; max[2] = sizeof(rec->schema);
+    dst[3] = rec->tier;    lens[3] = &rec->tier_len;   max[3] = sizeof(rec->tier);
+    dst[4] = rec->status;  lens[4] = &rec->status_len; max[4] = sizeof(rec->status);
+    dst[5] = rec->org_id;  lens[5] = &rec->org_id_len; max[5] = sizeof(rec->org_id);
+
+    if (PQnfields(res) != 7) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < 6; i++) {
+        v = PQgetvalue(res, 0, cols[i]);
+        len = PQgetlength(res, 0, cols[i]);
+
+        /* these values become request headers: visible ASCII only */
+        if (len <= 0 || (size_t) len > max[i]
+            || !tenant_org_id_valid((u_char *) v, len))
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(dst[i], v, len);
+        *lens[i] = (u_char) len;
+    }
+
+    v = PQgetvalue(res, 0, 5);
+    n = ngx_atotm((u_char *) v, PQgetlength(res, 0, 5));
+
+    if (n == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    rec->trial_ends_at = (time_t) n;
+    rec->found = 1;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_tenant_access_cleanup(void *data)
+{
+    ngx_tenant_ctx_t  *ctx = data;
+
+    if (ctx->query) {
+        ngx_tenant_pg_cancel(ctx->query);
+        ctx->query = NULL;
+    }
+}
+
+
+static ngx_int_t
+ngx_tenant_access_resolved(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx)
+{
+    time_t                now;
+    ngx_tenant_record_t  *t;
+    const tenant_tier_t  *tier, *required;
+
+    switch (ctx->db_result) {
+
+    case NGX_TENANT_DB_FOUND:
+        break;
+
+    case NGX_TENANT_DB_NOT_FOUND:
+        return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_UNKNOWN_ORG,
+                                 NULL, 0);
+
+    default: /* NGX_TENANT_DB_ERROR */
+
+        if (!ctx->have_stale) {
+            return ngx_tenant_refuse(r, tlcf, ctx,
+                                     NGX_TENANT_R_UNAVAILABLE, NULL, 0);
+        }
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "tenant: database unavailable, serving the cached "
+                      "tenant of organization \"%s\"", ctx->org_id);
+        break;
+    }
+
+    t = &ctx->tenant;
+    ctx->has_tenant = 1;
+    now = ngx_time();
+
+    /* status */
+
+    if (t->status_len == 6 && ngx_strncmp(t->status, "active", 6) == 0) {
+        /* void */
+
+    } else if (t->status_len == 8
+               && ngx_strncmp(t->status, "past_due", 8) == 0)
+    {
+        /* the backend nags; the gateway lets the customer in */
+
+    } else if (t->status_len == 5
+               && ngx_strncmp(t->status, "trial", 5) == 0)
+    {
+        if (t->trial_ends_at && now >= t->trial_ends_at) {
+            return ngx_tenant_refuse_upgrade(r, tlcf, ctx,
+                                             NGX_TENANT_R_TRIAL_EXPIRED,
+                                             NULL);
+        }
+
+    } else if (t->status_len == 7
+               && ngx_strncmp(t->status, "expired", 7) == 0)
+    {
+        return ngx_tenant_refuse_upgrade(r, tlcf, ctx,
+                                         NGX_TENANT_R_TRIAL_EXPIRED, NULL);
+
+    } else {
+        return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_SUSPENDED,
+                                 NULL, 0);
+    }
+
+    /* feature */
+
+    if (tlcf->feature >= 0) {
+        tier = tenant_tiers_find(tmcf->tiers, (char *) t->tier, t->tier_len);
+
+        if (tier == NULL || !tenant_tier_has(tier, (int) tlcf->feature)) {
+            required = tenant_tiers_lowest_with(tmcf->tiers,
+                                                (int) tlcf->feature);
+
+            return ngx_tenant_refuse_upgrade(r, tlcf, ctx,
+                                             NGX_TENANT_R_FEATURE, required);
+        }
+    }
+
+    if (ngx_tenant_headers_inject(r, tmcf, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_str_set(&ctx->outcome, "admitted");
+    ctx->admitted = 1;
+    ctx->state = NGX_TENANT_STATE_DONE;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_tenant_refuse_token(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx, tenant_jwt_status_t status)
+{
+    u_char            *p, *value;
+    size_t             len;
+    const char        *text;
+    tenant_problem_t   pb;
+
+    text = tenant_jwt_status_text(status);
+
+    /* WWW-Authenticate: Bearer error="invalid_token", error_description */
+
+    len = sizeof("Bearer error=\"invalid_token\", error_description=\"\"")
+          - 1 + ngx_strlen(text);
+
+    value = ngx_pnalloc(r->pool, len);
+    if (value == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(value,
+                    "Bearer error=\"invalid_token\", error_description=\"%s\"",
+                    text);
+
+    if (ngx_tenant_set_header(r, "WWW-Authenticate", value, p - value)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memzero(&pb, sizeof(tenant_problem_t));
+
+    pb.detail = text;
+    pb.detail_len = ngx_strlen(text);
+
+    pb.members[0].name = "reason";
+    pb.members[0].value = tenant_jwt_status_code(status);
+    pb.members[0].value_len = ngx_strlen(pb.members[0].value);
+    pb.nmembers = 1;
+
+    return ngx_tenant_send(r, tlcf, ctx, &pb, NGX_TENANT_R_TOKEN_INVALID);
+}
+
+
+static ngx_int_t
+ngx_tenant_refuse_upgrade(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx, ngx_tenant_refusal_e reason,
+    const tenant_tier_t *required)
+{
+    ngx_str_t          url;
+    ngx_uint_t         n;
+    tenant_problem_t   pb;
+
+    ngx_memzero(&pb, sizeof(tenant_problem_t));
+    n = 0;
+
+    if (reason == NGX_TENANT_R_FEATURE) {
+        pb.detail = "the organization's plan does not include this feature";
+
+        if (required) {
+            ctx->required_tier.data = (u_char *) required->name;
+            ctx->required_tier.len = required->name_len;
+        }
+
+        pb.members[n].name = "feature";
+        pb.members[n].value = (char *) tlcf->feature_name.data;
+        pb.members[n].value_len = tlcf->feature_name.len;
+        n++;
+
+        pb.members[n].name = "currentTier";
+        pb.members[n].value = (char *) ctx->tenant.tier;
+        pb.members[n].value_len = ctx->tenant.tier_len;
+        n++;
+
+        if (required) {
+            pb.members[n].name = "requiredTier";
+            pb.members[n].value = required->name;
+            pb.members[n].value_len = required->name_len;
+            n++;
+        }
+
+    } else {
+        pb.detail = "the organization's trial has ended";
+
+        ctx->required_tier.data = ctx->tenant.tier;
+        ctx->required_tier.len = ctx->tenant.tier_len;
+
+        pb.members[n].name = "currentTier";
+        pb.members[n].value = (char *) ctx->tenant.tier;
+        pb.members[n].value_len = ctx->tenant.tier_len;
+        n++;
+    }
+
+    pb.detail_len = ngx_strlen(pb.detail);
+
+    if (ngx_http_complex_value(r, tlcf->upgrade_url, &url) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (url.len) {
+        pb.members[n].name = "upgradeUrl";
+        pb.members[n].value = (char *) url.data;
+        pb.members[n].value_len = url.len;
+        n++;
+    }
+
+    pb.nmembers = n;
+
+    return ngx_tenant_send(r, tlcf, ctx, &pb, reason);
+}
+
+
+static ngx_int_t
+ngx_tenant_refuse(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx, ngx_tenant_refusal_e reason, const char *detail,
+    size_t detail_len)
+{
+    tenant_problem_t  pb;
+
+    ngx_memzero(&pb, sizeof(tenant_problem_t));
+
+    pb.detail = detail;
+    pb.detail_len = detail_len;
+
+    if (reason == NGX_TENANT_R_TOKEN_MISSING) {
+        if (ngx_tenant_set_header(r, "WWW-Authenticate",
+                                  (u_char *) "Bearer",
+                                  sizeof("Bearer") - 1)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (reason == NGX_TENANT_R_UNAVAILABLE) {
+        if (ngx_tenant_set_header(r, "Retry-After",
+                                  (u_char *) NGX_TENANT_RETRY_AFTER,
+                                  sizeof(NGX_TENANT_RETRY_AFTER) - 1)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (reason == NGX_TENANT_R_UNKNOWN_ORG
+        || reason == NGX_TENANT_R_SUSPENDED
+        || reason == NGX_TENANT_R_ORG_MISMATCH)
+    {
+        pb.members[0].name = "organizationId";
+        pb.members[0].value = (char *) ctx->org_id;
+        pb.members[0].value_len = ctx->org_id_len;
+        pb.nmembers = ctx->org_id_len ? 1 : 0;
+    }
+
+    return ngx_tenant_send(r, tlcf, ctx, &pb, reason);
+}
+
+
+/* Logs the refusal once and answers; the access phase ends here. */
+
+static ngx_int_t
+ngx_tenant_send(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx, tenant_problem_t *p, ngx_tenant_refusal_e reason)
+{
+    ngx_int_t              rc;
+    ngx_tenant_refusal_t  *rf;
+
+    rf = &ngx_tenant_refusals[reason];
+
+    p->type_base = (char *) tlcf->problem_type_base.data;
+    p->type_base_len = tlcf->problem_type_base.len;
+    p->code = rf->code;
+    p->status = (int) rf->status;
+    p->title = rf->title;
+
+    ctx->outcome.data = (u_char *) rf->code;
+    ctx->outcome.len = ngx_strlen(rf->code);
+    ctx->state = NGX_TENANT_STATE_DONE;
+
+    ngx_log_error(tlcf->refusal_log_level, r->connection->log, 0,
+                  "tenant: refused with %ui %s%s%*s%s",
+                  rf->status, rf->code,
+                  p->detail ? " (" : "",
+                  p->detail ? p->detail_len : 0,
+                  p->detail ? p->detail : "",
+                  p->detail ? ")" : "");
+
+    rc = ngx_tenant_problem_send(r, p);
+
+    ngx_http_finalize_request(r, rc);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_tenant_set_header(ngx_http_request_t *r, char *name, u_char *value,
+    size_t len)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
+    h->value.data = value;
+    h->value.len = len;
+
+    if (ngx_strcmp(name, "WWW-Authenticate") == 0) {
+        r->headers_out.www_authenticate = h;
+    }
+
+    return NGX_OK;
+}

@@ -1,0 +1,429 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "ngx_tenant_cache.h"
+
+
+#define NGX_TENANT_CACHE_EXPIRE_STEP   2     /* expired entries per put */
+#define NGX_TENANT_CACHE_EVICT_MAX     16    /* LRU victims per put */
+
+
+typedef struct {
+    u_char                    color;
+    u_char                    dummy;
+    u_short                   key_len;
+    ngx_queue_t               queue;
+    time_t                    expire;
+    u_char                    data[1];       /* key, then value */
+} ngx_tenant_cache_node_t;
+
+
+static ngx_uint_t  ngx_tenant_cache_tag;
+
+
+static ngx_int_t ngx_tenant_cache_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static void ngx_tenant_cache_rbtree_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static ngx_rbtree_node_t *ngx_tenant_cache_lookup(ngx_tenant_cache_t *cache,
+    u_char *key, size_t key_len, uint32_t hash);
+static void ngx_tenant_cache_free_node(ngx_tenant_cache_t *cache,
+    ngx_rbtree_node_t *node);
+static void ngx_tenant_cache_expire(ngx_tenant_cache_t *cache, time_t now,
+    ngx_uint_t n, ngx_uint_t force);
+
+
+ngx_tenant_cache_t *
+ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec, size_t value_size)
+{
+    u_char              *p;
+    ssize_t              size;
+    ngx_str_t            name, s;
+    ngx_tenant_cache_t  *cache;
+
+    p = (u_char *) ngx_strlchr(spec->data, spec->data + spec->len, ':');
+
+    if (p == NULL || p == spec->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone \"%V\", expected name:size", spec);
+        return NULL;
+    }
+
+    name.data = spec->data;
+    name.len = p - spec->data;
+
+    s.data = p + 1;
+    s.len = spec->data + spec->len - s.data;
+
+    size = ngx_parse_size(&s);
+
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\"", spec);
+        return NULL;
+    }
+
+    if (size < (ssize_t) (8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is too small", spec);
+        return NULL;
+    }
+
+    cache = ngx_pcalloc(cf->pool, sizeof(ngx_tenant_cache_t));
+    if (cache == NULL) {
+        return NULL;
+    }
+
+    cache->value_size = value_size;
+    cache->name = name;
+
+    cache->shm_zone = ngx_shared_memory_add(cf, &name, size,
+                                            &ngx_tenant_cache_tag);
+    if (cache->shm_zone == NULL) {
+        return NULL;
+    }
+
+    if (cache->shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate zone \"%V\"", &name);
+        return NULL;
+    }
+
+    cache->shm_zone->init = ngx_tenant_cache_init_zone;
+    cache->shm_zone->data = cache;
+
+    return cache;
+}
+
+
+static ngx_int_t
+ngx_tenant_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_tenant_cache_t  *ocache = data;
+
+    size_t               len;
+    ngx_tenant_cache_t  *cache;
+
+    cache = shm_zone->data;
+
+    if (ocache) {
+        if (ocache->value_size != cache->value_size) {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "tenant: zone \"%V\" holds entries of another "
+                          "kind; use another zone name or restart",
+                          &shm_zone->shm.name);
+            return NGX_ERROR;
+        }
+
+        cache->sh = ocache->sh;
+        cache->shpool = ocache->shpool;
+
+        return NGX_OK;
+    }
+
+    cache->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        cache->sh = cache->shpool->data;
+        return NGX_OK;
+    }
+
+    cache->sh = ngx_slab_calloc(cache->shpool, sizeof(ngx_tenant_cache_sh_t));
+    if (cache->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    cache->shpool->data = cache->sh;
+    cache->sh->value_size = cache->value_size;
+
+    ngx_rbtree_init(&cache->sh->rbtree, &cache->sh->sentinel,
+                    ngx_tenant_cache_rbtree_insert_value);
+
+    ngx_queue_init(&cache->sh->queue);
+
+    len = sizeof(" in tenant zone \"\"") + shm_zone->shm.name.len;
+
+    cache->shpool->log_ctx = ngx_slab_alloc(cache->shpool, len);
+    if (cache->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(cache->shpool->log_ctx, " in tenant zone \"%V\"%Z",
+                &shm_zone->shm.name);
+
+    /* evictions are normal here: do not log every failed allocation */
+    cache->shpool->log_nomem = 0;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_tenant_cache_get(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
+    void *value)
+{
+    uint32_t                  hash;
+    ngx_int_t                 rc;
+    ngx_rbtree_node_t        *node;
+    ngx_tenant_cache_node_t  *cn;
+
+    hash = ngx_crc32_short(key, key_len);
+    rc = NGX_DECLINED;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    node = ngx_tenant_cache_lookup(cache, key, key_len, hash);
+
+    if (node) {
+        cn = (ngx_tenant_cache_node_t *) &node->color;
+
+        if (cn->expire > ngx_time()) {
+            ngx_queue_remove(&cn->queue);
+            ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
+
+            ngx_memcpy(value, cn->data + cn->key_len, cache->value_size);
+            rc = NGX_OK;
+
+        } else {
+            ngx_tenant_cache_free_node(cache, node);
+        }
+    }
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    (void) ngx_atomic_fetch_add(rc == NGX_OK ? &cache->sh->hits
+                                             : &cache->sh->misses, 1);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
+    void *value, time_t expire)
+{
+    size_t                    size;
+    uint32_t                  hash;
+    ngx_uint_t                tries;
+    ngx_rbtree_node_t        *node;
+    ngx_tenant_cache_node_t  *cn;
+
+    if (key_len > 0xffff) {
+        return NGX_ERROR;
+    }
+
+    hash = ngx_crc32_short(key, key_len);
+
+    size = offsetof(ngx_rbtree_node_t, color)
+           + offsetof(ngx_tenant_cache_node_t, data)
+           + key_len + cache->value_size;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    node = ngx_tenant_cache_lookup(cache, key, key_len, hash);
+
+    if (node) {
+        cn = (ngx_tenant_cache_node_t *) &node->color;
+
+        ngx_memcpy(cn->data + cn->key_len, value, cache->value_size);
+        cn->expire = expire;
+
+        ngx_queue_remove(&cn->queue);
+        ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
+
+        ngx_shmtx_unlock(&cache->shpool->mutex);
+        return NGX_OK;
+    }
+
+    ngx_tenant_cache_expire(cache, ngx_time(), NGX_TENANT_CACHE_EXPIRE_STEP,
+                            0);
+
+    for (tries = 0; /* void */; tries++) {
+
+        node = ngx_slab_alloc_locked(cache->shpool, size);
+        if (node) {
+            break;
+        }
+
+        if (tries == 1 || ngx_queue_empty(&cache->sh->queue)) {
+            ngx_shmtx_unlock(&cache->shpool->mutex);
+
+            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                          "tenant: could not allocate an entry in zone "
+                          "\"%V\" even after evicting", &cache->name);
+            return NGX_ERROR;
+        }
+
+        ngx_tenant_cache_expire(cache, ngx_time(),
+                                NGX_TENANT_CACHE_EVICT_MAX, 1);
+    }
+
+    node->key = hash;
+
+    cn = (ngx_tenant_cache_node_t *) &node->color;
+
+    cn->key_len = (u_short) key_len;
+    cn->expire = expire;
+    ngx_memcpy(cn->data, key, key_len);
+    ngx_memcpy(cn->data + key_len, value, cache->value_size);
+
+    ngx_rbtree_insert(&cache->sh->rbtree, node);
+    ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
+    cache->sh->entries++;
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_tenant_cache_delete(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len)
+{
+    ngx_rbtree_node_t  *node;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    node = ngx_tenant_cache_lookup(cache, key, key_len,
+                                   ngx_crc32_short(key, key_len));
+    if (node) {
+        ngx_tenant_cache_free_node(cache, node);
+    }
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+}
+
+
+static ngx_rbtree_node_t *
+ngx_tenant_cache_lookup(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len, uint32_t hash)
+{
+    ngx_int_t                 rc;
+    ngx_rbtree_node_t        *node, *sentinel;
+    ngx_tenant_cache_node_t  *cn;
+
+    node = cache->sh->rbtree.root;
+    sentinel = cache->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        /* hash == node->key */
+
+        cn = (ngx_tenant_cache_node_t *) &node->color;
+
+        rc = ngx_memn2cmp(key, cn->data, key_len, (size_t) cn->key_len);
+
+        if (rc == 0) {
+            return node;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_tenant_cache_free_node(ngx_tenant_cache_t *cache, ngx_rbtree_node_t *node)
+{
+    ngx_tenant_cache_node_t  *cn;
+
+    cn = (ngx_tenant_cache_node_t *) &node->color;
+
+    ngx_queue_remove(&cn->queue);
+    ngx_rbtree_delete(&cache->sh->rbtree, node);
+    ngx_slab_free_locked(cache->shpool, node);
+
+    cache->sh->entries--;
+}
+
+
+/*
+ * Frees up to n entries from the LRU end: expired ones only, or, with
+ * force, the least recently used ones whatever their age (evictions).
+ */
+
+static void
+ngx_tenant_cache_expire(ngx_tenant_cache_t *cache, time_t now, ngx_uint_t n,
+    ngx_uint_t force)
+{
+    ngx_queue_t              *q;
+    ngx_rbtree_node_t        *node;
+    ngx_tenant_cache_node_t  *cn;
+
+    while (n-- && !ngx_queue_empty(&cache->sh->queue)) {
+
+        q = ngx_queue_last(&cache->sh->queue);
+        cn = ngx_queue_data(q, ngx_tenant_cache_node_t, queue);
+
+        if (!force && cn->expire > now) {
+            return;
+        }
+
+        if (cn->expire > now) {
+            cache->sh->evictions++;
+        }
+
+        node = (ngx_rbtree_node_t *)
+                   ((u_char *) cn - offsetof(ngx_rbtree_node_t, color));
+
+        ngx_tenant_cache_free_node(cache, node);
+    }
+}
+
+
+static void
+ngx_tenant_cache_rbtree_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t        **p;
+    ngx_tenant_cache_node_t   *cn, *cnt;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+            p = &temp->right;
+
+        } else { /* node->key == temp->key */
+
+            cn = (ngx_tenant_cache_node_t *) &node->color;
+            cnt = (ngx_tenant_cache_node_t *) &temp->color;
+
+            p = (ngx_memn2cmp(cn->data, cnt->data, cn->key_len,
+                              cnt->key_len) < 0)
+                ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}

@@ -1,0 +1,60 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * A key -> fixed-size value cache in a shared-memory zone: rbtree and LRU
+ * queue on the slab allocator, as ngx_http_limit_req_module keeps its
+ * states.  Values are copied in and out under the zone's mutex; when the
+ * zone is full, the least recently used entries make room.  The zone is
+ * reused by nginx -s reload.
+ */
+
+#ifndef _NGX_TENANT_CACHE_H_INCLUDED_
+#define _NGX_TENANT_CACHE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+
+typedef struct ngx_tenant_cache_s  ngx_tenant_cache_t;
+
+
+typedef struct {
+    ngx_rbtree_t              rbtree;
+    ngx_rbtree_node_t         sentinel;
+    ngx_queue_t               queue;
+    size_t                    value_size;
+    ngx_atomic_t              entries;
+    ngx_atomic_t              hits;
+    ngx_atomic_t              misses;
+    ngx_atomic_t              evictions;
+} ngx_tenant_cache_sh_t;
+
+
+struct ngx_tenant_cache_s {
+    ngx_tenant_cache_sh_t    *sh;
+    ngx_slab_pool_t          *shpool;
+    ngx_shm_zone_t           *shm_zone;
+    size_t                    value_size;
+    ngx_str_t                 name;
+};
+
+
+/* "name:size" from a directive's zone= parameter; NULL on error (logged). */
+ngx_tenant_cache_t *ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec,
+    size_t value_size);
+
+/* Copies the value out: NGX_OK, or NGX_DECLINED (absent or expired). */
+ngx_int_t ngx_tenant_cache_get(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len, void *value);
+
+/* Inserts or replaces; the entry is dropped at "expire" (ngx_time()
+ * seconds).  NGX_OK, or NGX_ERROR when even evictions found no room. */
+ngx_int_t ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len, void *value, time_t expire);
+
+void ngx_tenant_cache_delete(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len);
+
+
+#endif /* _NGX_TENANT_CACHE_H_INCLUDED_ */

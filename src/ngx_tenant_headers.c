@@ -1,0 +1,506 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * The request headers the gateway trusts, removes and adds, and the
+ * $tenant_* variables.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_tenant.h"
+
+
+typedef enum {
+    NGX_TENANT_VAR_ID = 0,
+    NGX_TENANT_VAR_SLUG,
+    NGX_TENANT_VAR_SCHEMA,
+    NGX_TENANT_VAR_TIER,
+    NGX_TENANT_VAR_STATUS,
+    NGX_TENANT_VAR_ORG_ID,
+    NGX_TENANT_VAR_USER_ID,
+    NGX_TENANT_VAR_ORG_ROLE,
+    NGX_TENANT_VAR_OUTCOME,
+    NGX_TENANT_VAR_REQUIRED_TIER,
+    NGX_TENANT_VAR_FEATURE
+} ngx_tenant_var_e;
+
+
+typedef struct {
+    ngx_str_t          name;
+    ngx_str_t          lowcase;
+    ngx_uint_t         hash;
+} ngx_tenant_header_t;
+
+
+static ngx_uint_t ngx_tenant_header_is_reserved(ngx_table_elt_t *h);
+static ngx_int_t ngx_tenant_header_add(ngx_http_request_t *r,
+    ngx_tenant_header_t *h, u_char *value, size_t len);
+static ngx_int_t ngx_tenant_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+
+/* in the order of the signed message after the timestamp */
+
+static ngx_tenant_header_t  ngx_tenant_headers[] = {
+    { ngx_string("X-Tenant-ID"), ngx_string("x-tenant-id"), 0 },
+    { ngx_string("X-Tenant-Slug"), ngx_string("x-tenant-slug"), 0 },
+    { ngx_string("X-Tenant-Schema"), ngx_string("x-tenant-schema"), 0 },
+    { ngx_string("X-Tenant-Tier"), ngx_string("x-tenant-tier"), 0 },
+    { ngx_string("X-Organization-ID"), ngx_string("x-organization-id"), 0 },
+    { ngx_string("X-User-ID"), ngx_string("x-user-id"), 0 },
+    { ngx_string("X-Org-Role"), ngx_string("x-org-role"), 0 },
+    { ngx_string("X-Tenant-Timestamp"), ngx_string("x-tenant-timestamp"), 0 },
+    { ngx_string("X-Tenant-Signature"), ngx_string("x-tenant-signature"), 0 }
+};
+
+#define NGX_TENANT_H_ORG_ID      4
+#define NGX_TENANT_H_TIMESTAMP   7
+#define NGX_TENANT_H_SIGNATURE   8
+#define NGX_TENANT_NSIGNED       7
+
+
+static ngx_http_variable_t  ngx_tenant_vars[] = {
+
+    { ngx_string("tenant_id"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_ID, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_slug"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_SLUG, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_schema"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_SCHEMA, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_tier"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_TIER, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_status"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_STATUS, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_org_id"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_ORG_ID, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_user_id"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_USER_ID, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_org_role"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_ORG_ROLE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_outcome"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_OUTCOME, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_required_tier"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_REQUIRED_TIER, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_feature"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_FEATURE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+ngx_int_t
+ngx_tenant_headers_init(ngx_conf_t *cf)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < sizeof(ngx_tenant_headers) / sizeof(ngx_tenant_headers[0]);
+         i++)
+    {
+        ngx_tenant_headers[i].hash =
+            ngx_hash_key(ngx_tenant_headers[i].lowcase.data,
+                         ngx_tenant_headers[i].lowcase.len);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The client's X-Organization-ID: NGX_OK with *org set (len 0 when
+ * absent) and *count the number of such headers.
+ */
+
+ngx_int_t
+ngx_tenant_headers_read_org(ngx_http_request_t *r, ngx_str_t *org,
+    ngx_uint_t *count)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    ngx_str_null(org);
+    *count = 0;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("X-Organization-ID") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "X-Organization-ID",
+                               sizeof("X-Organization-ID") - 1) == 0)
+        {
+            *org = h[i].value;
+            (*count)++;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Removes every client-sent header named like one the gateway sets:
+ * X-Tenant-*, X-User-*, X-Org-Role, X-Organization-ID.  Elements of
+ * r->headers_in.headers are pointed to by r->headers_in.host and others,
+ * so they are not moved: a new list is built without the reserved ones,
+ * and only when there is one (rarely: a client that tries).
+ */
+
+ngx_int_t
+ngx_tenant_headers_strip(ngx_http_request_t *r)
+{
+    ngx_uint_t        i, n, total;
+    ngx_list_t        headers;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *nh;
+
+    n = 0;
+    total = 0;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        total++;
+        n += ngx_tenant_header_is_reserved(&h[i]);
+    }
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "tenant: removing %ui client-sent tenant headers", n);
+
+    if (ngx_list_init(&headers, r->pool, total + 10, sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (ngx_tenant_header_is_reserved(&h[i])) {
+            continue;
+        }
+
+        nh = ngx_list_push(&headers);
+        if (nh == NULL) {
+            return NGX_ERROR;
+        }
+
+        *nh = h[i];
+    }
+
+    r->headers_in.headers = headers;
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_tenant_header_is_reserved(ngx_table_elt_t *h)
+{
+    if (h->key.len >= sizeof("X-Tenant-") - 1
+        && ngx_strncasecmp(h->key.data, (u_char *) "X-Tenant-",
+                           sizeof("X-Tenant-") - 1) == 0)
+    {
+        return 1;
+    }
+
+    if (h->key.len >= sizeof("X-User-") - 1
+        && ngx_strncasecmp(h->key.data, (u_char *) "X-User-",
+                           sizeof("X-User-") - 1) == 0)
+    {
+        return 1;
+    }
+
+    if (h->key.len == sizeof("X-Org-Role") - 1
+        && ngx_strncasecmp(h->key.data, (u_char *) "X-Org-Role",
+                           sizeof("X-Org-Role") - 1) == 0)
+    {
+        return 1;
+    }
+
+    if (h->key.len == sizeof("X-Organization-ID") - 1
+        && ngx_strncasecmp(h->key.data, (u_char *) "X-Organization-ID",
+                           sizeof("X-Organization-ID") - 1) == 0)
+    {
+        return 1;
+    }
+
+    return 0;
+}
+
+
+/*
+ * Adds the tenant headers and their signature (see tenant_sign.h for the
+ * message).  Every value comes from the database row or from a verified
+ * claim that tenant_jwt checked for control characters and length.
+ */
+
+ngx_int_t
+ngx_tenant_headers_inject(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx)
+{
+    u_char          *msg, *p;
+    size_t           len;
+    time_t           now;
+    ngx_uint_t       i;
+    tenant_str_t     f[NGX_TENANT_NSIGNED];
+    unsigned char    mac[TENANT_SHA256_LEN];
+    u_char           ts[NGX_TIME_T_LEN];
+    u_char           sig[3 + 2 * TENANT_SHA256_LEN];
+
+    f[0].value = (char *) ctx->tenant.id;
+    f[0].len = ctx->tenant.id_len;
+    f[1].value = (char *) ctx->tenant.slug;
+    f[1].len = ctx->tenant.slug_len;
+    f[2].value = (char *) ctx->tenant.schema;
+    f[2].len = ctx->tenant.schema_len;
+    f[3].value = (char *) ctx->tenant.tier;
+    f[3].len = ctx->tenant.tier_len;
+    f[4].value = (char *) ctx->tenant.org_id;
+    f[4].len = ctx->tenant.org_id_len;
+    f[5].value = ctx->claims.sub;
+    f[5].len = ctx->claims.sub_len;
+    f[6].value = ctx->claims.org_role;
+    f[6].len = ctx->claims.org_role_len;
+
+    for (i = 0; i < NGX_TENANT_NSIGNED; i++) {
+        if (f[i].len == 0) {
+            continue;
+        }
+
+        if (ngx_tenant_header_add(r, &ngx_tenant_headers[i],
+                                  (u_char *) f[i].value, f[i].len)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    now = ngx_time();
+
+    len = tenant_sign_message(NULL, now, f);
+
+    msg = ngx_pnalloc(r->pool, len);
+    if (msg == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) tenant_sign_message((char *) msg, now, f);
+
+    if (tenant_sign(tmcf->sign, msg, len, mac) != 0) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tenant: signing the tenant headers failed");
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(sig, "v1=", 3);
+    tenant_hex_encode((char *) p, mac, TENANT_SHA256_LEN);
+
+    p = ngx_sprintf(ts, "%T", now);
+
+    if (ngx_tenant_header_add(r, &ngx_tenant_headers[NGX_TENANT_H_TIMESTAMP],
+                              ts, p - ts)
+        != NGX_OK
+        || ngx_tenant_header_add(r,
+                                 &ngx_tenant_headers[NGX_TENANT_H_SIGNATURE],
+                                 sig, sizeof(sig))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_tenant_header_add(ngx_http_request_t *r, ngx_tenant_header_t *th,
+    u_char *value, size_t len)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_in.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->key = th->name;
+    h->lowcase_key = th->lowcase.data;
+    h->hash = th->hash;
+
+    h->value.data = ngx_pnalloc(r->pool, len);
+    if (h->value.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(h->value.data, value, len);
+    h->value.len = len;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_tenant_variables_add(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_tenant_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_tenant_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    uintptr_t data)
+{
+    u_char                 *p;
+    size_t                  len;
+    ngx_tenant_ctx_t       *ctx;
+    ngx_tenant_loc_conf_t  *tlcf;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_tenant_module);
+
+    p = NULL;
+    len = 0;
+
+    if (data == NGX_TENANT_VAR_FEATURE) {
+        tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+        p = tlcf->feature_name.data;
+        len = tlcf->feature_name.len;
+
+    } else if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    switch (data) {
+
+    case NGX_TENANT_VAR_ID:
+        p = ctx->tenant.id;
+        len = ctx->has_tenant ? ctx->tenant.id_len : 0;
+        break;
+
+    case NGX_TENANT_VAR_SLUG:
+        p = ctx->tenant.slug;
+        len = ctx->has_tenant ? ctx->tenant.slug_len : 0;
+        break;
+
+    case NGX_TENANT_VAR_SCHEMA:
+        p = ctx->tenant.schema;
+        len = ctx->has_tenant ? ctx->tenant.schema_len : 0;
+        break;
+
+    case NGX_TENANT_VAR_TIER:
+        p = ctx->tenant.tier;
+        len = ctx->has_tenant ? ctx->tenant.tier_len : 0;
+        break;
+
+    case NGX_TENANT_VAR_STATUS:
+        p = ctx->tenant.status;
+        len = ctx->has_tenant ? ctx->tenant.status_len : 0;
+        break;
+
+    case NGX_TENANT_VAR_ORG_ID:
+        p = ctx->org_id;
+        len = ctx->org_id_len;
+        break;
+
+    case NGX_TENANT_VAR_USER_ID:
+        p = (u_char *) ctx->claims.sub;
+        len = ctx->claims.sub_len;
+        break;
+
+    case NGX_TENANT_VAR_ORG_ROLE:
+        p = (u_char *) ctx->claims.org_role;
+        len = ctx->claims.org_role_len;
+        break;
+
+    case NGX_TENANT_VAR_OUTCOME:
+        p = ctx->outcome.data;
+        len = ctx->outcome.len;
+        break;
+
+    case NGX_TENANT_VAR_REQUIRED_TIER:
+        p = ctx->required_tier.data;
+        len = ctx->required_tier.len;
+        break;
+
+    default: /* NGX_TENANT_VAR_FEATURE */
+        break;
+    }
+
+    if (len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = p;
+    v->len = len;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
+}

@@ -1,0 +1,726 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+
+#include "ngx_tenant_pg.h"
+
+
+#define NGX_TENANT_PG_RETRY        1000      /* ms after a failure */
+
+
+typedef enum {
+    NGX_TENANT_PG_FREE = 0,                  /* no PGconn */
+    NGX_TENANT_PG_CONNECTING,
+    NGX_TENANT_PG_IDLE,
+    NGX_TENANT_PG_BUSY
+} ngx_tenant_pg_state_e;
+
+
+struct ngx_tenant_pg_conn_s {
+    ngx_tenant_pg_state_e      state;
+    PGconn                    *pgconn;
+    ngx_connection_t          *c;
+    ngx_tenant_pg_req_t       *req;
+    PGresult                  *res;
+    ngx_tenant_pg_pool_t      *pool;
+    ngx_log_t                  log;          /* own copy, for its action */
+};
+
+
+struct ngx_tenant_pg_pool_s {
+    const char *const         *keywords;
+    const char *const         *values;
+    ngx_msec_t                 timeout;
+    ngx_log_t                 *log;
+
+    ngx_tenant_pg_conn_t      *conns;
+    ngx_uint_t                 size;
+
+    ngx_queue_t                waiting;
+    ngx_msec_t                 retry_at;     /* fail fast until then */
+    ngx_uint_t                 down;
+};
+
+
+static ngx_int_t ngx_tenant_pg_connect(ngx_tenant_pg_conn_t *conn);
+static ngx_int_t ngx_tenant_pg_attach(ngx_tenant_pg_conn_t *conn);
+static void ngx_tenant_pg_detach(ngx_tenant_pg_conn_t *conn);
+static ngx_int_t ngx_tenant_pg_want_write(ngx_tenant_pg_conn_t *conn,
+    ngx_uint_t want);
+static void ngx_tenant_pg_poll(ngx_tenant_pg_conn_t *conn);
+static void ngx_tenant_pg_send(ngx_tenant_pg_conn_t *conn);
+static void ngx_tenant_pg_receive(ngx_tenant_pg_conn_t *conn);
+static void ngx_tenant_pg_event_handler(ngx_event_t *ev);
+static void ngx_tenant_pg_timeout_handler(ngx_event_t *ev);
+static void ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn,
+    const char *what);
+static void ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn);
+static void ngx_tenant_pg_dispatch(ngx_tenant_pg_pool_t *pool);
+static void ngx_tenant_pg_finish(ngx_tenant_pg_req_t *req, PGresult *res);
+static void ngx_tenant_pg_notice(void *arg, const char *message);
+
+
+ngx_tenant_pg_pool_t *
+ngx_tenant_pg_pool_create(ngx_cycle_t *cycle, const char *const *keywords,
+    const char *const *values, ngx_uint_t size, ngx_msec_t timeout)
+{
+    ngx_uint_t             i;
+    ngx_tenant_pg_pool_t  *pool;
+
+    pool = ngx_pcalloc(cycle->pool, sizeof(ngx_tenant_pg_pool_t));
+    if (pool == NULL) {
+        return NULL;
+    }
+
+    pool->conns = ngx_pcalloc(cycle->pool,
+                              size * sizeof(ngx_tenant_pg_conn_t));
+    if (pool->conns == NULL) {
+        return NULL;
+    }
+
+    for (i = 0; i < size; i++) {
+        pool->conns[i].pool = pool;
+        pool->conns[i].log = *cycle->log;
+        pool->conns[i].log.action = "talking to PostgreSQL";
+    }
+
+    pool->keywords = keywords;
+    pool->values = values;
+    pool->size = size;
+    pool->timeout = timeout;
+    pool->log = cycle->log;
+
+    ngx_queue_init(&pool->waiting);
+
+    return pool;
+}
+
+
+void
+ngx_tenant_pg_pool_destroy(ngx_tenant_pg_pool_t *pool)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < pool->size; i++) {
+        if (pool->conns[i].state != NGX_TENANT_PG_FREE) {
+            ngx_tenant_pg_close(&pool->conns[i]);
+        }
+    }
+}
+
+
+ngx_int_t
+ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
+{
+    ngx_uint_t             i;
+    ngx_tenant_pg_conn_t  *conn, *free;
+
+    req->pool = pool;
+    req->conn = NULL;
+    req->queued = 0;
+    req->failed = 0;
+
+    free = NULL;
+
+    for (i = 0; i < pool->size; i++) {
+        conn = &pool->conns[i];
+
+        if (conn->state == NGX_TENANT_PG_IDLE) {
+            conn->req = req;
+            req->conn = conn;
+            goto armed;
+        }
+
+        if (conn->state == NGX_TENANT_PG_FREE && free == NULL) {
+            free = conn;
+        }
+    }
+
+    if (pool->down && ngx_current_msec < pool->retry_at) {
+        return NGX_DECLINED;
+    }
+
+    if (free) {
+        free->req = req;
+        req->conn = free;
+
+        if (ngx_tenant_pg_connect(free) != NGX_OK) {
+            free->req = NULL;
+            req->conn = NULL;
+            return NGX_DECLINED;
+        }
+
+    } else {
+        ngx_queue_insert_tail(&pool->waiting, &req->queue);
+        req->queued = 1;
+    }
+
+armed:
+
+    ngx_memzero(&req->timer, sizeof(ngx_event_t));
+    req->timer.handler = ngx_tenant_pg_timeout_handler;
+    req->timer.data = req;
+    req->timer.log = pool->log;
+    ngx_add_timer(&req->timer, pool->timeout);
+
+    if (req->conn && req->conn->state == NGX_TENANT_PG_IDLE) {
+        ngx_tenant_pg_send(req->conn);
+    }
+
+    return NGX_AGAIN;
+}
+
+
+void
+ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req)
+{
+    ngx_tenant_pg_conn_t  *conn;
+
+    if (req->timer.timer_set) {
+        ngx_del_timer(&req->timer);
+    }
+
+    if (req->queued) {
+        ngx_queue_remove(&req->queue);
+        req->queued = 0;
+        return;
+    }
+
+    conn = req->conn;
+
+    if (conn == NULL) {
+        return;
+    }
+
+    /*
+     * libpq 15 has no non-blocking cancel: a connection with a query in
+     * flight for a request that is gone is dropped; the pool opens a new
+     * one when it needs it.
+     */
+
+    conn->req = NULL;
+    req->conn = NULL;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, req->pool->log, 0,
+                   "tenant: query cancelled, dropping its connection");
+
+    ngx_tenant_pg_close(conn);
+    ngx_tenant_pg_dispatch(req->pool);
+}
+
+
+ngx_uint_t
+ngx_tenant_pg_is_down(ngx_tenant_pg_pool_t *pool)
+{
+    return pool->down;
+}
+
+
+static ngx_int_t
+ngx_tenant_pg_connect(ngx_tenant_pg_conn_t *conn)
+{
+    ngx_tenant_pg_pool_t  *pool;
+
+    pool = conn->pool;
+
+    /* no host names here: they were resolved at configuration time */
+
+    conn->pgconn = PQconnectStartParams(pool->keywords, pool->values, 0);
+
+    if (conn->pgconn == NULL) {
+        ngx_log_error(NGX_LOG_ERR, pool->log, 0,
+                      "tenant: PQconnectStartParams() failed: out of memory");
+        return NGX_ERROR;
+    }
+
+    if (PQstatus(conn->pgconn) == CONNECTION_BAD) {
+        ngx_tenant_pg_fail(conn, "connecting to PostgreSQL");
+        return NGX_ERROR;
+    }
+
+    PQsetNoticeProcessor(conn->pgconn, ngx_tenant_pg_notice, pool->log);
+
+    conn->state = NGX_TENANT_PG_CONNECTING;
+
+    if (ngx_tenant_pg_attach(conn) != NGX_OK
+        || ngx_tenant_pg_want_write(conn, 1) != NGX_OK)
+    {
+        ngx_tenant_pg_fail(conn, "connecting to PostgreSQL");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Wraps PQsocket() in an nginx connection; libpq may switch sockets
+ * while it connects (another address, SSL retry), so this is called
+ * after every PQconnectPoll().
+ */
+
+static ngx_int_t
+ngx_tenant_pg_attach(ngx_tenant_pg_conn_t *conn)
+{
+    int                fd;
+    ngx_connection_t  *c;
+
+    fd = PQsocket(conn->pgconn);
+
+    if (fd == -1) {
+        return NGX_ERROR;
+    }
+
+    if (conn->c) {
+        if (conn->c->fd == fd) {
+            return NGX_OK;
+        }
+
+        ngx_tenant_pg_detach(conn);
+    }
+
+    c = ngx_get_connection(fd, conn->pool->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->data = conn;
+    c->log = &conn->log;
+    c->read->handler = ngx_tenant_pg_event_handler;
+    c->write->handler = ngx_tenant_pg_event_handler;
+    c->read->log = c->log;
+    c->write->log = c->log;
+
+    conn->c = c;
+
+    /* level-triggered reads: a server that closes an idle connection is
+     * noticed, and libpq need not drain the socket in one call */
+
+    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* Forgets the nginx connection; libpq owns and closes the socket. */
+
+static void
+ngx_tenant_pg_detach(ngx_tenant_pg_conn_t *conn)
+{
+    ngx_connection_t  *c;
+
+    c = conn->c;
+
+    if (c == NULL) {
+        return;
+    }
+
+    if (c->read->active) {
+        ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+    }
+
+    if (c->write->active) {
+        ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    c->fd = (ngx_socket_t) -1;
+    ngx_free_connection(c);
+
+    conn->c = NULL;
+}
+
+
+static ngx_int_t
+ngx_tenant_pg_want_write(ngx_tenant_pg_conn_t *conn, ngx_uint_t want)
+{
+    ngx_event_t  *wev;
+
+    wev = conn->c->write;
+
+    if (want && !wev->active) {
+        return ngx_add_event(wev, NGX_WRITE_EVENT, NGX_LEVEL_EVENT);
+    }
+
+    if (!want && wev->active) {
+        return ngx_del_event(wev, NGX_WRITE_EVENT, 0);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_tenant_pg_event_handler(ngx_event_t *ev)
+{
+    ngx_connection_t      *c;
+    ngx_tenant_pg_conn_t  *conn;
+
+    c = ev->data;
+    conn = c->data;
+
+    switch (conn->state) {
+
+    case NGX_TENANT_PG_CONNECTING:
+        ngx_tenant_pg_poll(conn);
+        return;
+
+    case NGX_TENANT_PG_BUSY:
+        if (ev->write) {
+            ngx_tenant_pg_send(conn);
+
+        } else {
+            ngx_tenant_pg_receive(conn);
+        }
+
+        return;
+
+    case NGX_TENANT_PG_IDLE:
+
+        if (ev->write) {
+            (void) ngx_tenant_pg_want_write(conn, 0);
+            return;
+        }
+
+        /* the server spoke to an idle connection: a notice, or goodbye */
+
+        if (!PQconsumeInput(conn->pgconn)
+            || PQstatus(conn->pgconn) != CONNECTION_OK)
+        {
+            ngx_log_error(NGX_LOG_INFO, conn->pool->log, 0,
+                          "tenant: idle PostgreSQL connection closed: %s",
+                          PQerrorMessage(conn->pgconn));
+            ngx_tenant_pg_close(conn);
+            ngx_tenant_pg_dispatch(conn->pool);
+        }
+
+        return;
+
+    default:
+        return;
+    }
+}
+
+
+static void
+ngx_tenant_pg_poll(ngx_tenant_pg_conn_t *conn)
+{
+    PostgresPollingStatusType  rc;
+
+    rc = PQconnectPoll(conn->pgconn);
+
+    if (rc == PGRES_POLLING_FAILED) {
+        ngx_tenant_pg_fail(conn, "connecting to PostgreSQL");
+        return;
+    }
+
+    if (ngx_tenant_pg_attach(conn) != NGX_OK) {
+        ngx_tenant_pg_fail(conn, "connecting to PostgreSQL");
+        return;
+    }
+
+    switch (rc) {
+
+    case PGRES_POLLING_READING:
+        (void) ngx_tenant_pg_want_write(conn, 0);
+        return;
+
+    case PGRES_POLLING_WRITING:
+        if (ngx_tenant_pg_want_write(conn, 1) != NGX_OK) {
+            ngx_tenant_pg_fail(conn, "connecting to PostgreSQL");
+        }
+
+        return;
+
+    default: /* PGRES_POLLING_OK */
+        break;
+    }
+
+    if (PQsetnonblocking(conn->pgconn, 1) != 0) {
+        ngx_tenant_pg_fail(conn, "connecting to PostgreSQL");
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, conn->pool->log, 0,
+                   "tenant: connected to PostgreSQL, fd:%d", conn->c->fd);
+
+    conn->pool->down = 0;
+    conn->state = NGX_TENANT_PG_IDLE;
+    (void) ngx_tenant_pg_want_write(conn, 0);
+
+    if (conn->req) {
+        ngx_tenant_pg_send(conn);
+
+    } else {
+        ngx_tenant_pg_dispatch(conn->pool);
+    }
+}
+
+
+static void
+ngx_tenant_pg_send(ngx_tenant_pg_conn_t *conn)
+{
+    int                   rc;
+    ngx_tenant_pg_req_t  *req;
+
+    if (conn->state == NGX_TENANT_PG_IDLE) {
+        req = conn->req;
+
+        if (!PQsendQueryParams(conn->pgconn, req->sql, req->nparams, NULL,
+                               req->values, req->lengths, NULL, 0))
+        {
+            ngx_tenant_pg_fail(conn, "sending a query to PostgreSQL");
+            return;
+        }
+
+        conn->state = NGX_TENANT_PG_BUSY;
+    }
+
+    rc = PQflush(conn->pgconn);
+
+    if (rc == -1) {
+        ngx_tenant_pg_fail(conn, "sending a query to PostgreSQL");
+        return;
+    }
+
+    if (ngx_tenant_pg_want_write(conn, rc == 1) != NGX_OK) {
+        ngx_tenant_pg_fail(conn, "sending a query to PostgreSQL");
+    }
+}
+
+
+static void
+ngx_tenant_pg_receive(ngx_tenant_pg_conn_t *conn)
+{
+    PGresult             *res;
+    ngx_tenant_pg_req_t  *req;
+
+    if (!PQconsumeInput(conn->pgconn)) {
+        ngx_tenant_pg_fail(conn, "reading from PostgreSQL");
+        return;
+    }
+
+    while (!PQisBusy(conn->pgconn)) {
+
+        res = PQgetResult(conn->pgconn);
+
+        if (res == NULL) {
+            goto done;
+        }
+
+        if (conn->res == NULL) {
+            conn->res = res;
+
+        } else {
+            PQclear(res);
+        }
+    }
+
+    return;
+
+done:
+
+    res = conn->res;
+    conn->res = NULL;
+
+    req = conn->req;
+    conn->req = NULL;
+    conn->state = NGX_TENANT_PG_IDLE;
+
+    if (req) {
+        req->conn = NULL;
+        ngx_tenant_pg_finish(req, res);
+    }
+
+    PQclear(res);
+
+    ngx_tenant_pg_dispatch(conn->pool);
+}
+
+
+static void
+ngx_tenant_pg_timeout_handler(ngx_event_t *ev)
+{
+    ngx_tenant_pg_req_t   *req;
+    ngx_tenant_pg_conn_t  *conn;
+    ngx_tenant_pg_pool_t  *pool;
+
+    req = ev->data;
+    pool = req->pool;
+
+    if (!req->failed) {
+        ngx_log_error(NGX_LOG_ERR, pool->log, 0,
+                      "tenant: PostgreSQL did not answer within %Mms",
+                      pool->timeout);
+
+        pool->down = 1;
+        pool->retry_at = ngx_current_msec + NGX_TENANT_PG_RETRY;
+    }
+
+    if (req->queued) {
+        ngx_queue_remove(&req->queue);
+        req->queued = 0;
+        ngx_tenant_pg_finish(req, NULL);
+        return;
+    }
+
+    conn = req->conn;
+
+    if (conn) {
+        conn->req = NULL;
+        req->conn = NULL;
+        ngx_tenant_pg_close(conn);
+    }
+
+    ngx_tenant_pg_finish(req, NULL);
+    ngx_tenant_pg_dispatch(pool);
+}
+
+
+/* Logs why a connection failed once, drops it, fails its request. */
+
+static void
+ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn, const char *what)
+{
+    u_char                *msg, *p;
+    ngx_tenant_pg_req_t   *req;
+    ngx_tenant_pg_pool_t  *pool;
+
+    pool = conn->pool;
+
+    msg = (u_char *) (conn->pgconn ? PQerrorMessage(conn->pgconn) : "");
+
+    /* one line: libpq ends its messages with a newline */
+    for (p = msg; *p && *p != '\n'; p++) { /* void */ }
+
+    ngx_log_error(NGX_LOG_ERR, pool->log, 0,
+                  "tenant: PostgreSQL failed while %s: %*s",
+                  what, (size_t) (p - msg), msg);
+
+    pool->down = 1;
+    pool->retry_at = ngx_current_msec + NGX_TENANT_PG_RETRY;
+
+    req = conn->req;
+    conn->req = NULL;
+
+    ngx_tenant_pg_close(conn);
+
+    if (req) {
+        req->conn = NULL;
+        req->failed = 1;
+
+        if (req->timer.timer_set) {
+            /* the caller learns of it from an event, never from inside
+             * ngx_tenant_pg_query(): fail it on the next timer tick */
+            ngx_del_timer(&req->timer);
+            ngx_add_timer(&req->timer, 1);
+            req->timer.log = pool->log;
+            req->timer.handler = ngx_tenant_pg_timeout_handler;
+        }
+    }
+
+    ngx_tenant_pg_dispatch(pool);
+}
+
+
+static void
+ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn)
+{
+    ngx_tenant_pg_detach(conn);
+
+    if (conn->res) {
+        PQclear(conn->res);
+        conn->res = NULL;
+    }
+
+    if (conn->pgconn) {
+        PQfinish(conn->pgconn);
+        conn->pgconn = NULL;
+    }
+
+    conn->state = NGX_TENANT_PG_FREE;
+}
+
+
+/* Gives waiting requests the connections that are idle or can be made. */
+
+static void
+ngx_tenant_pg_dispatch(ngx_tenant_pg_pool_t *pool)
+{
+    ngx_uint_t             i;
+    ngx_queue_t           *q;
+    ngx_tenant_pg_req_t   *req;
+    ngx_tenant_pg_conn_t  *conn;
+
+    for (i = 0; i < pool->size && !ngx_queue_empty(&pool->waiting); i++) {
+        conn = &pool->conns[i];
+
+        if (conn->req) {
+            continue;
+        }
+
+        if (conn->state == NGX_TENANT_PG_FREE) {
+            if (pool->down && ngx_current_msec < pool->retry_at) {
+                continue;
+            }
+
+        } else if (conn->state != NGX_TENANT_PG_IDLE) {
+            continue;
+        }
+
+        q = ngx_queue_head(&pool->waiting);
+        ngx_queue_remove(q);
+
+        req = ngx_queue_data(q, ngx_tenant_pg_req_t, queue);
+        req->queued = 0;
+        req->conn = conn;
+        conn->req = req;
+
+        if (conn->state == NGX_TENANT_PG_IDLE) {
+            ngx_tenant_pg_send(conn);
+
+        } else if (ngx_tenant_pg_connect(conn) != NGX_OK) {
+            /* fail() re-armed the request's timer: it fails on the tick */
+            continue;
+        }
+    }
+}
+
+
+static void
+ngx_tenant_pg_finish(ngx_tenant_pg_req_t *req, PGresult *res)
+{
+    if (req->timer.timer_set) {
+        ngx_del_timer(&req->timer);
+    }
+
+    req->handler(req, res);
+}
+
+
+static void
+ngx_tenant_pg_notice(void *arg, const char *message)
+{
+    ngx_log_t  *log = arg;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0, "tenant: PostgreSQL: %s",
+                   message);
+}

@@ -1,0 +1,74 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * A per-worker pool of PostgreSQL connections driven by nginx events
+ * through libpq's asynchronous API: PQconnectStartParams/PQconnectPoll,
+ * PQsendQueryParams, PQflush, PQconsumeInput.  Nothing here blocks.
+ */
+
+#ifndef _NGX_TENANT_PG_H_INCLUDED_
+#define _NGX_TENANT_PG_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include <libpq-fe.h>
+
+#include "ngx_tenant.h"
+
+
+#define NGX_TENANT_PG_MAX_PARAMS   4
+
+
+typedef struct ngx_tenant_pg_conn_s  ngx_tenant_pg_conn_t;
+
+/* res is NULL when the query could not be run (no connection, timeout);
+ * it is freed by the pool after the handler returns. */
+typedef void (*ngx_tenant_pg_handler_pt)(ngx_tenant_pg_req_t *req,
+    PGresult *res);
+
+
+struct ngx_tenant_pg_req_s {
+    ngx_tenant_pg_handler_pt   handler;
+    void                      *data;
+
+    const char                *sql;
+    int                        nparams;
+    const char                *values[NGX_TENANT_PG_MAX_PARAMS];
+    int                        lengths[NGX_TENANT_PG_MAX_PARAMS];
+
+    /* set by the pool */
+    ngx_tenant_pg_pool_t      *pool;
+    ngx_tenant_pg_conn_t      *conn;
+    ngx_queue_t                queue;
+    ngx_event_t                timer;
+    unsigned                   queued:1;
+    unsigned                   failed:1;
+};
+
+
+/* keywords/values: NULL-terminated, as PQconnectStartParams takes them;
+ * they must live as long as the cycle. */
+ngx_tenant_pg_pool_t *ngx_tenant_pg_pool_create(ngx_cycle_t *cycle,
+    const char *const *keywords, const char *const *values, ngx_uint_t size,
+    ngx_msec_t timeout);
+void ngx_tenant_pg_pool_destroy(ngx_tenant_pg_pool_t *pool);
+
+/*
+ * Runs req->sql with req->values: NGX_AGAIN, and req->handler is called
+ * later (always from an event handler, never from inside this call);
+ * or NGX_DECLINED at once when the database failed within the last
+ * second (callers answer without waiting).
+ */
+ngx_int_t ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool,
+    ngx_tenant_pg_req_t *req);
+
+/* The caller no longer wants the answer (its request is going away). */
+void ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req);
+
+/* Whether the last attempt to reach the database failed. */
+ngx_uint_t ngx_tenant_pg_is_down(ngx_tenant_pg_pool_t *pool);
+
+
+#endif /* _NGX_TENANT_PG_H_INCLUDED_ */

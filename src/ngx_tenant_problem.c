@@ -1,0 +1,93 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * Sending problem+json (RFC 9457) and JSON responses from any phase.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_tenant.h"
+
+
+static ngx_int_t ngx_tenant_body_send(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *type, u_char *body, size_t len);
+
+
+ngx_int_t
+ngx_tenant_problem_send(ngx_http_request_t *r, tenant_problem_t *p)
+{
+    u_char     *body;
+    size_t      len;
+    ngx_str_t   type = ngx_string("application/problem+json");
+
+    len = tenant_problem_render(NULL, 0, p);
+
+    body = ngx_pnalloc(r->pool, len);
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (tenant_problem_render((char *) body, len, p) != len) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_tenant_body_send(r, p->status, &type, body, len);
+}
+
+
+ngx_int_t
+ngx_tenant_json_send(ngx_http_request_t *r, ngx_uint_t status, u_char *body,
+    size_t len)
+{
+    ngx_str_t  type = ngx_string("application/json");
+
+    return ngx_tenant_body_send(r, status, &type, body, len);
+}
+
+
+static ngx_int_t
+ngx_tenant_body_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, u_char *body, size_t len)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.status = status;
+    r->headers_out.content_type = *type;
+    r->headers_out.content_type_len = type->len;
+    r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.content_length_n = len;
+
+    ngx_http_clear_last_modified(r);
+    ngx_http_clear_etag(r);
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = body;
+    b->last = body + len;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}

@@ -1,0 +1,116 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * Compact JWT (RFC 7519) parsing and verification for Clerk session
+ * tokens.  nginx-agnostic: plain C, OpenSSL and jansson only, so unit
+ * tests and fuzzers link it without nginx.
+ */
+
+#ifndef _TENANT_JWT_H_INCLUDED_
+#define _TENANT_JWT_H_INCLUDED_
+
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "tenant_jwks.h"
+
+
+#define TENANT_JWT_MAX_LEN        8192    /* longer tokens are refused */
+#define TENANT_CLAIM_MAX          128     /* bytes, without the NUL */
+
+#define TENANT_JWT_RS256          0x01
+#define TENANT_JWT_ES256          0x02
+
+
+typedef enum {
+    TENANT_JWT_OK = 0,
+    TENANT_JWT_TOO_LARGE,         /* token longer than TENANT_JWT_MAX_LEN */
+    TENANT_JWT_MALFORMED,         /* not three base64url segments */
+    TENANT_JWT_BAD_HEADER,        /* header not a JSON object, no alg */
+    TENANT_JWT_ALG_NOT_ALLOWED,   /* alg not in the allowlist (none, HS*) */
+    TENANT_JWT_UNKNOWN_KID,       /* no key with that kid (or no key at all) */
+    TENANT_JWT_BAD_SIGNATURE,     /* signature does not verify */
+    TENANT_JWT_BAD_PAYLOAD,       /* payload not a JSON object */
+    TENANT_JWT_BAD_CLAIM,         /* claim of the wrong type, too long or
+                                     with control characters; sub or exp
+                                     missing */
+    TENANT_JWT_EXPIRED,           /* now > exp + leeway */
+    TENANT_JWT_NOT_YET_VALID,     /* now < nbf - leeway */
+    TENANT_JWT_BAD_ISSUER,        /* iss != configured issuer */
+    TENANT_JWT_BAD_AZP,           /* azp not among the authorized parties */
+    TENANT_JWT_SESSION_PENDING,   /* Clerk v2 token with sts "pending" */
+    TENANT_JWT_ERROR              /* out of memory, OpenSSL failure */
+} tenant_jwt_status_t;
+
+
+/* What the gateway keeps of a verified token.  Fixed size, no pointers:
+ * it is copied as is into the shared-memory token cache. */
+
+typedef struct {
+    int64_t       exp;
+    int64_t       nbf;            /* 0 if absent */
+    int64_t       iat;            /* 0 if absent */
+
+    /* each string is NUL-terminated, its length in *_len */
+    char          sub[TENANT_CLAIM_MAX + 1];
+    char          org_id[TENANT_CLAIM_MAX + 1];
+    char          org_role[TENANT_CLAIM_MAX + 1];
+    char          org_slug[TENANT_CLAIM_MAX + 1];
+    char          metadata_role[TENANT_CLAIM_MAX + 1];   /* "metadata.role" */
+
+    uint16_t      sub_len;
+    uint16_t      org_id_len;
+    uint16_t      org_role_len;
+    uint16_t      org_slug_len;
+    uint16_t      metadata_role_len;
+
+    uint8_t       version;        /* Clerk token version: 1 or 2 */
+} tenant_jwt_claims_t;
+
+
+typedef struct {
+    unsigned          algorithms;     /* TENANT_JWT_RS256 | TENANT_JWT_ES256 */
+    int64_t           now;            /* seconds since the epoch */
+    int64_t           leeway;         /* seconds, for exp and nbf */
+
+    const char       *issuer;         /* NULL: not checked */
+    size_t            issuer_len;
+
+    const char      **azp;            /* NULL or nazp == 0: not checked */
+    size_t           *azp_len;
+    size_t            nazp;
+} tenant_jwt_policy_t;
+
+
+/*
+ * Verifies a compact JWT against the key set and the policy and fills
+ * *claims.  Order of checks: size, shape, header JSON, alg allowlist
+ * (before any key is touched), kid -> key (the key's type must match the
+ * alg: an RSA key never verifies ES256 and vice versa), signature, payload
+ * JSON, claim types and bounds, exp, nbf, iss, azp, sts.
+ *
+ * Org claims: v1 tokens carry org_id / org_role / org_slug at the top
+ * level; v2 tokens ("v": 2) carry an object "o" with id / rol / slg
+ * (Clerk's v2 "rol" has no "org:" prefix; it is stored as given).
+ * A claim that is present but not a string, longer than TENANT_CLAIM_MAX
+ * or containing bytes < 0x20 or 0x7f gives TENANT_JWT_BAD_CLAIM.
+ */
+tenant_jwt_status_t tenant_jwt_verify(const unsigned char *token, size_t len,
+    const tenant_keyset_t *keys, const tenant_jwt_policy_t *policy,
+    tenant_jwt_claims_t *claims);
+
+/* A short stable identifier ("token_expired") and a human sentence
+ * ("the token has expired") for each status; never mention key material. */
+const char *tenant_jwt_status_code(tenant_jwt_status_t status);
+const char *tenant_jwt_status_text(tenant_jwt_status_t status);
+
+/* base64url without padding (RFC 4648 section 5); returns decoded length
+ * or -1 on a bad character or impossible length.  dst must hold
+ * (len * 3) / 4 + 3 bytes. */
+long tenant_base64url_decode(unsigned char *dst, const unsigned char *src,
+    size_t len);
+
+
+#endif /* _TENANT_JWT_H_INCLUDED_ */

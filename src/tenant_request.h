@@ -1,0 +1,47 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * What the gateway reads from a request before trusting anything: the
+ * bearer token (Authorization header or __session cookie) and the
+ * organization id.  nginx-agnostic, fuzzed.
+ */
+
+#ifndef _TENANT_REQUEST_H_INCLUDED_
+#define _TENANT_REQUEST_H_INCLUDED_
+
+
+#include <stddef.h>
+
+
+#define TENANT_ORG_ID_MAX         128
+
+
+/*
+ * "Bearer <token>": the scheme is case-insensitive (RFC 7235), one or
+ * more spaces follow it, the token is token68 characters
+ * ([A-Za-z0-9-._~+/]+ and trailing '=') followed by optional spaces only.
+ * Returns 0 and points *token into auth, or -1 (another scheme, empty or
+ * malformed token).
+ */
+int tenant_bearer_token(const unsigned char *auth, size_t len,
+    const unsigned char **token, size_t *token_len);
+
+/*
+ * The value of cookie "name" in a Cookie header value ("a=1; b=2"),
+ * optionally double-quoted.  Returns 0 and points *value into cookie, or
+ * -1 when the cookie is absent.
+ */
+int tenant_cookie_value(const unsigned char *cookie, size_t len,
+    const char *name, size_t name_len, const unsigned char **value,
+    size_t *value_len);
+
+/*
+ * An organization id as a client may send it: 1..TENANT_ORG_ID_MAX
+ * visible ASCII bytes (0x21..0x7e).  Anything else (spaces, control
+ * characters, UTF-8) is refused before it reaches a query or a header.
+ * Returns 1 if acceptable.
+ */
+int tenant_org_id_valid(const unsigned char *id, size_t len);
+
+
+#endif /* _TENANT_REQUEST_H_INCLUDED_ */
