@@ -174,8 +174,7 @@ ngx_int_t
 ngx_tenant_headers_strip(ngx_http_request_t *r)
 {
     ngx_uint_t        i, n, total;
-    ngx_list_t        headers;
-    ngx_list_part_t  *part;
+    ngx_list_part_t  *part, old;
     ngx_table_elt_t  *h, *nh;
 
     n = 0;
@@ -207,13 +206,22 @@ ngx_tenant_headers_strip(ngx_http_request_t *r)
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "tenant: removing %ui client-sent tenant headers", n);
 
-    if (ngx_list_init(&headers, r->pool, total + 10, sizeof(ngx_table_elt_t))
+    /*
+     * The old list is walked from a copy of its first part (the list's
+     * "last" may point into r->headers_in.headers itself); the new list
+     * is built in place.
+     */
+
+    old = r->headers_in.headers.part;
+
+    if (ngx_list_init(&r->headers_in.headers, r->pool, total + 10,
+                      sizeof(ngx_table_elt_t))
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    part = &r->headers_in.headers.part;
+    part = &old;
     h = part->elts;
 
     for (i = 0; /* void */; i++) {
@@ -232,15 +240,13 @@ ngx_tenant_headers_strip(ngx_http_request_t *r)
             continue;
         }
 
-        nh = ngx_list_push(&headers);
+        nh = ngx_list_push(&r->headers_in.headers);
         if (nh == NULL) {
             return NGX_ERROR;
         }
 
         *nh = h[i];
     }
-
-    r->headers_in.headers = headers;
 
     return NGX_OK;
 }
