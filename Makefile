@@ -3,6 +3,9 @@
 #   make            build build/nginx/objs/ngx_tenant_module.so
 #   make run        install what is missing, build, migrate, start the gateway
 #   make test       the whole suite (unit + integration), as CI runs it
+#   make stop       stop the embedded PostgreSQL of make run
+#   make migrate    apply pending migrations to DATABASE_URL
+#   make bench      gateway vs plain proxy_pass (bench/run.sh)
 
 SHELL       := /bin/bash
 
@@ -23,7 +26,7 @@ UNIT_LIBS    = -ljansson -lcrypto
 UNIT_SRCS    = $(wildcard src/tenant_*.c)
 UNIT_TESTS   = $(patsubst t/unit/%.c,$(BUILD)/unit/%,$(wildcard t/unit/test_*.c))
 
-.PHONY: all module unit deps run test migrate clean
+.PHONY: all module unit deps run stop test migrate bench clean
 
 all: module
 
@@ -50,6 +53,18 @@ $(BUILD)/unit/%: t/unit/%.c $(UNIT_SRCS) $(wildcard src/tenant_*.h) t/unit/tap.h
 
 deps:
 	scripts/deps.sh
+
+run: deps module
+	scripts/run.sh
+
+stop:
+	scripts/stop.sh
+
+migrate:
+	scripts/migrate.sh
+
+bench: module
+	bench/run.sh
 
 test: deps module unit
 	prove --exec "" $(UNIT_TESTS)

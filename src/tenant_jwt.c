@@ -124,11 +124,6 @@ tenant_jwt_verify(const unsigned char *token, size_t len,
     const tenant_key_t   *key;
     const unsigned char  *seg[3];
     char                  kid[TENANT_KID_MAX + 1];
-
-    /*
-     * Each decoded segment is at most 3/4 of its encoded length, so all
-     * three fit in one buffer of the maximal token size.
-     */
     unsigned char         buf[TENANT_JWT_MAX_LEN];
 
     memset(claims, 0, sizeof(tenant_jwt_claims_t));
@@ -141,6 +136,11 @@ tenant_jwt_verify(const unsigned char *token, size_t len,
     if (rc != TENANT_JWT_OK) {
         return rc;
     }
+
+    /*
+     * Each decoded segment is at most 3/4 of its encoded length, so the
+     * three fit one after the other in a buffer of the maximal token size.
+     */
 
     hdr = buf;
     n = tenant_base64url_decode(hdr, seg[0], seg_len[0]);
@@ -171,9 +171,11 @@ tenant_jwt_verify(const unsigned char *token, size_t len,
 
     /* the algorithm is allowed: now, and only now, look at the keys */
 
-    key = (keys != NULL) ? tenant_keyset_find(keys, has_kid ? kid : NULL,
-                                              kid_len)
-                         : NULL;
+    if (keys == NULL) {
+        return TENANT_JWT_UNKNOWN_KID;
+    }
+
+    key = tenant_keyset_find(keys, has_kid ? kid : NULL, kid_len);
 
     if (key == NULL || key->pkey == NULL) {
         return TENANT_JWT_UNKNOWN_KID;

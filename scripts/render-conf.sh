@@ -1,0 +1,462 @@
+#!/usr/bin/env bash
+# Validates the gateway's environment and renders conf/nginx.conf.template
+# into OUT_FILE (mode 0600: it holds the database password and the
+# signing key).
+#
+#   scripts/render-conf.sh OUT_FILE
+#
+# A missing or malformed required variable: exit 1 and one line on stderr
+# naming the variable and what is wrong.  Secret values are never printed.
+#
+# Variables (empty counts as unset; surrounding blanks are ignored):
+#
+#   DATABASE_URL             required: postgresql://... URL or libpq
+#                            key=value string
+#   CLERK_JWT_KEY            PEM public key text (RSA >= 2048 or EC P-256),
+#                            written to RUN_DIR/clerk-jwt-key.pem (0600);
+#   CLERK_JWKS_FILE          or a JWKS JSON file; at least one is required
+#   CLERK_ISSUER             optional: https:// URL (http:// for localhost)
+#   CLERK_AUTHORIZED_PARTIES optional: comma-separated origins
+#   ENCRYPTION_KEY           required: 64 hex digits (signs tenant headers)
+#   CRON_SECRET              required: at least 32 characters
+#   BACKEND_URL, MCP_URL     http(s)://host[:port]; unset: the demo
+#                            upstream on 127.0.0.1:DEMO_PORT (refused when
+#                            NODE_ENV=production)
+#   DEMO_PORT                8081
+#   CORS_ORIGIN              "" (no CORS), "*", or comma-separated origins
+#   RATE_LIMIT_MAX           100 (requests per window)
+#   RATE_LIMIT_WINDOW        60000 (milliseconds)
+#   MAX_REQUEST_SIZE         10mb (N, Nk, Nkb, Nm, Nmb, Ng, Ngb)
+#   LOG_LEVEL                info (debug, info, notice, warn, error, crit;
+#                            also warning, fatal, trace, verbose, http)
+#   UPGRADE_URL              https://app.capliquify.com/settings/billing?...
+#   PORT                     8080
+#   RUN_DIR                  .local/run (pid, temp files, key file, socket)
+#   TENANT_MODULE            build/nginx/objs/ngx_tenant_module.so
+#   UPSTREAM_CA_FILE         /etc/ssl/certs/ca-certificates.crt (used when
+#                            an upstream is https)
+set -euo pipefail
+umask 077
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+template=$root/conf/nginx.conf.template
+
+die() {
+    printf 'render-conf: %s\n' "$*" >&2
+    exit 1
+}
+
+# Warnings are printed at the end, on success only: a failure is one line.
+warnings=()
+warn() {
+    warnings+=("render-conf: warning: $*")
+}
+
+# ' (got "VALUE")' for a non-secret value that prints on one short line
+# (not when it might hold URL credentials).
+got() {
+    if [[ $1 =~ ^[[:print:]]{1,80}$ && $1 != *@* ]]; then
+        printf ' (got "%s")' "$1"
+    fi
+}
+
+# get TARGET NAME [DEFAULT]: TARGET := the value of variable NAME without
+# surrounding blanks, or DEFAULT when that is empty.  (Assignments, not
+# $(...): forks are slow on some machines and this runs for every variable.)
+get() {
+    trim "$1" "${!2:-}"
+    [ -n "${!1}" ] || printf -v "$1" '%s' "${3:-}"
+}
+
+# trim TARGET VALUE
+trim() {
+    local _v=$2
+    _v=${_v#"${_v%%[![:space:]]*}"}
+    _v=${_v%"${_v##*[![:space:]]}"}
+    printf -v "$1" '%s' "$_v"
+}
+
+# Characters that would end or change an unquoted nginx parameter.
+unsafe_path() {
+    [[ $1 =~ [[:space:][:cntrl:]\"\'\;\{\}\$\#\\] ]]
+}
+
+# abs TARGET PATH: TARGET := PATH made absolute (relative to $PWD).
+abs() {
+    case $2 in
+        /*) printf -v "$1" '%s' "$2" ;;
+        *)  printf -v "$1" '%s/%s' "$PWD" "$2" ;;
+    esac
+}
+
+# A string as the inside of an nginx "..." parameter.
+nginx_quote() {
+    local v=${1//\\/\\\\}
+    printf '%s' "${v//\"/\\\"}"
+}
+
+port_ok() {
+    [[ $1 =~ ^[0-9]{1,5}$ ]] && (( 10#$1 >= 1 && 10#$1 <= 65535 ))
+}
+
+# scheme://host[:port], as a browser sends it in Origin and Clerk in azp.
+origin_ok() {
+    [[ $1 =~ ^https?://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$ ]]
+}
+
+
+[ $# -eq 1 ] || { echo "usage: scripts/render-conf.sh OUT_FILE" >&2; exit 2; }
+abs out "$1"
+
+[ -r "$template" ] || die "template $template is missing"
+
+
+# ---- required secrets ------------------------------------------------------
+
+get database_url DATABASE_URL
+[ -n "$database_url" ] \
+    || die "DATABASE_URL: required (postgresql://user:password@host:5432/db)"
+if [[ $database_url =~ [[:cntrl:]] ]]; then
+    die "DATABASE_URL: contains control characters"
+fi
+if [[ ! $database_url =~ ^postgres(ql)?://[^[:space:]]+$ \
+      && ! $database_url =~ ^[a-z_]+[[:space:]]*= ]]; then
+    die "DATABASE_URL: must be a postgresql:// URL or a libpq key=value string"
+fi
+
+get encryption_key ENCRYPTION_KEY
+[ -n "$encryption_key" ] \
+    || die "ENCRYPTION_KEY: required, 64 hex digits (openssl rand -hex 32)"
+[[ $encryption_key =~ ^[0-9A-Fa-f]{64}$ ]] \
+    || die "ENCRYPTION_KEY: must be exactly 64 hex digits (openssl rand -hex 32)"
+
+get cron_secret CRON_SECRET
+[ -n "$cron_secret" ] \
+    || die "CRON_SECRET: required, at least 32 characters (openssl rand -hex 32)"
+(( ${#cron_secret} >= 32 )) \
+    || die "CRON_SECRET: too short, at least 32 characters (openssl rand -hex 32)"
+
+
+# ---- plain settings --------------------------------------------------------
+
+get port PORT 8080
+port_ok "$port" || die "PORT: must be a port number 1-65535$(got "$port")"
+port=$((10#$port))
+
+get demo_port DEMO_PORT 8081
+port_ok "$demo_port" \
+    || die "DEMO_PORT: must be a port number 1-65535$(got "$demo_port")"
+demo_port=$((10#$demo_port))
+
+get log_level LOG_LEVEL info
+case ${log_level,,} in
+    debug|trace|verbose|silly)  log_level=debug ;;
+    info|http)                  log_level=info ;;
+    notice)                     log_level=notice ;;
+    warn|warning)               log_level=warn ;;
+    error)                      log_level=error ;;
+    crit|fatal)                 log_level=crit ;;
+    alert)                      log_level=alert ;;
+    emerg)                      log_level=emerg ;;
+    *) die "LOG_LEVEL: must be one of debug, info, notice, warn, error$(got "$log_level")" ;;
+esac
+
+get size MAX_REQUEST_SIZE 10mb
+if [[ ${size,,} =~ ^([0-9]{1,9})[[:space:]]*(b|k|kb|m|mb|g|gb)?$ ]]; then
+    n=$((10#${BASH_REMATCH[1]}))
+    unit=${BASH_REMATCH[2]:0:1}
+    [ "$unit" = b ] && unit=
+    (( n > 0 )) || die "MAX_REQUEST_SIZE: must be greater than 0$(got "$size")"
+    max_request_size=$n$unit
+else
+    die "MAX_REQUEST_SIZE: must be a size like 10mb, 512kb, 1m or 4096$(got "$size")"
+fi
+
+get rate_max RATE_LIMIT_MAX 100
+[[ $rate_max =~ ^[0-9]{1,9}$ ]] && (( 10#$rate_max > 0 )) \
+    || die "RATE_LIMIT_MAX: must be a positive integer (requests per window)$(got "$rate_max")"
+rate_max=$((10#$rate_max))
+
+get rate_window RATE_LIMIT_WINDOW 60000
+[[ $rate_window =~ ^[0-9]{1,9}$ ]] && (( 10#$rate_window > 0 )) \
+    || die "RATE_LIMIT_WINDOW: must be a positive integer (milliseconds)$(got "$rate_window")"
+rate_window=$((10#$rate_window))
+
+get upgrade_url UPGRADE_URL \
+    'https://app.capliquify.com/settings/billing?plan=$tenant_required_tier&org=$tenant_org_id'
+[[ $upgrade_url =~ ^https?://[^[:space:][:cntrl:]\"\'\\]+$ ]] \
+    || die "UPGRADE_URL: must be an http(s):// URL without spaces, quotes or backslashes"
+
+
+# ---- paths -----------------------------------------------------------------
+
+get run_dir RUN_DIR "$root/.local/run"
+abs run_dir "$run_dir"
+run_dir=${run_dir%/}
+unsafe_path "$run_dir" \
+    && die "RUN_DIR: must be a path without spaces, quotes or any of ;{}\$#\\"
+sock=$run_dir/cors-preflight.sock
+(( ${#sock} <= 100 )) \
+    || die "RUN_DIR: too long for a unix socket path ($sock), at most $((100 - ${#sock} + ${#run_dir})) characters"
+# 0755: nginx workers (nobody, when the master runs as root) use the temp
+# directories and the preflight socket.  Secrets in it are 0600 files.
+(umask 022 && mkdir -p "$run_dir/tmp") 2>/dev/null \
+    || die "RUN_DIR: cannot create $run_dir"
+
+get module TENANT_MODULE "$root/build/nginx/objs/ngx_tenant_module.so"
+abs module "$module"
+unsafe_path "$module" \
+    && die "TENANT_MODULE: must be a path without spaces, quotes or any of ;{}\$#\\"
+[ -e "$module" ] || warn "TENANT_MODULE $module does not exist yet (make module)"
+
+
+# ---- Clerk keys ------------------------------------------------------------
+
+get jwt_key CLERK_JWT_KEY
+get jwks_file CLERK_JWKS_FILE
+key_file=
+
+[ -n "$jwt_key$jwks_file" ] \
+    || die "CLERK_JWT_KEY: required (Clerk's PEM public key), or set CLERK_JWKS_FILE"
+
+if [ -n "$jwt_key" ]; then
+    # Dashboards and .env files often hold the PEM on one line with "\n".
+    if [[ $jwt_key != *$'\n'* && $jwt_key == *'\n'* ]]; then
+        jwt_key=${jwt_key//\\n/$'\n'}
+    fi
+    jwt_key=${jwt_key//$'\r'/}
+    trim jwt_key "$jwt_key"
+    case $jwt_key in
+        *"PRIVATE KEY-----"*)
+            die "CLERK_JWT_KEY: is a private key; set the public key (-----BEGIN PUBLIC KEY-----)" ;;
+        "-----BEGIN RSA PUBLIC KEY-----"*)
+            die "CLERK_JWT_KEY: PKCS#1 (BEGIN RSA PUBLIC KEY) is not supported; convert it: openssl rsa -RSAPublicKey_in -pubout" ;;
+        "-----BEGIN PUBLIC KEY-----"$'\n'*"-----END PUBLIC KEY-----") ;;
+        *)
+            die "CLERK_JWT_KEY: not a PEM public key (-----BEGIN PUBLIC KEY----- ... -----END PUBLIC KEY-----)" ;;
+    esac
+
+    key_file=$run_dir/clerk-jwt-key.pem
+    tmp_key=$(mktemp "$run_dir/.clerk-jwt-key.XXXXXX")
+    printf '%s\n' "$jwt_key" > "$tmp_key"
+
+    if command -v openssl >/dev/null 2>&1; then
+        if ! text=$(openssl pkey -pubin -in "$tmp_key" -noout -text 2>/dev/null); then
+            rm -f "$tmp_key"
+            die "CLERK_JWT_KEY: the PEM does not parse as a public key"
+        fi
+        bits=$(sed -n 's/.*Public-Key: (\([0-9]*\) bit).*/\1/p' <<< "$text" | head -1)
+        if grep -q '^Modulus:' <<< "$text"; then
+            if (( ${bits:-0} < 2048 || ${bits:-0} > 8192 )); then
+                rm -f "$tmp_key"
+                die "CLERK_JWT_KEY: RSA key of ${bits:-?} bits, 2048 to 8192 needed"
+            fi
+        elif grep -q '^Field Type:' <<< "$text"; then
+            rm -f "$tmp_key"
+            die "CLERK_JWT_KEY: EC key with explicit curve parameters; export it with the named curve P-256 (openssl pkey -pubin -ec_param_enc named_curve)"
+        elif ! grep -Eq 'ASN1 OID: prime256v1|NIST CURVE: P-256' <<< "$text"; then
+            rm -f "$tmp_key"
+            die "CLERK_JWT_KEY: must be an RSA (RS256) or EC P-256 (ES256) public key"
+        fi
+    fi
+    mv -f "$tmp_key" "$key_file"
+fi
+
+if [ -n "$jwks_file" ]; then
+    abs jwks_file "$jwks_file"
+    unsafe_path "$jwks_file" \
+        && die "CLERK_JWKS_FILE: must be a path without spaces, quotes or any of ;{}\$#\\"
+    [ -f "$jwks_file" ] && [ -r "$jwks_file" ] \
+        || die "CLERK_JWKS_FILE: $jwks_file is not a readable file"
+    perl -MJSON::PP -e '
+        local $/; open my $f, "<", $ARGV[0] or exit 1;
+        my $d = eval { JSON::PP->new->decode(<$f>) } or exit 1;
+        exit(ref $d eq "HASH" && ref $d->{keys} eq "ARRAY" && @{$d->{keys}}
+             ? 0 : 1);
+    ' "$jwks_file" \
+        || die "CLERK_JWKS_FILE: $jwks_file is not a JWKS document ({\"keys\":[...]})"
+fi
+
+get issuer CLERK_ISSUER
+if [ -n "$issuer" ]; then
+    [[ $issuer =~ ^https://[^[:space:][:cntrl:]\"\'\\]+$ \
+       || $issuer =~ ^http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?(/[^[:space:][:cntrl:]\"\'\\]*)?$ ]] \
+        || die "CLERK_ISSUER: must be an https:// URL (http:// only for localhost)$(got "$issuer")"
+fi
+
+parties=
+get parties_in CLERK_AUTHORIZED_PARTIES
+IFS=, read -r -a items <<< "$parties_in"
+for p in "${items[@]}"; do
+    trim p "$p"
+    [ -n "$p" ] || continue
+    origin_ok "$p" \
+        || die "CLERK_AUTHORIZED_PARTIES: \"$p\" is not an origin (scheme://host[:port], no path)"
+    parties+="${parties:+ }\"$p\""
+done
+
+
+# ---- upstreams -------------------------------------------------------------
+
+demo=
+get node_env NODE_ENV
+ca_file=
+
+# upstream NAME VAR: sets <NAME>_scheme, _server, _host, _host_header.
+upstream() {
+    local name=$1 var=$2 url scheme host port
+    get url "$var"
+    if [ -z "$url" ]; then
+        [ "$node_env" = production ] \
+            && die "$var: required when NODE_ENV=production (the demo upstream is for local runs)"
+        demo=1
+        scheme=http host=127.0.0.1 port=$demo_port
+    elif [[ $url =~ ^(https?)://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:([0-9]{1,5}))?/?$ ]]; then
+        scheme=${BASH_REMATCH[1]} host=${BASH_REMATCH[2]} port=${BASH_REMATCH[5]}
+        if [ -z "$port" ]; then
+            [ "$scheme" = https ] && port=443 || port=80
+        fi
+        port_ok "$port" || die "$var: port must be 1-65535$(got "$url")"
+        port=$((10#$port))
+    elif [[ $url =~ ^https?://[^/]+/. ]]; then
+        die "$var: must be scheme://host[:port] without a path$(got "$url")"
+    else
+        die "$var: must be an http:// or https:// URL (scheme://host[:port])$(got "$url")"
+    fi
+
+    printf -v "${name}_scheme" '%s' "$scheme"
+    printf -v "${name}_server" '%s' "$host:$port"
+    printf -v "${name}_host" '%s' "$host"
+    if [[ ( $scheme = http && $port = 80 ) || ( $scheme = https && $port = 443 ) ]]; then
+        printf -v "${name}_host_header" '%s' "$host"
+    else
+        printf -v "${name}_host_header" '%s' "$host:$port"
+    fi
+    [ "$scheme" = https ] && ca_file=1
+    return 0
+}
+
+upstream backend BACKEND_URL
+upstream mcp MCP_URL
+
+if [ -n "$demo" ]; then
+    (( demo_port != port )) || die "DEMO_PORT: must differ from PORT ($port)"
+    get v BACKEND_URL
+    [ -n "$v" ] \
+        || warn "BACKEND_URL unset: /api/ goes to the demo upstream on 127.0.0.1:$demo_port"
+    get v MCP_URL
+    [ -n "$v" ] \
+        || warn "MCP_URL unset: /mcp/ goes to the demo upstream on 127.0.0.1:$demo_port"
+fi
+
+if [ -n "$ca_file" ]; then
+    get ca_file UPSTREAM_CA_FILE /etc/ssl/certs/ca-certificates.crt
+    abs ca_file "$ca_file"
+    unsafe_path "$ca_file" \
+        && die "UPSTREAM_CA_FILE: must be a path without spaces, quotes or any of ;{}\$#\\"
+    [ -r "$ca_file" ] \
+        || die "UPSTREAM_CA_FILE: $ca_file is not readable (needed for https upstreams)"
+fi
+
+
+# ---- CORS ------------------------------------------------------------------
+
+get cors CORS_ORIGIN
+cors_map=
+if [ "$cors" = "*" ]; then
+    cors_map='"~."  "*";'
+elif [ -n "$cors" ]; then
+    IFS=, read -r -a items <<< "$cors"
+    for o in "${items[@]}"; do
+        trim o "$o"
+        [ -n "$o" ] || continue
+        origin_ok "$o" \
+            || die "CORS_ORIGIN: \"$o\" is not an origin (scheme://host[:port], no path), nor \"*\""
+        cors_map+="${cors_map:+$'\n        '}\"$o\"  \$http_origin;"
+    done
+fi
+
+
+# ---- render ----------------------------------------------------------------
+
+# Values reach perl through the environment, never through argv (ps).
+export RC_TENANT_MODULE=$module
+export RC_RUN_DIR=$run_dir
+export RC_LOG_LEVEL=$log_level
+export RC_MAX_REQUEST_SIZE=$max_request_size
+export RC_DATABASE_URL=$(nginx_quote "$database_url")
+export RC_TENANT_JWT_KEY_FILE=$key_file
+export RC_CLERK_JWKS_FILE=$jwks_file
+export RC_CLERK_ISSUER=$issuer
+export RC_CLERK_AUTHORIZED_PARTIES=$parties
+export RC_ENCRYPTION_KEY=$encryption_key
+export RC_UPGRADE_URL=$upgrade_url
+export RC_RATE_LIMIT_MAX=$rate_max
+export RC_RATE_LIMIT_WINDOW=$rate_window
+export RC_BACKEND_SCHEME=$backend_scheme
+export RC_BACKEND_SERVER=$backend_server
+export RC_BACKEND_HOST=$backend_host
+export RC_BACKEND_HOST_HEADER=$backend_host_header
+export RC_MCP_SCHEME=$mcp_scheme
+export RC_MCP_SERVER=$mcp_server
+export RC_MCP_HOST=$mcp_host
+export RC_MCP_HOST_HEADER=$mcp_host_header
+export RC_UPSTREAM_CA_FILE=$ca_file
+export RC_CORS_ORIGIN_MAP=$cors_map
+export RC_PORT=$port
+export RC_DEMO_PORT=$demo_port
+export RC_DEMO_UPSTREAM=$demo
+
+mkdir -p "$(dirname "$out")" || die "cannot create the directory of $out"
+tmp_out=$(mktemp "$(dirname "$out")/.nginx.conf.XXXXXX")
+trap 'rm -f "$tmp_out"' EXIT
+
+if ! err=$(perl -e '
+    use strict;
+    use warnings;
+
+    my ($template, $out) = @ARGV;
+    my %v = map { substr($_, 3) => $ENV{$_} } grep { /^RC_/ } keys %ENV;
+
+    open my $in, "<", $template or die "cannot read $template: $!\n";
+    my ($keep, $section, @lines) = (1, undef);
+
+    while (my $line = <$in>) {
+        if ($line =~ /^\s*#%if\s+([A-Z][A-Z0-9_]*)\s*$/) {
+            die "line $.: #%if inside #%if $section\n" if defined $section;
+            die "line $.: unknown name $1\n" unless exists $v{$1};
+            ($section, $keep) = ($1, $v{$1} ne "");
+            next;
+        }
+        if ($line =~ /^\s*#%endif\s*$/) {
+            die "line $.: #%endif without #%if\n" unless defined $section;
+            ($section, $keep) = (undef, 1);
+            next;
+        }
+        next unless $keep;
+        next if $line =~ /^##/;
+
+        my $empty = 0;
+        $line =~ s{\$\{([A-Z][A-Z0-9_]*)\}}{
+            die "line $.: unknown name \${$1}\n" unless exists $v{$1};
+            $empty ||= $v{$1} eq "";
+            $v{$1};
+        }ge;
+        push @lines, $line unless $empty;
+    }
+    die "#%if $section without #%endif\n" if defined $section;
+
+    open my $o, ">", $out or die "cannot write $out: $!\n";
+    print $o @lines or die "cannot write $out: $!\n";
+    close $o or die "cannot write $out: $!\n";
+' "$template" "$tmp_out" 2>&1); then
+    die "template: ${err%%$'\n'*}"
+fi
+
+chmod 0600 "$tmp_out"
+mv -f "$tmp_out" "$out"
+trap - EXIT
+
+if (( ${#warnings[@]} )); then
+    printf '%s\n' "${warnings[@]}" >&2
+fi

@@ -1,0 +1,451 @@
+#!/usr/bin/env perl
+# The shipped configuration: scripts/render-conf.sh (validation of the
+# deployment environment, rendering of conf/nginx.conf.template), nginx -t
+# on the result, and scripts/mint-token.pl.
+#
+# Plain Test::More: no database and no running nginx needed.
+
+use strict;
+use warnings;
+
+use FindBin          qw($Bin);
+use File::Temp       qw(tempdir);
+use Crypt::JWT       qw(decode_jwt);
+use Crypt::PK::RSA   ();
+use Crypt::PK::ECC   ();
+use Test::More;
+
+my $root   = "$Bin/..";
+my $render = "$root/scripts/render-conf.sh";
+my $mint   = "$root/scripts/mint-token.pl";
+my $module = "$root/build/nginx/objs/ngx_tenant_module.so";
+my $tmp    = tempdir('tenant-050-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+
+sub slurp {
+    my ($path) = @_;
+    open my $f, '<', $path or die "$path: $!";
+    local $/;
+    return scalar <$f>;
+}
+
+sub spew {
+    my ($path, $data) = @_;
+    open my $f, '>', $path or die "$path: $!";
+    print $f $data;
+    close $f or die "$path: $!";
+    return $path;
+}
+
+
+# ---- keys --------------------------------------------------------------------
+
+my $rsa = Crypt::PK::RSA->new;
+$rsa->generate_key(256, 65537);                 # 2048 bits
+my $rsa_pub  = $rsa->export_key_pem('public_x509');
+my $rsa_priv = spew("$tmp/rsa.pem", $rsa->export_key_pem('private'));
+
+my $ec = Crypt::PK::ECC->new;
+$ec->generate_key('secp256r1');
+my $ec_pub  = $ec->export_key_pem('public_short');     # named curve
+my $ec_explicit = $ec->export_key_pem('public');       # explicit params
+my $ec_priv = spew("$tmp/ec.pem", $ec->export_key_pem('private'));
+
+my $small = Crypt::PK::RSA->new;
+$small->generate_key(128, 65537);               # 1024 bits
+my $small_pub = $small->export_key_pem('public_x509');
+
+my $jwks = spew("$tmp/jwks.json", '{"keys":['
+    . $rsa->export_key_jwk('public') =~ s/^\{/{"kid":"k1","use":"sig",/r
+    . ']}');
+spew("$tmp/nokeys.json", '{"keys":[]}');
+spew("$tmp/notjson.json", 'keys');
+
+
+# ---- render-conf.sh ------------------------------------------------------------
+
+my $enc_key = 'ab' x 32;
+my $cron    = 'c' x 40;
+my $db_pass = 'pw-s3cret-9f8e';
+
+my %good = (
+    DATABASE_URL   => "postgresql://gateway:$db_pass\@db.internal:5432/app",
+    CLERK_JWT_KEY  => $rsa_pub,
+    ENCRYPTION_KEY => $enc_key,
+    CRON_SECRET    => $cron,
+    TENANT_MODULE  => $module,
+);
+
+my $n = 0;
+
+# Runs render-conf.sh with exactly %good plus %set, minus the keys whose
+# value is undef.  Returns {rc, err (stderr lines), conf, out, run}.
+sub render {
+    my (%set) = @_;
+    my %env = (%good, %set);
+    delete $env{$_} for grep { !defined $env{$_} } keys %env;
+
+    $n++;
+    my $run = "$tmp/run$n";
+    my $out = "$tmp/out$n/nginx.conf";
+    $env{RUN_DIR} //= $run;
+
+    local %ENV = (PATH => $ENV{PATH}, %env);
+    system("'$render' '$out' 2>'$tmp/err$n' </dev/null");
+
+    my @err = split /\n/, slurp("$tmp/err$n");
+    return {
+        rc   => $? >> 8,
+        err  => [grep { !/^render-conf: warning: / } @err],
+        warn => [grep { /^render-conf: warning: / } @err],
+        out  => $out,
+        run  => $env{RUN_DIR},
+        conf => -e $out ? slurp($out) : undef,
+    };
+}
+
+{
+    my $r = render();
+    is $r->{rc}, 0, 'good environment renders';
+    is_deeply $r->{err}, [], '... nothing but warnings on stderr';
+    my $c = $r->{conf} // '';
+
+    is sprintf('%o', (stat $r->{out})[2] & 07777), '600',
+        '... conf written with mode 0600';
+    unlike $c, qr/\$\{[A-Z][A-Z0-9_]*\}/, '... no unreplaced ${NAME}';
+    unlike $c, qr/^\s*#%|^##/m, '... no template markers or template comments';
+
+    like $c, qr/^load_module "\Q$module\E";$/m, '... loads the module';
+    like $c, qr/^error_log\s+stderr info;$/m, '... error_log to stderr at info';
+    like $c, qr/^pid\s+\Q$r->{run}\E\/nginx\.pid;$/m, '... pid under RUN_DIR';
+    like $c, qr/^\s*client_body_temp_path\s+\Q$r->{run}\E\//m,
+        '... temp paths under RUN_DIR';
+    unlike $c, qr/^\s*daemon\b/m, '... daemon left to the command line';
+    like $c, qr/^\s*tenant_database\s+"postgresql:\/\/gateway:\Q$db_pass\E\@db\.internal:5432\/app"/m,
+        '... tenant_database';
+    like $c, qr/^\s*tenant_cache\s+zone=\w+:\w+/m, '... tenant_cache';
+    like $c, qr/^\s*tenant_token_cache\s+zone=\w+:\w+;/m, '... tenant_token_cache';
+    like $c, qr/^\s*tenant_jwt_algorithms\s+RS256 ES256;/m, '... algorithms';
+    like $c, qr/^\s*tenant_signing_key\s+$enc_key;/m, '... signing key';
+    like $c, qr/^\s*tenant_tier starter\s+features=dashboard,inventory,basic_forecasting;/m,
+        '... tier starter';
+    like $c, qr/^\s*tenant_tier professional\s+features=dashboard,inventory,basic_forecasting,ai_forecasting,working_capital,integrations;/m,
+        '... tier professional';
+    like $c, qr/^\s*tenant_tier enterprise\s+features=\*,sso,audit_log,white_label;/m,
+        '... tier enterprise';
+    like $c, qr/^\s*tenant_upgrade_url\s+"https:\/\/app\.capliquify\.com\/settings\/billing\?plan=\$tenant_required_tier&org=\$tenant_org_id";/m,
+        '... default upgrade URL, nginx variables untouched';
+    like $c, qr/^\s*client_max_body_size 10m;/m, '... 10mb -> 10m';
+    like $c, qr/^\s*listen\s+8080;/m, '... listens on 8080';
+    like $c, qr/location = \/api\/health \{\s*tenant_health;\s*\}/,
+        '... open health location';
+    like $c, qr/location \/api\/ \{[^}]*tenant_gateway\s+on;[^}]*proxy_pass/,
+        '... /api/ is gated and proxied';
+    like $c, qr/location = \/api\/forecasts\/ai \{[^}]*tenant_require_feature\s+ai_forecasting;/,
+        '... /api/forecasts/ai requires ai_forecasting';
+    like $c, qr/location \/mcp\/ \{[^}]*tenant_gateway\s+on;[^}]*proxy_pass\s+\$gw_mcp_pass;/,
+        '... /mcp/ is gated and proxied';
+    like $c, qr/log_format tenant_json escape=json/, '... JSON access log';
+    like $c, qr/add_header\s+Access-Control-Allow-Origin\s+\$gw_cors_origin\s+always;/,
+        '... CORS headers with always';
+    like $c, qr/upstream backend \{\s*server 127\.0\.0\.1:8081;/,
+        '... no BACKEND_URL: backend is the demo upstream';
+    like $c, qr/listen\s+127\.0\.0\.1:8081;/, '... demo server present';
+    like $c, qr/"x-tenant-signature":"\$demo_tenant_signature"/,
+        '... demo server echoes the signature header';
+    unlike $c, qr/tenant_jwt_issuer|tenant_jwt_authorized_parties|tenant_jwks_file/,
+        '... optional directives left out';
+    unlike $c, qr/proxy_ssl_verify/, '... no TLS settings without https upstream';
+    ok !grep({ /\Q$db_pass\E|\Q$enc_key\E|\Q$cron\E/ } @{$r->{warn}}),
+        '... no secret in the warnings';
+
+    my ($key_file) = $c =~ /^\s*tenant_jwt_key\s+(\S+);/m;
+    ok defined $key_file && -f $key_file, '... CLERK_JWT_KEY written to a file';
+    if (defined $key_file && -f $key_file) {
+        is sprintf('%o', (stat $key_file)[2] & 07777), '600', '... key file 0600';
+        is slurp($key_file), $rsa_pub, '... key file holds the PEM';
+    }
+    my @left = glob("$tmp/out$n/.nginx.conf.*");
+    is_deeply \@left, [], '... no temp file left behind';
+}
+
+{
+    my $r = render(
+        CLERK_ISSUER             => 'https://clerk.capliquify.com',
+        CLERK_AUTHORIZED_PARTIES => 'https://app.capliquify.com, http://localhost:5173',
+        CLERK_JWKS_FILE          => $jwks,
+        BACKEND_URL              => 'https://api.internal',
+        MCP_URL                  => 'http://10.0.0.7:3001/',
+        CORS_ORIGIN              => 'https://app.capliquify.com,http://localhost:5173',
+        PORT                     => '9090',
+        LOG_LEVEL                => 'WARNING',
+        MAX_REQUEST_SIZE         => '512KB',
+        UPGRADE_URL              => 'https://billing.example.com/up?t=$tenant_required_tier',
+    );
+    my $c = $r->{conf} // '';
+    is $r->{rc}, 0, 'all optional variables set: renders';
+    like $c, qr/^\s*tenant_jwt_issuer\s+"https:\/\/clerk\.capliquify\.com";/m,
+        '... issuer';
+    like $c, qr/^\s*tenant_jwt_authorized_parties\s+"https:\/\/app\.capliquify\.com" "http:\/\/localhost:5173";/m,
+        '... authorized parties';
+    like $c, qr/^\s*tenant_jwks_file\s+\Q$jwks\E;/m, '... JWKS file';
+    like $c, qr/^\s*tenant_jwt_key\s+/m, '... and the PEM key too';
+    like $c, qr/upstream backend \{\s*server api\.internal:443;/,
+        '... https backend on 443';
+    like $c, qr/set \$gw_upstream_host\s+api\.internal;/, '... Host header';
+    like $c, qr/default\s+https:\/\/backend;/, '... proxied with https';
+    like $c, qr/proxy_ssl_verify\s+on;/, '... upstream certificate verified';
+    like $c, qr/upstream mcp \{\s*server 10\.0\.0\.7:3001;/, '... mcp upstream';
+    unlike $c, qr/listen\s+127\.0\.0\.1:8081;/, '... no demo server';
+    like $c, qr/"https:\/\/app\.capliquify\.com"\s+\$http_origin;\s*"http:\/\/localhost:5173"\s+\$http_origin;/,
+        '... CORS allowlist';
+    like $c, qr/^\s*listen\s+9090;/m, '... PORT';
+    like $c, qr/^error_log\s+stderr warn;/m, '... LOG_LEVEL WARNING -> warn';
+    like $c, qr/client_max_body_size 512k;/, '... 512KB -> 512k';
+    like $c, qr/tenant_upgrade_url\s+"https:\/\/billing\.example\.com\/up\?t=\$tenant_required_tier";/,
+        '... UPGRADE_URL';
+    is_deeply $r->{warn}, [], '... no warnings';
+}
+
+{
+    my $r = render(CORS_ORIGIN => '*');
+    like $r->{conf} // '', qr/"~\."\s+"\*";/, 'CORS_ORIGIN=* allows any origin';
+
+    $r = render(DATABASE_URL => 'postgresql://u:p"a\\b@h/db');
+    like $r->{conf} // '', qr/tenant_database\s+"postgresql:\/\/u:p\\"a\\\\b\@h\/db"/,
+        'quotes and backslashes in DATABASE_URL are escaped';
+
+    $r = render(DATABASE_URL => 'host=/run/pg dbname=app user=gw');
+    is $r->{rc}, 0, 'libpq key=value DATABASE_URL accepted';
+
+    (my $one_line = $rsa_pub) =~ s/\n/\\n/g;
+    $r = render(CLERK_JWT_KEY => $one_line);
+    is $r->{rc}, 0, 'PEM with literal \n accepted';
+
+    $r = render(CLERK_JWT_KEY => $ec_pub);
+    is $r->{rc}, 0, 'EC P-256 public key accepted';
+
+    $r = render(CLERK_JWT_KEY => undef, CLERK_JWKS_FILE => $jwks);
+    is $r->{rc}, 0, 'CLERK_JWKS_FILE alone is enough';
+    unlike $r->{conf} // '', qr/tenant_jwt_key/, '... no tenant_jwt_key line';
+
+    $r = render(ENCRYPTION_KEY => "  $enc_key\n");
+    is $r->{rc}, 0, 'surrounding blanks are ignored';
+
+    for my $case (['debug', 'debug'], ['trace', 'debug'], ['Info', 'info'],
+                  ['notice', 'notice'], ['warn', 'warn'], ['error', 'error'],
+                  ['fatal', 'crit'])
+    {
+        $r = render(LOG_LEVEL => $case->[0]);
+        like $r->{conf} // '', qr/^error_log\s+stderr $case->[1];$/m,
+            "LOG_LEVEL $case->[0] -> $case->[1]";
+    }
+
+    for my $case (['10mb', '10m'], ['10MB', '10m'], ['1m', '1m'],
+                  ['64kb', '64k'], ['64k', '64k'], ['4096', '4096'],
+                  ['1gb', '1g'])
+    {
+        $r = render(MAX_REQUEST_SIZE => $case->[0]);
+        like $r->{conf} // '', qr/client_max_body_size $case->[1];/,
+            "MAX_REQUEST_SIZE $case->[0] -> $case->[1]";
+    }
+}
+
+# Each: the variables to change, the variable the error must name.
+my @bad = (
+    [{ DATABASE_URL => undef },                         'DATABASE_URL'],
+    [{ DATABASE_URL => '' },                            'DATABASE_URL'],
+    [{ DATABASE_URL => "mysql://u:$db_pass\@h/db" },    'DATABASE_URL'],
+    [{ DATABASE_URL => "postgresql://u:$db_pass\@h/d\nb" }, 'DATABASE_URL'],
+    [{ CLERK_JWT_KEY => undef },                        'CLERK_JWT_KEY'],
+    [{ CLERK_JWT_KEY => 'not a key' },                  'CLERK_JWT_KEY'],
+    [{ CLERK_JWT_KEY => slurp($rsa_priv) },             'CLERK_JWT_KEY'],
+    [{ CLERK_JWT_KEY => $small_pub },                   'CLERK_JWT_KEY'],
+    [{ CLERK_JWT_KEY => $ec_explicit },                 'CLERK_JWT_KEY'],
+    [{ CLERK_JWT_KEY => $rsa_pub =~ s/A/B/gr },         'CLERK_JWT_KEY'],
+    [{ CLERK_JWT_KEY => undef, CLERK_JWKS_FILE => "$tmp/none.json" },
+                                                        'CLERK_JWKS_FILE'],
+    [{ CLERK_JWT_KEY => undef, CLERK_JWKS_FILE => "$tmp/nokeys.json" },
+                                                        'CLERK_JWKS_FILE'],
+    [{ CLERK_JWT_KEY => undef, CLERK_JWKS_FILE => "$tmp/notjson.json" },
+                                                        'CLERK_JWKS_FILE'],
+    [{ CLERK_ISSUER => 'http://clerk.example.com' },    'CLERK_ISSUER'],
+    [{ CLERK_ISSUER => 'clerk.example.com' },           'CLERK_ISSUER'],
+    [{ CLERK_AUTHORIZED_PARTIES => 'https://a.example/' }, 'CLERK_AUTHORIZED_PARTIES'],
+    [{ CLERK_AUTHORIZED_PARTIES => 'a.example' },       'CLERK_AUTHORIZED_PARTIES'],
+    [{ ENCRYPTION_KEY => undef },                       'ENCRYPTION_KEY'],
+    [{ ENCRYPTION_KEY => 'ab' x 31 },                   'ENCRYPTION_KEY'],
+    [{ ENCRYPTION_KEY => 'ab' x 33 },                   'ENCRYPTION_KEY'],
+    [{ ENCRYPTION_KEY => 'zz' x 32 },                   'ENCRYPTION_KEY'],
+    [{ CRON_SECRET => undef },                          'CRON_SECRET'],
+    [{ CRON_SECRET => 'x' x 31 },                       'CRON_SECRET'],
+    [{ BACKEND_URL => 'ftp://backend' },                'BACKEND_URL'],
+    [{ BACKEND_URL => 'http://backend/api' },           'BACKEND_URL'],
+    [{ BACKEND_URL => 'http://backend:70000' },         'BACKEND_URL'],
+    [{ MCP_URL => "https://u:$db_pass\@mcp" },          'MCP_URL'],
+    [{ NODE_ENV => 'production' },                      'BACKEND_URL'],
+    [{ NODE_ENV => 'production', BACKEND_URL => 'http://10.0.0.2' },
+                                                        'MCP_URL'],
+    [{ RATE_LIMIT_MAX => '0' },                         'RATE_LIMIT_MAX'],
+    [{ RATE_LIMIT_MAX => 'ten' },                       'RATE_LIMIT_MAX'],
+    [{ RATE_LIMIT_WINDOW => '-1' },                     'RATE_LIMIT_WINDOW'],
+    [{ RATE_LIMIT_WINDOW => '1.5' },                    'RATE_LIMIT_WINDOW'],
+    [{ MAX_REQUEST_SIZE => '0' },                       'MAX_REQUEST_SIZE'],
+    [{ MAX_REQUEST_SIZE => '1.5mb' },                   'MAX_REQUEST_SIZE'],
+    [{ MAX_REQUEST_SIZE => '10tb' },                    'MAX_REQUEST_SIZE'],
+    [{ LOG_LEVEL => 'loud' },                           'LOG_LEVEL'],
+    [{ PORT => '0' },                                   'PORT'],
+    [{ PORT => '65536' },                               'PORT'],
+    [{ PORT => 'http' },                                'PORT'],
+    [{ PORT => '8081' },                                'DEMO_PORT'],
+    [{ DEMO_PORT => 'x' },                              'DEMO_PORT'],
+    [{ UPGRADE_URL => 'javascript:alert(1)' },          'UPGRADE_URL'],
+    [{ UPGRADE_URL => 'https://x.example/"' },          'UPGRADE_URL'],
+    [{ CORS_ORIGIN => 'https://a.example/path' },       'CORS_ORIGIN'],
+    [{ RUN_DIR => "$tmp/with space" },                  'RUN_DIR'],
+    [{ RUN_DIR => "$tmp/" . ('d' x 120) },              'RUN_DIR'],
+    [{ TENANT_MODULE => "$tmp/a;b.so" },                'TENANT_MODULE'],
+);
+
+for my $case (@bad) {
+    my ($set, $var) = @$case;
+    my $what = join ', ', map {
+        my $v = $set->{$_};
+        !defined $v        ? "$_ unset"
+        : length $v > 40   ? "$_=" . substr($v, 0, 24) =~ s/\n/\\n/gr . '...'
+        :                    "$_=" . ($v =~ s/\n/\\n/gr)
+    } sort keys %$set;
+
+    my $r = render(%$set);
+    subtest "refused: $what" => sub {
+        is $r->{rc}, 1, 'exit status 1';
+        is scalar @{$r->{err}}, 1, 'one line on stderr'
+            or diag join "\n", @{$r->{err}};
+        is scalar @{$r->{warn}}, 0, 'no warnings before it';
+        like $r->{err}[0] // '', qr/^render-conf: \Q$var\E: \S/,
+            "the line names $var";
+        my $err = join "\n", @{$r->{err}};
+        unlike $err, qr/\Q$db_pass\E/, 'no database password';
+        unlike $err, qr/\Q$_\E/, 'no secret value'
+            for grep { defined && length >= 16 }
+                map { $set->{$_} } grep { /KEY|SECRET/ } keys %$set;
+        ok !-e $r->{out}, 'no configuration written';
+    };
+}
+
+
+# ---- nginx -t ------------------------------------------------------------------
+
+my $nginx = -x '/usr/sbin/nginx' ? '/usr/sbin/nginx' : undef;
+
+sub nginx_t {
+    my ($conf, $prefix) = @_;
+    my $out = `'$nginx' -t -q -p '$prefix' -e stderr -c '$conf' -g 'daemon off;' 2>&1`;
+    return ($? >> 8, $out);
+}
+
+{
+    ok $nginx, 'nginx is installed';
+
+    # The plain-nginx part of the template, whatever the module's state:
+    # module directives commented out, its variables stubbed with maps.
+    for my $set ({}, { BACKEND_URL => 'http://127.0.0.1:3000',
+                       MCP_URL => 'http://127.0.0.1:3001',
+                       CORS_ORIGIN => 'https://a.example',
+                       CLERK_ISSUER => 'https://clerk.example.com' })
+    {
+        my $r = render(%$set, PORT => 18000 + $n, DEMO_PORT => 19000 + $n);
+        my $c = $r->{conf} // '';
+        my %vars = map { $_ => 1 } $c =~ /\$(tenant_\w+)/g;
+        $c =~ s/^(\s*)(load_module|tenant_\w+)\b/$1# $2/mg;
+        my $maps = join '', map { "    map \"\" \$$_ { default \"\"; }\n" }
+            sort keys %vars;
+        $c =~ s/^http \{\n/http {\n$maps/m;
+        my $stub = spew("$tmp/stub$n.conf", $c);
+        my ($rc, $out) = nginx_t($stub, $r->{run});
+        is $rc, 0, 'nginx -t: template syntax with the module stubbed out'
+            . (%$set ? ' (upstreams set)' : ' (demo upstream)')
+            or diag $out;
+    }
+}
+
+{
+    # make test builds the module first: a missing one is a failure
+    ok -e $module, "the module is built ($module)";
+
+    my $r = render(PORT => 18000 + $n, DEMO_PORT => 19000 + $n,
+                   DATABASE_URL => 'postgresql://postgres@127.0.0.1:1/none',
+                   CLERK_ISSUER => 'https://clerk.example.com',
+                   CLERK_AUTHORIZED_PARTIES => 'http://localhost:5173',
+                   CLERK_JWKS_FILE => $jwks);
+    my ($rc, $out) = nginx_t($r->{out}, $r->{run});
+    is $rc, 0, 'nginx -t accepts the rendered configuration with the module'
+        or diag $out;
+}
+
+
+# ---- mint-token.pl -------------------------------------------------------------
+
+sub mint {
+    my $cmd = join ' ', map { "'$_'" } $mint, @_;
+    my $out = `$cmd 2>&1`;
+    chomp $out;
+    return ($? >> 8, $out);
+}
+
+{
+    my ($rc, $tok) = mint('--key', $rsa_priv, '--org', 'org_demo_starter',
+                          '--kid', 'k1', '--slug', 'demo-starter',
+                          '--azp', 'http://localhost:5173');
+    is $rc, 0, 'mint-token: RS256 token';
+    like $tok, qr/^[\w-]+\.[\w-]+\.[\w-]+$/, '... prints only the token';
+    my ($h, $p) = eval {
+        decode_jwt(token => $tok, key => \$rsa_pub, decode_header => 1,
+                   accepted_alg => 'RS256');
+    };
+    ok $p, '... verifies with the public key' or diag $@;
+    is $h->{alg}, 'RS256', '... alg RS256';
+    is $h->{kid}, 'k1', '... kid';
+    is $p->{sub}, 'user_demo', '... default sub';
+    is $p->{org_id}, 'org_demo_starter', '... org_id';
+    is $p->{org_role}, 'org:admin', '... default org_role';
+    is $p->{org_slug}, 'demo-starter', '... org_slug';
+    is $p->{azp}, 'http://localhost:5173', '... azp';
+    ok $p->{exp} - $p->{iat} == 3600, '... default ttl 3600';
+    ok $p->{nbf} <= time && $p->{iss}, '... nbf and iss';
+}
+
+{
+    my ($rc, $tok) = mint('--key', $ec_priv, '--org', 'org_x', '--v2',
+                          '--role', 'org:member', '--slug', 'x-co',
+                          '--metadata-role', 'admin', '--sub', 'user_42',
+                          '--iss', 'https://clerk.example.com', '--ttl', '60');
+    is $rc, 0, 'mint-token: ES256 v2 token';
+    my ($h, $p) = eval {
+        decode_jwt(token => $tok, key => \$ec_pub, decode_header => 1,
+                   accepted_alg => 'ES256');
+    };
+    ok $p, '... verifies with the EC public key' or diag $@;
+    is $h->{alg}, 'ES256', '... alg ES256';
+    is $p->{v}, 2, '... v 2';
+    is_deeply $p->{o}, { id => 'org_x', rol => 'member', slg => 'x-co' },
+        '... compact "o" claim, role without org: prefix';
+    ok !exists $p->{org_id}, '... no v1 org claims';
+    is $p->{sts}, 'active', '... sts';
+    is_deeply $p->{metadata}, { role => 'admin' }, '... metadata.role';
+    is $p->{sub}, 'user_42', '... sub';
+    is $p->{iss}, 'https://clerk.example.com', '... iss';
+    is $p->{exp} - $p->{iat}, 60, '... ttl';
+}
+
+{
+    my ($rc, $tok) = mint('--key', $rsa_priv, '--ttl', '-60');
+    my $p = eval { decode_jwt(token => $tok, key => \$rsa_pub) };
+    ok !$p && $@ =~ /exp/, 'mint-token: negative ttl gives an expired token';
+
+    ($rc) = mint('--key', spew("$tmp/pub.pem", $rsa_pub));
+    is $rc, 1, 'mint-token: a public key is refused';
+    ($rc) = mint('--org', 'x');
+    is $rc, 2, 'mint-token: --key is required';
+}
+
+done_testing();

@@ -1,0 +1,576 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * tenant_jwks: PEM and JWKS parsing into a key set, and the kid rules,
+ * with freshly generated keys.
+ */
+
+
+#include "tap.h"
+#include "jwt_util.h"
+
+#include <openssl/encoder.h>
+
+#include "tenant_jwks.h"
+#include "tenant_jwt.h"
+
+
+#define PAYLOAD   "{\"sub\":\"user_1\",\"exp\":1700000600}"
+
+
+static EVP_PKEY  *rsa, *rsa2, *ec, *ec2;
+static char       err[256];
+static char       doc[16384];
+
+
+static int
+add_pem(tenant_keyset_t *ks, const char *pem, const char *kid)
+{
+    err[0] = '\0';
+
+    return tenant_keyset_add_pem(ks, (const unsigned char *) pem,
+                                 strlen(pem), kid, err, sizeof(err));
+}
+
+
+static int
+add_jwks(tenant_keyset_t *ks, const char *json)
+{
+    err[0] = '\0';
+
+    return tenant_keyset_add_jwks(ks, (const unsigned char *) json,
+                                  strlen(json), err, sizeof(err));
+}
+
+
+/* a JWKS {"keys":[jwk1, jwk2]} of public keys with extra members */
+
+static const char *
+jwks2(EVP_PKEY *k1, const char *x1, EVP_PKEY *k2, const char *x2)
+{
+    char  a[4096], b[4096];
+
+    jwk_of(k1, x1, a, sizeof(a));
+
+    if (k2 == NULL) {
+        snprintf(doc, sizeof(doc), "{\"keys\":[%s]}", a);
+
+    } else {
+        jwk_of(k2, x2, b, sizeof(b));
+        snprintf(doc, sizeof(doc), "{\"keys\":[%s,%s]}", a, b);
+    }
+
+    return doc;
+}
+
+
+static tenant_jwt_status_t
+verify_with(tenant_keyset_t *ks, EVP_PKEY *pkey, const char *header)
+{
+    char                 tok[TOKEN_MAX];
+    tenant_jwt_claims_t  claims;
+    tenant_jwt_policy_t  policy;
+
+    memset(&policy, 0, sizeof(policy));
+    policy.algorithms = TENANT_JWT_RS256 | TENANT_JWT_ES256;
+    policy.now = 1700000000;
+
+    make_token(tok, pkey, header, PAYLOAD);
+
+    return tenant_jwt_verify((const unsigned char *) tok, strlen(tok), ks,
+                             &policy, &claims);
+}
+
+
+static int
+err_has_no(const char *needle)
+{
+    return strstr(err, needle) == NULL;
+}
+
+
+static void
+test_pem(void)
+{
+    char              pem[4096], bad[4096];
+    EVP_PKEY         *k;
+    tenant_keyset_t   ks;
+    BIO              *bio;
+    char             *p;
+    long              n;
+    int               dlen;
+    unsigned char    *der, dbuf[1024];
+    OSSL_ENCODER_CTX *ectx;
+
+    memset(&ks, 0, sizeof(ks));
+
+    pem_of(rsa, pem, sizeof(pem));
+    is_int(add_pem(&ks, pem, "k1"), 0, "PEM RSA-2048 accepted");
+    is_int(ks.nkeys, 1, "  one key");
+    is_int(ks.keys[0].type, TENANT_KEY_RSA, "  of type RSA");
+    is_str(ks.keys[0].kid, "k1", "  with its kid");
+    is_int(ks.keys[0].kid_len, 2, "  and kid_len");
+    ok(ks.keys[0].pkey != NULL, "  and an EVP_PKEY");
+
+    pem_of(ec, pem, sizeof(pem));
+    is_int(add_pem(&ks, pem, NULL), 0, "PEM EC P-256 accepted");
+    is_int(ks.nkeys, 2, "  two keys");
+    is_int(ks.keys[1].type, TENANT_KEY_EC_P256, "  of type EC P-256");
+    is_int(ks.keys[1].kid_len, 0, "  without kid");
+    is_str(ks.keys[1].kid, "", "  kid empty");
+
+    /* refused: other types and sizes, garbage, private keys */
+
+    k = gen_rsa(1024);
+    pem_of(k, pem, sizeof(pem));
+    is_int(add_pem(&ks, pem, NULL), -1, "PEM RSA-1024 refused");
+    ok(strstr(err, "1024") != NULL, "  reason names the size: %s", err);
+    ok(err_has_no("MII") && err_has_no("BEGIN"), "  no key material");
+
+    /* a private key PEM */
+
+    bio = BIO_new(BIO_s_mem());
+    PEM_write_bio_PrivateKey(bio, k, NULL, NULL, 0, NULL, NULL);
+    n = BIO_get_mem_data(bio, &p);
+    memcpy(bad, p, n);
+    bad[n] = '\0';
+    BIO_free(bio);
+    EVP_PKEY_free(k);
+
+    is_int(add_pem(&ks, bad, NULL), -1, "PEM private key refused");
+    ok(err[0] != '\0' && err_has_no("MII"), "  reason without key: %s", err);
+
+    k = gen_ec("P-384");
+    pem_of(k, pem, sizeof(pem));
+    EVP_PKEY_free(k);
+    is_int(add_pem(&ks, pem, NULL), -1, "PEM EC P-384 refused");
+    ok(strstr(err, "P-256") != NULL, "  reason: %s", err);
+
+    k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    if (k == NULL) {
+        bail("ED25519 keygen");
+    }
+    pem_of(k, pem, sizeof(pem));
+    EVP_PKEY_free(k);
+    is_int(add_pem(&ks, pem, NULL), -1, "PEM Ed25519 refused");
+    ok(strstr(err, "unsupported") != NULL, "  reason: %s", err);
+
+    /* PKCS#1 "RSA PUBLIC KEY": not SubjectPublicKeyInfo */
+
+    ectx = OSSL_ENCODER_CTX_new_for_pkey(rsa, EVP_PKEY_PUBLIC_KEY, "PEM",
+                                         "type-specific", NULL);
+    bio = BIO_new(BIO_s_mem());
+    if (ectx == NULL || OSSL_ENCODER_to_bio(ectx, bio) != 1) {
+        bail("OSSL_ENCODER");
+    }
+    n = BIO_get_mem_data(bio, &p);
+    memcpy(bad, p, n);
+    bad[n] = '\0';
+    BIO_free(bio);
+    OSSL_ENCODER_CTX_free(ectx);
+
+    ok(strstr(bad, "BEGIN RSA PUBLIC KEY") != NULL, "PKCS#1 PEM built");
+    is_int(add_pem(&ks, bad, NULL), -1, "PEM PKCS#1 RSA PUBLIC KEY refused");
+
+    /* a PUBLIC KEY block whose DER has trailing bytes */
+
+    der = NULL;
+    dlen = i2d_PUBKEY(rsa, &der);
+    if (dlen <= 0) {
+        bail("i2d_PUBKEY");
+    }
+    memcpy(dbuf, der, dlen);
+    OPENSSL_free(der);
+    dbuf[dlen] = 0x05;
+    dbuf[dlen + 1] = 0x00;
+
+    bio = BIO_new(BIO_s_mem());
+    PEM_write_bio(bio, "PUBLIC KEY", "", dbuf, dlen + 2);
+    n = BIO_get_mem_data(bio, &p);
+    memcpy(bad, p, n);
+    bad[n] = '\0';
+    BIO_free(bio);
+    is_int(add_pem(&ks, bad, NULL), -1, "PEM with trailing DER bytes refused");
+
+    bio = BIO_new(BIO_s_mem());
+    PEM_write_bio(bio, "PUBLIC KEY", "", dbuf, dlen);
+    n = BIO_get_mem_data(bio, &p);
+    memcpy(bad, p, n);
+    bad[n] = '\0';
+    BIO_free(bio);
+    is_int(add_pem(&ks, bad, "d"), 0, "  the same DER without them accepted");
+    is_int(ks.nkeys, 3, "  three keys");
+    ks.nkeys--;
+    EVP_PKEY_free(ks.keys[2].pkey);
+    ks.keys[2].pkey = NULL;
+
+    is_int(add_pem(&ks, "hello", NULL), -1, "garbage refused");
+    is_int(add_pem(&ks, "", NULL), -1, "empty PEM refused");
+
+    pem_of(rsa, pem, sizeof(pem));
+    strcpy(bad, pem);
+    bad[strlen(bad) / 2] = '\0';
+    is_int(add_pem(&ks, bad, NULL), -1, "truncated PEM refused");
+
+    strcpy(bad, pem);
+    bad[40] = (bad[40] == 'A') ? 'B' : 'A';
+    bad[41] = '*';
+    is_int(add_pem(&ks, bad, NULL), -1, "corrupted PEM refused");
+
+    is_int(add_pem(&ks, pem,
+                   "0123456789abcdef0123456789abcdef0123456789abcdef"
+                   "0123456789abcdef0123456789abcdef0123456789abcdef"
+                   "0123456789abcdef0123456789abcdef!"), -1,
+           "kid longer than TENANT_KID_MAX refused");
+
+    is_int(ks.nkeys, 2, "refusals add nothing");
+
+    is_int(tenant_keyset_add_pem(&ks, (const unsigned char *) "x", 1, NULL,
+                                 NULL, 0),
+           -1, "NULL err buffer tolerated");
+
+    tenant_keyset_free(&ks);
+    is_int(ks.nkeys, 0, "free empties the set");
+    ok(ks.keys[0].pkey == NULL && ks.keys[1].pkey == NULL,
+       "free clears the keys");
+    tenant_keyset_free(&ks);
+    ok(1, "free twice is harmless");
+}
+
+
+static void
+test_full(void)
+{
+    int               i, rc;
+    char              pem[4096];
+    tenant_keyset_t   ks;
+
+    memset(&ks, 0, sizeof(ks));
+    pem_of(ec, pem, sizeof(pem));
+
+    rc = 0;
+
+    for (i = 0; i < TENANT_JWKS_MAX_KEYS; i++) {
+        rc |= add_pem(&ks, pem, NULL);
+    }
+
+    is_int(rc, 0, "%d keys fit", TENANT_JWKS_MAX_KEYS);
+    is_int(add_pem(&ks, pem, NULL), -1, "one more is refused");
+    ok(strstr(err, "too many") != NULL, "  reason: %s", err);
+    is_int(ks.nkeys, TENANT_JWKS_MAX_KEYS, "  set unchanged");
+
+    is_int(add_jwks(&ks, jwks2(rsa, "\"kid\":\"a\"", NULL, NULL)), -1,
+           "JWKS into a full set refused");
+
+    tenant_keyset_free(&ks);
+
+    /* a JWKS that does not fit is not half added */
+
+    for (i = 0; i < TENANT_JWKS_MAX_KEYS - 1; i++) {
+        add_pem(&ks, pem, NULL);
+    }
+
+    is_int(add_jwks(&ks, jwks2(rsa, "\"kid\":\"a\"", ec, "\"kid\":\"b\"")),
+           -1, "JWKS of 2 keys into a set with room for 1 refused");
+    is_int(ks.nkeys, TENANT_JWKS_MAX_KEYS - 1, "  nothing added");
+    ok(ks.keys[TENANT_JWKS_MAX_KEYS - 1].pkey == NULL, "  slot left clean");
+
+    is_int(add_jwks(&ks, jwks2(rsa, "\"kid\":\"a\",\"use\":\"enc\"",
+                               ec, "\"kid\":\"b\"")),
+           0, "JWKS of 1 usable key + 1 skipped fits in 1 slot");
+    is_int(ks.nkeys, TENANT_JWKS_MAX_KEYS, "  set full");
+
+    tenant_keyset_free(&ks);
+}
+
+
+static void
+test_jwks(void)
+{
+    char                 n64[1400], e64[64], x64[64], jwk[4096];
+    EVP_PKEY            *k;
+    unsigned char        bin[600];
+    tenant_keyset_t      ks;
+    const tenant_key_t  *key;
+    int                  nbin;
+    BIGNUM              *bn;
+
+    memset(&ks, 0, sizeof(ks));
+
+    /* Clerk's shape: use, kty, kid, alg, n, e */
+
+    is_int(add_jwks(&ks, jwks2(rsa, "\"use\":\"sig\",\"kid\":\"ins_a\","
+                                    "\"alg\":\"RS256\"",
+                               ec, "\"use\":\"sig\",\"kid\":\"ins_b\","
+                                   "\"alg\":\"ES256\"")),
+           0, "JWKS with an RSA and an EC key");
+    is_int(ks.nkeys, 2, "  two keys");
+
+    key = tenant_keyset_find(&ks, "ins_a", 5);
+    ok(key != NULL && key->type == TENANT_KEY_RSA,
+       "  kid ins_a is the RSA key");
+    key = tenant_keyset_find(&ks, "ins_b", 5);
+    ok(key != NULL && key->type == TENANT_KEY_EC_P256,
+       "  kid ins_b is the EC key");
+    ok(tenant_keyset_find(&ks, "ins_c", 5) == NULL, "  kid ins_c: none");
+    ok(tenant_keyset_find(&ks, NULL, 0) == NULL, "  no kid: none");
+
+    is_int(verify_with(&ks, rsa, "{\"alg\":\"RS256\",\"kid\":\"ins_a\"}"),
+           TENANT_JWT_OK, "RS256 token verifies with the JWKS RSA key");
+    is_int(verify_with(&ks, ec, "{\"alg\":\"ES256\",\"kid\":\"ins_b\"}"),
+           TENANT_JWT_OK, "ES256 token verifies with the JWKS EC key");
+    is_int(verify_with(&ks, rsa2, "{\"alg\":\"RS256\",\"kid\":\"ins_a\"}"),
+           TENANT_JWT_BAD_SIGNATURE, "another RSA key's token does not");
+    is_int(verify_with(&ks, ec2, "{\"alg\":\"ES256\",\"kid\":\"ins_b\"}"),
+           TENANT_JWT_BAD_SIGNATURE, "another EC key's token does not");
+    is_int(verify_with(&ks, rsa, "{\"alg\":\"RS256\",\"kid\":\"ins_b\"}"),
+           TENANT_JWT_UNKNOWN_KID, "RS256 naming the EC kid refused");
+
+    /* a second document adds to the set */
+
+    is_int(add_jwks(&ks, jwks2(rsa2, "\"kid\":\"ins_c\"", NULL, NULL)), 0,
+           "second JWKS added");
+    is_int(ks.nkeys, 3, "  three keys");
+    is_int(verify_with(&ks, rsa2, "{\"alg\":\"RS256\",\"kid\":\"ins_c\"}"),
+           TENANT_JWT_OK, "  its key verifies");
+
+    tenant_keyset_free(&ks);
+
+    /* skipped keys */
+
+    is_int(add_jwks(&ks, jwks2(rsa, "\"kid\":\"e\",\"use\":\"enc\"",
+                               ec, "\"kid\":\"s\",\"use\":\"sig\"")),
+           0, "JWKS with an enc key and a sig key");
+    is_int(ks.nkeys, 1, "  only the sig key added");
+    ok(tenant_keyset_find(&ks, "e", 1) == NULL, "  enc key not found");
+    ok(tenant_keyset_find(&ks, "s", 1) != NULL, "  sig key found");
+    tenant_keyset_free(&ks);
+
+    is_int(add_jwks(&ks, jwks2(rsa, "\"kid\":\"e\",\"use\":\"enc\"",
+                               NULL, NULL)),
+           -1, "JWKS with only an enc key refused");
+    ok(strstr(err, "use") != NULL, "  reason: %s", err);
+
+    is_int(add_jwks(&ks, jwks2(rsa, "\"kid\":\"e\",\"use\":1", NULL, NULL)),
+           -1, "non-string use skipped");
+
+    is_int(add_jwks(&ks, jwks2(rsa, "\"alg\":\"RS512\"",
+                               ec, "\"alg\":\"ES256\"")),
+           0, "JWKS with an RS512 key and an ES256 key");
+    is_int(ks.nkeys, 1, "  RS512 key skipped");
+    is_int(ks.keys[0].type, TENANT_KEY_EC_P256, "  ES256 key kept");
+    tenant_keyset_free(&ks);
+
+    is_int(add_jwks(&ks, jwks2(rsa, "\"alg\":\"ES256\"", NULL, NULL)), -1,
+           "RSA key announced as ES256 skipped");
+    is_int(add_jwks(&ks, jwks2(ec, "\"alg\":\"RS256\"", NULL, NULL)), -1,
+           "EC key announced as RS256 skipped");
+    is_int(add_jwks(&ks, jwks2(rsa, "\"kid\":7", NULL, NULL)), -1,
+           "numeric kid skipped");
+
+    is_int(add_jwks(&ks, "{\"keys\":[{\"kty\":\"oct\",\"k\":\"c2VjcmV0\"}]}"),
+           -1, "symmetric (oct) key skipped");
+    ok(strstr(err, "kty") != NULL, "  reason: %s", err);
+    is_int(add_jwks(&ks, "{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\","
+                         "\"x\":\"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\""
+                         "}]}"),
+           -1, "OKP key skipped");
+
+    k = gen_ec("P-384");
+    jwk_of(k, "", jwk, sizeof(jwk));
+    EVP_PKEY_free(k);
+    snprintf(doc, sizeof(doc), "{\"keys\":[%s]}", jwk);
+    *strstr(doc, "P-256") = 'X';
+    is_int(add_jwks(&ks, doc), -1, "EC key on another curve skipped");
+
+    /* malformed documents */
+
+    is_int(add_jwks(&ks, "MIIBIjANBgkqhkiG9w0BAQEFAAOC"), -1,
+           "garbage refused");
+    ok(err[0] != '\0' && err_has_no("MIIBIj"),
+       "  reason does not quote the input: %s", err);
+    is_int(add_jwks(&ks, ""), -1, "empty document refused");
+    is_int(add_jwks(&ks, "[]"), -1, "array refused");
+    is_int(add_jwks(&ks, "{}"), -1, "object without keys refused");
+    is_int(add_jwks(&ks, "{\"keys\":[]}"), -1, "empty keys array refused");
+    ok(strstr(err, "no keys") != NULL, "  reason: %s", err);
+    is_int(add_jwks(&ks, "{\"keys\":{}}"), -1, "keys an object refused");
+    is_int(add_jwks(&ks, "{\"keys\":[1,\"x\",null]}"), -1,
+           "keys of the wrong types refused");
+    is_int(add_jwks(&ks, "{\"keys\":[],\"keys\":[]}"), -1,
+           "duplicate keys member refused");
+
+    jwk_of(rsa, "\"kid\":\"a\",\"kid\":\"b\"", jwk, sizeof(jwk));
+    snprintf(doc, sizeof(doc), "{\"keys\":[%s]}", jwk);
+    is_int(add_jwks(&ks, doc), -1, "duplicate kid member in a JWK refused");
+
+    jwk_of(rsa, "\"kid\":\"a\"", jwk, sizeof(jwk));
+    snprintf(doc, sizeof(doc), "{\"keys\":[%s]} trailing", jwk);
+    is_int(add_jwks(&ks, doc), -1, "trailing bytes refused");
+
+    is_int(ks.nkeys, 0, "refused documents add nothing");
+
+    /* weak and broken keys */
+
+    k = gen_rsa(1024);
+    bn_b64url(k, OSSL_PKEY_PARAM_RSA_N, 0, n64);
+    is_int(add_jwks(&ks, jwks2(k, "\"kid\":\"weak\"", NULL, NULL)), -1,
+           "JWKS RSA-1024 refused");
+    ok(strstr(err, "1024") != NULL, "  reason names the size: %s", err);
+    n64[16] = '\0';
+    ok(err_has_no(n64), "  reason does not quote n");
+    is_int(add_jwks(&ks, jwks2(k, "\"kid\":\"weak\"", rsa, "\"kid\":\"ok\"")),
+           0, "RSA-1024 next to an RSA-2048 key: the strong one is kept");
+    is_int(ks.nkeys, 1, "  one key");
+    is_str(ks.keys[0].kid, "ok", "  the strong one");
+    tenant_keyset_free(&ks);
+    EVP_PKEY_free(k);
+
+    bn_b64url(rsa, OSSL_PKEY_PARAM_RSA_N, 0, n64);
+    bn_b64url(rsa, OSSL_PKEY_PARAM_RSA_E, 0, e64);
+
+    snprintf(doc, sizeof(doc),
+             "{\"keys\":[{\"kty\":\"RSA\",\"n\":\"%s\"}]}", n64);
+    is_int(add_jwks(&ks, doc), -1, "RSA key without e refused");
+
+    snprintf(doc, sizeof(doc),
+             "{\"keys\":[{\"kty\":\"RSA\",\"n\":\"%s=\",\"e\":\"%s\"}]}",
+             n64, e64);
+    is_int(add_jwks(&ks, doc), -1, "RSA n with padding refused");
+
+    snprintf(doc, sizeof(doc),
+             "{\"keys\":[{\"kty\":\"RSA\",\"n\":%s,\"e\":\"%s\"}]}",
+             "12345", e64);
+    is_int(add_jwks(&ks, doc), -1, "numeric n refused");
+
+    snprintf(doc, sizeof(doc),
+             "{\"keys\":[{\"kty\":\"RSA\",\"n\":\"%s\",\"e\":\"AA\"}]}",
+             n64);
+    is_int(add_jwks(&ks, doc), -1, "RSA e = 0 refused");
+
+    /* n with a leading zero byte still is the same 2048-bit key */
+
+    bn = NULL;
+    EVP_PKEY_get_bn_param(rsa, OSSL_PKEY_PARAM_RSA_N, &bn);
+    bin[0] = 0;
+    nbin = BN_bn2bin(bn, bin + 1);
+    BN_free(bn);
+    b64url(n64, bin, (size_t) nbin + 1);
+    snprintf(doc, sizeof(doc),
+             "{\"keys\":[{\"kty\":\"RSA\",\"kid\":\"z\",\"n\":\"%s\","
+             "\"e\":\"%s\"}]}", n64, e64);
+    is_int(add_jwks(&ks, doc), 0, "RSA n with a leading zero byte accepted");
+    is_int(verify_with(&ks, rsa, "{\"alg\":\"RS256\",\"kid\":\"z\"}"),
+           TENANT_JWT_OK, "  and verifies");
+    tenant_keyset_free(&ks);
+
+    /* EC coordinates: full size, on the curve */
+
+    bn_b64url(ec, OSSL_PKEY_PARAM_EC_PUB_X, 32, x64);
+
+    jwk_of(ec, "", jwk, sizeof(jwk));
+    snprintf(doc, sizeof(doc), "{\"keys\":[%s]}", jwk);
+    memcpy(strstr(doc, "\"x\":\"") + 5, "AAAA", 4);
+    is_int(add_jwks(&ks, doc), -1, "EC point off the curve refused");
+
+    memset(bin, 0, 31);
+    b64url(x64, bin, 31);
+    snprintf(doc, sizeof(doc),
+             "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":\"%s\","
+             "\"y\":\"%s\"}]}", x64, x64);
+    is_int(add_jwks(&ks, doc), -1, "EC coordinates of 31 bytes refused");
+
+    snprintf(doc, sizeof(doc),
+             "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":\"%s\"}]}",
+             x64);
+    is_int(add_jwks(&ks, doc), -1, "EC key without y refused");
+
+    is_int(ks.nkeys, 0, "broken keys add nothing");
+
+    /* a JWKS with "kid": "" is a kid-less key */
+
+    is_int(add_jwks(&ks, jwks2(ec, "\"kid\":\"\"", NULL, NULL)), 0,
+           "JWKS key with an empty kid");
+    ok(tenant_keyset_find(&ks, "anything", 8) == &ks.keys[0],
+       "  lone kid-less key matches any kid");
+    tenant_keyset_free(&ks);
+}
+
+
+static void
+test_find(void)
+{
+    char                 pem[4096];
+    tenant_keyset_t      ks;
+    const tenant_key_t  *key;
+
+    memset(&ks, 0, sizeof(ks));
+
+    ok(tenant_keyset_find(&ks, "a", 1) == NULL, "empty set: kid a none");
+    ok(tenant_keyset_find(&ks, NULL, 0) == NULL, "empty set: no kid none");
+
+    /* one key without kid: Clerk's networkless PEM */
+
+    pem_of(rsa, pem, sizeof(pem));
+    add_pem(&ks, pem, NULL);
+
+    ok(tenant_keyset_find(&ks, "ins_anything", 12) == &ks.keys[0],
+       "lone kid-less key matches any kid");
+    ok(tenant_keyset_find(&ks, NULL, 0) == &ks.keys[0],
+       "lone kid-less key matches no kid");
+
+    /* plus one key with kid */
+
+    pem_of(ec, pem, sizeof(pem));
+    add_pem(&ks, pem, "k");
+
+    key = tenant_keyset_find(&ks, "k", 1);
+    ok(key == &ks.keys[1], "kid k: the keyed key");
+    ok(tenant_keyset_find(&ks, "zzz", 3) == NULL,
+       "two keys: kid-less key no longer matches any kid");
+    ok(tenant_keyset_find(&ks, NULL, 0) == &ks.keys[0],
+       "two keys: no kid matches the kid-less key");
+    ok(tenant_keyset_find(&ks, "kx", 1) == &ks.keys[1],
+       "kid_len is honoured (kid not NUL-terminated)");
+    ok(tenant_keyset_find(&ks, "k", 0) == &ks.keys[0],
+       "kid of length 0 is no kid");
+    ok(tenant_keyset_find(&ks, "K", 1) == NULL, "kid is case-sensitive");
+
+    tenant_keyset_free(&ks);
+
+    /* one key with a kid */
+
+    add_pem(&ks, pem, "only");
+
+    ok(tenant_keyset_find(&ks, "only", 4) == &ks.keys[0], "kid only: found");
+    ok(tenant_keyset_find(&ks, NULL, 0) == NULL,
+       "lone keyed key does not match a token without kid");
+    ok(tenant_keyset_find(&ks, "other", 5) == NULL,
+       "lone keyed key does not match another kid");
+    ok(tenant_keyset_find(&ks, "onl", 3) == NULL, "kid prefix: none");
+    ok(tenant_keyset_find(&ks, "only1", 5) == NULL, "longer kid: none");
+
+    tenant_keyset_free(&ks);
+}
+
+
+int
+main(void)
+{
+    rsa = gen_rsa(2048);
+    rsa2 = gen_rsa(2048);
+    ec = gen_ec("P-256");
+    ec2 = gen_ec("P-256");
+
+    test_pem();
+    test_full();
+    test_jwks();
+    test_find();
+
+    EVP_PKEY_free(rsa);
+    EVP_PKEY_free(rsa2);
+    EVP_PKEY_free(ec);
+    EVP_PKEY_free(ec2);
+
+    return done_testing();
+}
