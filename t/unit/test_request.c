@@ -1,0 +1,118 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * Unit tests: bearer token, __session cookie and organization id
+ * extraction (src/tenant_request.c).
+ */
+
+
+#include <string.h>
+
+#include "tap.h"
+#include "tenant_request.h"
+
+
+static int
+bearer(const char *auth, const char *want)
+{
+    size_t                len;
+    const unsigned char  *tok;
+
+    if (tenant_bearer_token((const unsigned char *) auth, strlen(auth),
+                            &tok, &len)
+        != 0)
+    {
+        return want == NULL;
+    }
+
+    return want != NULL && len == strlen(want)
+           && memcmp(tok, want, len) == 0;
+}
+
+
+static int
+cookie(const char *header, const char *name, const char *want)
+{
+    size_t                len;
+    const unsigned char  *v;
+
+    if (tenant_cookie_value((const unsigned char *) header, strlen(header),
+                            name, strlen(name), &v, &len)
+        != 0)
+    {
+        return want == NULL;
+    }
+
+    return want != NULL && len == strlen(want) && memcmp(v, want, len) == 0;
+}
+
+
+int
+main(void)
+{
+    char  big[200];
+
+    /* Authorization: Bearer */
+
+    ok(bearer("Bearer abc.def.ghi", "abc.def.ghi"), "Bearer token");
+    ok(bearer("bearer abc.def.ghi", "abc.def.ghi"),
+       "scheme is case-insensitive (lower)");
+    ok(bearer("BEARER abc.def.ghi", "abc.def.ghi"),
+       "scheme is case-insensitive (upper)");
+    ok(bearer("Bearer   abc.def  ", "abc.def"), "spaces around the token");
+    ok(bearer("Bearer a-b_c.d~e+f/g==", "a-b_c.d~e+f/g=="),
+       "every token68 character, trailing '='");
+    ok(bearer("Bearer", NULL), "scheme without token");
+    ok(bearer("Bearer ", NULL), "scheme, space, no token");
+    ok(bearer("Bearerabc", NULL), "no space after the scheme");
+    ok(bearer("Basic dXNlcjpwYXNz", NULL), "another scheme");
+    ok(bearer("Bearer abc def", NULL), "two tokens");
+    ok(bearer("Bearer abc\r\nX: y", NULL), "CR/LF in the token");
+    ok(bearer("Bearer a=b", NULL), "'=' inside the token");
+    ok(bearer("Bearer abc\"", NULL), "a quote in the token");
+    ok(bearer("", NULL), "empty header");
+    ok(bearer("Bear abc", NULL), "short scheme");
+
+    /* Cookie */
+
+    ok(cookie("__session=tok", "__session", "tok"), "the only cookie");
+    ok(cookie("a=1; __session=tok; b=2", "__session", "tok"),
+       "among others");
+    ok(cookie("a=1;__session=tok", "__session", "tok"), "no space");
+    ok(cookie("__session=\"tok\"", "__session", "tok"), "quoted value");
+    ok(cookie("x__session=tok", "__session", NULL), "suffix of a name");
+    ok(cookie("__session_x=tok", "__session", NULL), "prefix of a name");
+    ok(cookie("a=1; b=2", "__session", NULL), "absent");
+    ok(cookie("", "__session", NULL), "empty header");
+    ok(cookie("__session", "__session", NULL), "name without '='");
+    ok(cookie("junk; __session=tok", "__session", "tok"),
+       "after a crumb without '='");
+    ok(cookie("__session=", "__session", ""), "empty value");
+    ok(cookie("a=x=y; __session=t=k", "__session", "t=k"),
+       "'=' inside values");
+    ok(cookie("__session=first; __session=second", "__session", "first"),
+       "the first of two");
+
+    /* Organization id */
+
+    ok(tenant_org_id_valid((const unsigned char *) "org_2abcDEF", 11),
+       "a Clerk organization id");
+    ok(tenant_org_id_valid((const unsigned char *) "o';DROP--", 9),
+       "SQL metacharacters are visible ASCII: left to parameters");
+    ok(!tenant_org_id_valid((const unsigned char *) "", 0), "empty");
+    ok(!tenant_org_id_valid((const unsigned char *) "org 1", 5), "space");
+    ok(!tenant_org_id_valid((const unsigned char *) "org\r\n1", 6),
+       "CR/LF");
+    ok(!tenant_org_id_valid((const unsigned char *) "org\0x", 5), "NUL");
+    ok(!tenant_org_id_valid((const unsigned char *) "org\xc3\xa9", 5),
+       "UTF-8");
+    ok(!tenant_org_id_valid((const unsigned char *) "org\x7f", 4), "DEL");
+
+    memset(big, 'a', sizeof(big));
+    ok(tenant_org_id_valid((unsigned char *) big, TENANT_ORG_ID_MAX),
+       "TENANT_ORG_ID_MAX bytes");
+    ok(!tenant_org_id_valid((unsigned char *) big, TENANT_ORG_ID_MAX + 1),
+       "one byte more");
+
+    return done_testing();
+}
