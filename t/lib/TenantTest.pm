@@ -1,0 +1,1056 @@
+package TenantTest;
+
+# Integration-test harness for ngx_tenant_module.
+#
+# A test file reads as a list of cases:
+#
+#     use FindBin;
+#     use lib "$FindBin::Bin/lib";
+#     use TenantTest;
+#     use Test::More;
+#
+#     pg_start();                                  # throwaway cluster, migrated
+#     my $t = create_tenant(tier => 'professional', status => 'active');
+#     nginx_start(http => <<'EOF');
+#         server {
+#             listen 127.0.0.1:%%PORT%%;
+#             location /api/ {
+#                 # the module's directives, using %%PG%%, %%JWKS%%, ...
+#                 proxy_pass http://%%ECHO%%;
+#             }
+#         }
+#     EOF
+#
+#     my $r = http(path => '/api/products', headers => [
+#         Authorization     => 'Bearer ' . mint_token(org => $t->{clerk_organization_id}),
+#         'X-Organization-ID' => $t->{clerk_organization_id},
+#     ]);
+#     is $r->{status}, 200, 'valid token, active tenant';
+#     is_deeply $r->{json}{headers}{'x-tenant-id'}, [$t->{id}], 'upstream saw the tenant';
+#
+#     done_testing();
+#
+# Everything a test starts (PostgreSQL, nginx, the echo upstream) lives in
+# one temp dir per test process and is stopped and removed at exit, also
+# when the test dies or is interrupted (TENANT_TEST_KEEP=1 keeps the dir).
+# Before done_testing() finishes, nginx is stopped and one more test checks
+# its error log: it fails on [alert], [emerg], sanitizer reports and
+# crashed workers (error_log_allow() exempts lines a test provokes).
+#
+# Use done_testing(), not a fixed plan: that last check is a test too.
+#
+# Environment: TENANT_MODULE (the .so, default build/nginx/objs/
+# ngx_tenant_module.so), NGINX (default /usr/sbin/nginx),
+# TENANT_TEST_KEEP=1.
+
+use strict;
+use warnings;
+
+use Cwd              qw(abs_path);
+use DBI              ();
+use Exporter         qw(import);
+use File::Basename   qw(dirname);
+use File::Path       qw(make_path remove_tree);
+use File::Temp       ();
+use IO::Select       ();
+use IO::Socket::INET ();
+use JSON::XS         ();
+use MIME::Base64     qw(encode_base64url);
+use POSIX            qw(:sys_wait_h);
+use Test::More       ();
+use Test2::API       ();
+use Time::HiRes      qw(time sleep);
+
+use Crypt::JWT       qw(encode_jwt);
+use Crypt::PK::ECC   ();
+use Crypt::PK::RSA   ();
+
+our @EXPORT = qw(
+    pg_start pg_stop pg_kill pg_restart dbh sql sql_value create_tenant
+    jwt_keys mint_token jwt_raw
+    echo_start echo_stop
+    nginx_start nginx_reload nginx_stop nginx_conf_test nginx_workers
+    error_log log_mark error_log_allow
+    http free_port project_root
+);
+
+our $ROOT   = abs_path(dirname(__FILE__) . '/../..');
+our $NGINX  = $ENV{NGINX} || '/usr/sbin/nginx';
+our $MODULE = $ENV{TENANT_MODULE}
+              || "$ROOT/build/nginx/objs/ngx_tenant_module.so";
+
+my $JSON  = JSON::XS->new->utf8->canonical;
+my $OWNER = $$;            # forked children must not clean up
+
+my $BASE;                  # the per-process temp dir
+my $PG;                    # { dir port socket url conninfo running }
+my $DBH;
+my $KEYS;
+my $ECHO;                  # the default echo upstream { port addr pids }
+my @ECHOS;                 # all of them
+my $NGX;                   # { dir port port2 opts pid log log_from }
+my @LOGS;                  # [ error log path, offset at start ], checked at end
+my @ALLOWED;               # error_log_allow() patterns
+my $TENANT_SEQ = 0;
+my $CONF_SEQ   = 0;
+
+
+sub project_root { $ROOT }
+
+
+# The per-process temp dir, readable by the postgres user and nginx
+# workers (which run as nobody).
+sub tmpdir {
+    return $BASE if $BASE;
+    $BASE = File::Temp::tempdir('tenant-test-XXXXXX', TMPDIR => 1,
+                                CLEANUP => 0);
+    chmod 0755, $BASE or die "chmod $BASE: $!";
+    return $BASE;
+}
+
+
+# Runs a command with extra environment variables $env; returns its
+# stdout (in list context: stdout and stderr).  Dies with its output on
+# failure.
+sub run_cmd {
+    my ($env, @cmd) = @_;
+
+    local %ENV = (%ENV, %{ $env || {} });
+    my $errfile = tmpdir() . "/cmd.$$.err";
+
+    # Interrupted meanwhile: let the command finish (a half-started
+    # cluster could not be stopped), then exit as the signal would have.
+    my $signal;
+    local @SIG{qw(INT TERM HUP)} = (sub { $signal = shift }) x 3;
+
+    my $pid = open(my $out, '-|') // die "fork: $!";
+    if (!$pid) {
+        open STDERR, '>', $errfile or die "$errfile: $!";
+        exec @cmd or do { print STDERR "exec $cmd[0]: $!\n"; POSIX::_exit(127) };
+    }
+    my $stdout = do { local $/; <$out> } // '';
+    close $out;
+    my $status = $?;
+    my $stderr = _slurp($errfile);
+    unlink $errfile;
+    _exit_on_signal($signal) if $signal;
+
+    if ($status != 0) {
+        die "command failed (exit " . ($status >> 8) . "): @cmd\n"
+            . $stdout . $stderr;
+    }
+    return wantarray ? ($stdout, $stderr) : $stdout;
+}
+
+
+# A TCP port on 127.0.0.1 that was free a moment ago.
+sub free_port {
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Listen => 1, ReuseAddr => 1)
+        or die "free_port: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+
+###########################################################################
+# PostgreSQL
+
+# Starts a throwaway cluster (scripts/pg-local.sh in the temp dir: unix
+# socket only, trust auth, user postgres, database capliquify) and applies
+# the migrations with scripts/migrate.sh (migrate => 0: a bare database).
+# Returns { conninfo, url, dir, socket, port }.
+sub pg_start {
+    my (%opt) = @_;
+
+    return $PG if $PG && $PG->{running};
+
+    my $dir  = tmpdir() . '/pg';
+    my $port = 20000 + $$ % 40000;      # names the socket; no TCP
+
+    # Known before it starts, so that cleanup stops it whatever happens.
+    $PG = { dir => $dir, port => $port, running => 1 };
+    my $url = run_cmd({ PGPORT_LOCAL => $port },
+                      "$ROOT/scripts/pg-local.sh", 'start', $dir);
+    chomp $url;
+    my ($host) = $url =~ /[?&]host=([^&]+)/
+        or die "pg_start: unexpected URL \"$url\"";
+    $host =~ s/%([0-9A-Fa-f]{2})/chr hex $1/ge;
+
+    $PG = {
+        dir      => dirname($host),
+        socket   => $host,
+        port     => $port,
+        url      => $url,
+        conninfo => "host=$host port=$port dbname=capliquify user=postgres",
+        running  => 1,
+    };
+
+    migrate() if $opt{migrate} // 1;
+    return $PG;
+}
+
+# scripts/migrate.sh against the test cluster; returns its output.
+sub migrate {
+    die "migrate: pg_start() first\n" unless $PG;
+    return run_cmd({ DATABASE_URL => $PG->{url} }, "$ROOT/scripts/migrate.sh");
+}
+
+sub _pg_local {
+    my ($cmd) = @_;
+
+    return unless $PG;
+    undef $DBH;
+    run_cmd({ PGPORT_LOCAL => $PG->{port} },
+            "$ROOT/scripts/pg-local.sh", $cmd, $PG->{dir});
+}
+
+# Fast shutdown.
+sub pg_stop {
+    return unless $PG && $PG->{running};
+    _pg_local('stop');
+    $PG->{running} = 0;
+}
+
+# Immediate shutdown: connections drop, as in an outage.
+sub pg_kill {
+    return unless $PG && $PG->{running};
+    _pg_local('kill');
+    $PG->{running} = 0;
+}
+
+# Starts the same cluster again (same dir, socket and port).
+sub pg_restart {
+    die "pg_restart: pg_start() first\n" unless $PG;
+    _pg_local('stop') if $PG->{running};
+    _pg_local('start');
+    $PG->{running} = 1;
+    return $PG;
+}
+
+# A DBI handle to the test database (reconnects after a restart).
+sub dbh {
+    die "dbh: pg_start() first\n" unless $PG;
+    return $DBH if $DBH && $DBH->ping;
+
+    $DBH = DBI->connect(
+        "dbi:Pg:dbname=capliquify;host=$PG->{socket};port=$PG->{port}",
+        'postgres', '',
+        { RaiseError => 1, PrintError => 0, AutoCommit => 1,
+          AutoInactiveDestroy => 1 });
+    $DBH->do('SET client_min_messages = warning');
+    return $DBH;
+}
+
+# Runs one statement; returns its rows as hashrefs (none for statements
+# without a result).  Placeholders: $1, $2, ... or ?.
+sub sql {
+    my ($query, @binds) = @_;
+
+    my $sth = dbh()->prepare($query);
+    $sth->execute(@binds);
+    return () unless $sth->{NUM_OF_FIELDS};
+    return @{ $sth->fetchall_arrayref({}) };
+}
+
+# The first column of the first row.
+sub sql_value {
+    my ($query, @binds) = @_;
+
+    my $row = dbh()->selectrow_arrayref($query, undef, @binds);
+    return $row ? $row->[0] : undef;
+}
+
+# Creates a tenant with public.create_tenant() and returns its row.
+#
+#   name, slug, org (clerk_organization_id), tier (starter), email,
+#   trial_days (14)                              passed to create_tenant()
+#   status         subscription_status, set afterwards
+#   trial_ends_at  number: seconds from now (negative: in the past);
+#                  string: a timestamptz; undef: NULL
+#   rate_limit     rate_limit_override
+#   settings       hashref, stored as jsonb
+sub create_tenant {
+    my (%a) = @_;
+
+    my $n = ++$TENANT_SEQ;
+    my %t = (
+        name       => "Test Tenant $n",
+        slug       => "tenant-$n",
+        org        => "org_test_$n",
+        tier       => 'starter',
+        email      => "owner$n\@example.test",
+        trial_days => 14,
+        %a,
+    );
+
+    my ($row) = sql('SELECT * FROM public.create_tenant($1, $2, $3, $4, $5, $6)',
+                    @t{qw(name slug org tier email trial_days)});
+
+    my (@set, @val);
+    if (exists $a{status}) {
+        push @set, 'subscription_status = ?';
+        push @val, $a{status};
+    }
+    if (exists $a{trial_ends_at}) {
+        my $v = $a{trial_ends_at};
+        if (defined $v && $v =~ /^-?\d+(\.\d+)?$/) {
+            push @set, "trial_ends_at = now() + ?::float8 * interval '1 second'";
+        } else {
+            push @set, 'trial_ends_at = ?::timestamptz';
+        }
+        push @val, $v;
+    }
+    if (exists $a{rate_limit}) {
+        push @set, 'rate_limit_override = ?';
+        push @val, $a{rate_limit};
+    }
+    if (exists $a{settings}) {
+        push @set, 'settings = ?::jsonb';
+        push @val, $JSON->encode($a{settings});
+    }
+
+    if (@set) {
+        ($row) = sql('UPDATE public.tenants SET ' . join(', ', @set)
+                     . ' WHERE id = ? RETURNING *', @val, $row->{id});
+    }
+    return $row;
+}
+
+
+###########################################################################
+# Keys and tokens
+
+# Key pairs made once per test process with the openssl CLI:
+#   rsa_key/rsa_pub      RSA-2048, kid rsa-1  (in the JWKS)
+#   ec_key/ec_pub        P-256,    kid ec-1   (in the JWKS)
+#   other_key/other_pub  RSA-2048, kid rsa-other (NOT in the JWKS)
+#   jwks                 JWKS file; jwks_json its contents
+# All values are absolute paths except jwks_json.
+sub jwt_keys {
+    return $KEYS if $KEYS;
+
+    my $d = tmpdir() . '/keys';
+    make_path($d);
+    chmod 0755, $d;
+
+    my %k = (dir => $d);
+    for my $name (qw(rsa ec other)) {
+        my @gen = $name eq 'ec'
+            ? qw(-algorithm EC -pkeyopt ec_paramgen_curve:P-256)
+            : qw(-algorithm RSA -pkeyopt rsa_keygen_bits:2048);
+        run_cmd({}, 'openssl', 'genpkey', '-quiet', @gen,
+                '-out', "$d/$name.key");
+        run_cmd({}, 'openssl', 'pkey', '-in', "$d/$name.key", '-pubout',
+                '-out', "$d/$name.pub");
+        chmod 0644, "$d/$name.key", "$d/$name.pub";
+        $k{"${name}_key"} = "$d/$name.key";
+        $k{"${name}_pub"} = "$d/$name.pub";
+    }
+
+    my $rsa = Crypt::PK::RSA->new($k{rsa_pub})->export_key_jwk('public', 1);
+    my $ec  = Crypt::PK::ECC->new($k{ec_pub})->export_key_jwk('public', 1);
+    my $jwks = { keys => [
+        { %$rsa, kid => 'rsa-1', use => 'sig', alg => 'RS256' },
+        { %$ec,  kid => 'ec-1',  use => 'sig', alg => 'ES256' },
+    ] };
+
+    $k{jwks}      = "$d/jwks.json";
+    $k{jwks_json} = $JSON->encode($jwks);
+    open my $fh, '>', $k{jwks} or die "$k{jwks}: $!";
+    print $fh $k{jwks_json};
+    close $fh;
+    chmod 0644, $k{jwks};
+
+    return $KEYS = \%k;
+}
+
+my %PK;     # parsed private keys by path
+
+# 'rsa', 'ec', 'other', a PEM path (RSA or EC) or a Crypt::PK object.
+sub _private_key {
+    my ($key) = @_;
+
+    return $key if ref $key;
+    my $path = jwt_keys()->{"${key}_key"} // $key;
+    return $PK{$path} //= eval { Crypt::PK::RSA->new($path) }
+                          // eval { Crypt::PK::ECC->new($path) }
+                          // die "mint_token: no RSA or EC key in $path\n";
+}
+
+# A real signed JWT.  Options (everything else is a claim):
+#   key     'rsa' (default), 'ec', 'other' (RSA, not in the JWKS), a PEM
+#           path, or a Crypt::PK object; for HS*: the secret (default: the
+#           bytes of the RSA public PEM, the classic confusion attack)
+#   alg     RS256 for RSA keys, ES256 for EC ('none' makes an unsigned one)
+#   kid     default rsa-1 / ec-1 / rsa-other; undef: no kid
+#   header  extra header fields (undef values remove a field, e.g. typ)
+#   org     Clerk organization: 'org_x' or { id, role, slug }; as v1
+#           claims (org_id, org_role, org_slug), or with v => 2 as
+#           o => { id, rol, slg }
+# Claims default to sub 'user_test', iat now, exp now + 300; a claim given
+# as undef is left out.
+sub mint_token {
+    my (%c) = @_;
+
+    my %o;
+    for (qw(key alg kid header org)) {
+        $o{$_} = delete $c{$_} if exists $c{$_};
+    }
+
+    my $keys = jwt_keys();
+    my $key  = $o{key} // 'rsa';
+    my $alg  = $o{alg};
+    my $pk;
+    if (!defined $alg || $alg !~ /^(HS|none$)/) {
+        $pk = _private_key($key);
+        $alg //= ref $pk eq 'Crypt::PK::ECC' ? 'ES256' : 'RS256';
+    }
+
+    my $kid = exists $o{kid} ? $o{kid}
+            : ref $key       ? undef
+            : { rsa => 'rsa-1', ec => 'ec-1', other => 'rsa-other' }->{$key};
+
+    my $now = time;
+    my %claims = (sub => 'user_test', iat => int $now, exp => int($now) + 300);
+
+    if (defined $o{org}) {
+        my $org = ref $o{org} ? $o{org} : { id => $o{org} };
+        if (($c{v} // 1) == 2) {
+            $claims{o} = { id => $org->{id},
+                           (rol => $org->{role}) x defined $org->{role},
+                           (slg => $org->{slug}) x defined $org->{slug} };
+        } else {
+            $claims{org_id} = $org->{id};
+            $claims{org_role} = $org->{role} if defined $org->{role};
+            $claims{org_slug} = $org->{slug} if defined $org->{slug};
+        }
+    }
+    %claims = (%claims, %c);
+    delete @claims{ grep { !defined $claims{$_} } keys %claims };
+
+    my %hdr = (typ => 'JWT', (defined $kid ? (kid => $kid) : ()),
+               %{ $o{header} || {} });
+    delete @hdr{ grep { !defined $hdr{$_} } keys %hdr };
+
+    my $k = $alg =~ /^HS/ ? $o{key} // _slurp($keys->{rsa_pub})
+          : $alg eq 'none' ? ''
+          : $pk;
+
+    return encode_jwt(payload => \%claims, alg => $alg, key => $k,
+                      extra_headers => \%hdr, allow_none => 1);
+}
+
+# A token from parts, for malformed input: header and payload are hashrefs
+# (JSON-encoded) or strings (used as they are), all base64url-encoded;
+# signature is raw bytes (base64url-encoded) or, with raw_signature, used
+# as is.
+sub jwt_raw {
+    my (%p) = @_;
+
+    my @parts = map {
+        my $v = $p{$_} // {};
+        encode_base64url(ref $v ? $JSON->encode($v) : $v);
+    } qw(header payload);
+
+    my $sig = defined $p{raw_signature} ? $p{raw_signature}
+            : encode_base64url($p{signature} // '');
+    return join '.', @parts, $sig;
+}
+
+
+###########################################################################
+# Fake upstream
+
+# A tiny HTTP/1.1 server on 127.0.0.1:<free port> in forked processes
+# (workers, default 2), one request per connection (Connection: close).
+# It answers 200 application/json:
+#   { method, uri, version, headers: { lowercased name: [values in order] },
+#     body }
+# handler => sub { my ($req) = @_; return ($status, [name => value, ...],
+# $body) } replaces that answer ($req is the hash above).
+# Returns { port, addr => '127.0.0.1:port', pids }.
+#
+# Without arguments: the default upstream (%%ECHO%%), started once.  With
+# arguments: one more server each call.
+sub echo_start {
+    my (%opt) = @_;
+
+    return $ECHO if $ECHO && !%opt;
+
+    my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                    Listen => 128, ReuseAddr => 1)
+        or die "echo_start: $!";
+    my @pids;
+    for (1 .. ($opt{workers} || 2)) {
+        my $pid = fork // die "fork: $!";
+        if (!$pid) {
+            $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP);
+            $SIG{PIPE} = 'IGNORE';
+            while (1) {
+                my $c = $srv->accept or next;       # EINTR
+                eval { _echo_one($c, $opt{handler}); 1 }
+                    or print STDERR "echo: $@";
+                alarm 0;
+                close $c;
+            }
+        }
+        push @pids, $pid;
+    }
+
+    my $echo = { port => $srv->sockport, pids => \@pids };
+    $echo->{addr} = "127.0.0.1:$echo->{port}";
+    close $srv;
+
+    push @ECHOS, $echo;
+    $ECHO //= $echo unless %opt;
+    return $echo;
+}
+
+sub _echo_one {
+    my ($c, $handler) = @_;
+
+    local $SIG{ALRM} = sub { die "timeout\n" };
+    alarm 10;                   # a stuck client frees this worker
+
+    my $buf = '';
+    while ($buf !~ /\r?\n\r?\n/) {
+        sysread($c, $buf, 65536, length $buf) or return;
+    }
+    my ($head, $rest) = split /\r?\n\r?\n/, $buf, 2;
+    my ($line, @lines) = split /\r?\n/, $head;
+    my ($method, $uri, $version) = split / /, $line, 3;
+
+    my (%h, @list);
+    for (@lines) {
+        my ($n, $v) = /^([^:]*):[ \t]*(.*?)[ \t]*$/ or next;
+        push @{ $h{lc $n} }, $v;
+        push @list, [$n, $v];
+    }
+
+    my $body = $rest;
+    if (($h{'transfer-encoding'}[0] // '') =~ /chunked/i) {
+        $body = '';
+        while (1) {
+            while ($rest !~ /\r\n/) {
+                sysread($c, $rest, 65536, length $rest) or last;
+            }
+            $rest =~ s/^([0-9a-fA-F]+)[^\r]*\r\n// or last;
+            my $size = hex $1;
+            last if $size == 0;
+            while (length $rest < $size + 2) {
+                sysread($c, $rest, 65536, length $rest) or last;
+            }
+            $body .= substr($rest, 0, $size);
+            substr($rest, 0, $size + 2) = '';
+        }
+    } elsif (defined $h{'content-length'}) {
+        my $len = $h{'content-length'}[0];
+        while (length $body < $len) {
+            sysread($c, $body, 65536, length $body) or last;
+        }
+    }
+
+    my $req = { method => $method, uri => $uri, version => $version,
+                headers => \%h, header_list => \@list, body => $body };
+
+    my ($status, $hdrs, $out) = $handler
+        ? $handler->($req)
+        : (200, ['Content-Type' => 'application/json'],
+           $JSON->encode({ map { $_ => $req->{$_} }
+                           qw(method uri version headers body) }));
+    $hdrs ||= [];
+    $out  //= '';
+
+    my $resp = "HTTP/1.1 $status Echo\r\n";
+    for (my $i = 0; $i < @$hdrs; $i += 2) {
+        $resp .= "$hdrs->[$i]: $hdrs->[$i + 1]\r\n";
+    }
+    $resp .= "Content-Length: " . length($out) . "\r\n"
+           . "Connection: close\r\n\r\n" . $out;
+    syswrite $c, $resp;
+    alarm 0;
+}
+
+# Stops one echo server, or all of them.
+sub echo_stop {
+    my ($which) = @_;
+
+    for my $echo ($which ? ($which) : @ECHOS) {
+        kill 'TERM', @{ $echo->{pids} };
+        waitpid $_, 0 for @{ $echo->{pids} };
+    }
+    @ECHOS = $which ? grep { $_ != $which } @ECHOS : ();
+    undef $ECHO if !$which || ($ECHO && $ECHO == $which);
+}
+
+
+###########################################################################
+# nginx
+
+sub _slurp {
+    my ($path, $from) = @_;
+
+    open my $fh, '<', $path or return '';
+    seek $fh, $from || 0, 0;
+    local $/;
+    return scalar(<$fh>) // '';
+}
+
+sub _spew {
+    my ($path, $text) = @_;
+
+    open my $fh, '>', $path or die "$path: $!";
+    print $fh $text;
+    close $fh or die "$path: $!";
+}
+
+# Replaces %%NAME%% placeholders; dies on unknown ones.
+sub _expand {
+    my ($text, $v) = @_;
+
+    $text =~ s{%%([A-Z0-9_]+)%%}{
+        my $name = $1;
+        my $val = ref $v->{$name} eq 'CODE' ? $v->{$name}->() : $v->{$name};
+        defined $val ? $val : die "nginx conf: unknown placeholder %%$name%%\n";
+    }ge;
+    return $text;
+}
+
+# The whole nginx.conf for opts:
+#   http        snippet inside http { }
+#   main        snippet at the top level (env, thread_pool, ...)
+#   workers     worker_processes (1)
+#   error_level error_log level (info)
+#   no_module   1: no load_module line (plain nginx)
+# Placeholders: %%PORT%% %%PORT2%% (free ports), %%ECHO%% (127.0.0.1:port
+# of the echo upstream, started on demand), %%PG%% (libpq conninfo,
+# cluster started on demand), %%RSA_PUB%% %%EC_PUB%% %%JWKS%% (paths),
+# %%DIR%% (nginx prefix dir).
+sub _nginx_conf {
+    my ($dir, $ports, %o) = @_;
+
+    my $keys = sub { my $k = shift; sub { jwt_keys()->{$k} } };
+    my %v = (
+        PORT    => $ports->[0],
+        PORT2   => $ports->[1],
+        DIR     => $dir,
+        ECHO    => sub { echo_start()->{addr} },
+        PG      => sub { pg_start()->{conninfo} },
+        RSA_PUB => $keys->('rsa_pub'),
+        EC_PUB  => $keys->('ec_pub'),
+        JWKS    => $keys->('jwks'),
+    );
+
+    my $load = $o{no_module} ? '' : "load_module $MODULE;\n";
+    my $workers = $o{workers} || 1;
+    my $level = $o{error_level} || 'info';
+    my $main = _expand($o{main} // '', \%v);
+    my $http = _expand($o{http} // '', \%v);
+
+    return <<EOF;
+${load}worker_processes $workers;
+daemon on;
+master_process on;
+pid $dir/nginx.pid;
+error_log $dir/error.log $level;
+$main
+events {
+    worker_connections 1024;
+}
+
+http {
+    access_log $dir/access.log;
+    client_body_temp_path $dir/tmp/client_body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+
+$http
+}
+EOF
+}
+
+sub _check_module {
+    my (%o) = @_;
+
+    return if $o{no_module} || -f $MODULE;
+    Test::More::BAIL_OUT("$MODULE does not exist: build it first (make)");
+}
+
+sub _nginx_cmd {
+    my ($dir, @args) = @_;
+
+    return ($NGINX, '-p', "$dir/", '-c', "$dir/nginx.conf",
+            '-e', "$dir/error.log", @args);
+}
+
+# Runs nginx -t on a config made from opts (as nginx_start takes them) in
+# a dir of its own.  Returns { ok, output (nginx's messages), conf }.
+sub nginx_conf_test {
+    my (%o) = @_;
+
+    _check_module(%o);
+    my $dir = tmpdir() . '/nginx-t' . ++$CONF_SEQ;
+    make_path("$dir/tmp");
+    chmod 0755, $dir;
+    my $conf = _nginx_conf($dir, [free_port(), free_port()], %o);
+    _spew("$dir/nginx.conf", $conf);
+
+    my $out = eval { join '', run_cmd({}, _nginx_cmd($dir, '-t')) };
+    my $ok = defined $out;
+    $out = $@ unless $ok;
+    $out .= _slurp("$dir/error.log");
+    return { ok => $ok, output => $out, conf => $conf };
+}
+
+# Starts nginx (master daemonized) with a config made from opts (see
+# _nginx_conf) and waits until its port answers.  Returns
+# { port, port2, dir, pid, conf }.
+sub nginx_start {
+    my (%o) = @_;
+
+    die "nginx_start: already running; nginx_stop() or nginx_reload()\n"
+        if $NGX && $NGX->{pid};
+    _check_module(%o);
+
+    my $dir = tmpdir() . '/nginx';
+    make_path("$dir/tmp");
+    chmod 0755, $dir;
+
+    my $ports = [free_port(), free_port()];
+    my $conf = _nginx_conf($dir, $ports, %o);
+    _spew("$dir/nginx.conf", $conf);
+
+    my $log = "$dir/error.log";
+    my $from = -s $log || 0;
+    push @LOGS, [$log, $from];
+
+    $NGX = { dir => $dir, port => $ports->[0], port2 => $ports->[1],
+             opts => \%o, conf => $conf, log => $log, log_from => $from };
+
+    eval { run_cmd({}, _nginx_cmd($dir)); 1 }
+        or die "nginx_start: nginx did not start:\n$@"
+               . _slurp($log, $from) . "\nconfig:\n$conf";
+
+    my $deadline = time + 10;
+    until (-s "$dir/nginx.pid") {
+        die "nginx_start: no pid file\n" . _slurp($log, $from) if time > $deadline;
+        sleep 0.01;
+    }
+    ($NGX->{pid}) = _slurp("$dir/nginx.pid") =~ /(\d+)/;
+
+    my $want = $o{workers} || 1;
+    until (nginx_workers() >= $want
+           && IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                    PeerPort => $NGX->{port}, Timeout => 1))
+    {
+        die "nginx_start: port $NGX->{port} does not answer\n"
+            . _slurp($log, $from) if time > $deadline;
+        sleep 0.02;
+    }
+    return $NGX;
+}
+
+# Pids of the worker processes that are not shutting down.
+sub nginx_workers {
+    return () unless $NGX && $NGX->{pid};
+
+    my @pids;
+    for my $stat (glob '/proc/[0-9]*/stat') {
+        my $s = _slurp($stat);
+        my ($pid, $ppid) = $s =~ /^(\d+) \(.*\) \S+ (\d+)/s or next;
+        next unless $ppid == $NGX->{pid};
+        my $cmd = _slurp("/proc/$pid/cmdline");
+        push @pids, $pid if $cmd =~ /^nginx: worker process\0*$/;
+    }
+    @pids = sort { $a <=> $b } @pids;
+    return @pids;
+}
+
+# Reloads (SIGHUP), after rewriting the config when opts are given (they
+# are merged into nginx_start's; ports stay).  Waits until the new
+# workers run.  A reload that nginx refuses dies with the log's reason;
+# with expect_fail => 1 it returns that reason instead (and the [emerg] is
+# allowed).
+sub nginx_reload {
+    my (%o) = @_;
+
+    die "nginx_reload: nginx is not running\n" unless $NGX && $NGX->{pid};
+    my $expect_fail = delete $o{expect_fail};
+
+    if (%o) {
+        $NGX->{opts} = { %{ $NGX->{opts} }, %o };
+        _check_module(%{ $NGX->{opts} });
+        $NGX->{conf} = _nginx_conf($NGX->{dir}, [$NGX->{port}, $NGX->{port2}],
+                                   %{ $NGX->{opts} });
+        _spew("$NGX->{dir}/nginx.conf", $NGX->{conf});
+    }
+
+    my %old = map { $_ => 1 } nginx_workers();
+    my $mark = log_mark();
+    my $want = $NGX->{opts}{workers} || 1;
+    kill 'HUP', $NGX->{pid} or die "nginx_reload: kill: $!";
+
+    my $deadline = time + 10;
+    while (1) {
+        my $log = error_log(since => $mark);
+        if ($log =~ /^(.*\[emerg\].*)$/m) {
+            my $why = $1;
+            if ($expect_fail) {
+                my $re = quotemeta $why;
+                error_log_allow(qr/$re/);
+                return $why;
+            }
+            die "nginx_reload: refused: $why\n";
+        }
+        my @now = nginx_workers();
+        my @new = grep { !$old{$_} } @now;
+        last if @new >= $want && @new == @now;      # old ones retired
+        die "nginx_reload: new workers did not start\n$log" if time > $deadline;
+        sleep 0.02;
+    }
+    die "nginx_reload: expected the reload to fail, it did not\n" if $expect_fail;
+    return $NGX;
+}
+
+sub _alive { my ($pid) = @_; return $pid && kill 0, $pid }
+
+# Graceful stop (QUIT), then TERM, then KILL; waits for the master.
+sub nginx_stop {
+    return unless $NGX && $NGX->{pid};
+
+    my $pid = $NGX->{pid};
+    for my $step (['QUIT', 10], ['TERM', 5], ['KILL', 5]) {
+        my ($sig, $wait) = @$step;
+        last unless _alive($pid);
+        kill $sig, $pid;
+        my $deadline = time + $wait;
+        sleep 0.02 while _alive($pid) && time < $deadline;
+    }
+    $NGX->{pid} = undef;
+}
+
+# The error log of the running (or last) nginx since it started, or since
+# a log_mark().
+sub error_log {
+    my (%o) = @_;
+
+    return '' unless $NGX;
+    return _slurp($NGX->{log}, $o{since} // $NGX->{log_from});
+}
+
+# The current end of the error log, for error_log(since => $mark).
+sub log_mark {
+    return 0 unless $NGX;
+    return -s $NGX->{log} || 0;
+}
+
+# Error log lines matching these patterns do not fail the final check.
+sub error_log_allow {
+    push @ALLOWED, @_;
+}
+
+my @BAD = (qr/\[alert\]/, qr/\[emerg\]/, qr/AddressSanitizer|LeakSanitizer/,
+           qr/runtime error:/, qr/segfault/, qr/exited on signal/);
+
+# Bad lines of every error log this process produced.
+sub _log_problems {
+    my @bad;
+    for my $l (@LOGS) {
+        my ($path, $from) = @$l;
+        for my $line (split /\n/, _slurp($path, $from)) {
+            next unless grep { $line =~ $_ } @BAD;
+            next if grep { $line =~ $_ } @ALLOWED;
+            push @bad, $line;
+        }
+    }
+    return @bad;
+}
+
+
+###########################################################################
+# HTTP client
+
+# Whether a response is complete without waiting for the server to close
+# (a keep-alive answer): a whole body of Content-Length, the last chunk,
+# or a status without a body.
+sub _complete {
+    my ($raw, $head_only) = @_;
+
+    my $end = index $raw, "\r\n\r\n";
+    return 0 if $end < 0;
+    my $head = substr $raw, 0, $end;
+    my $body = length($raw) - $end - 4;
+
+    return 1 if $head_only || $head =~ m{^HTTP/\S+ (204|304)};
+    return $body >= $1 if $head =~ /\r\ncontent-length:[ \t]*(\d+)/i;
+    return $raw =~ /\r\n0\r\n(.*\r\n)?\r\n\z/s
+        if $head =~ /\r\ntransfer-encoding:[^\r]*chunked/i;
+    return 0;
+}
+
+# One request to nginx (127.0.0.1:%%PORT%%, or port => ...).
+#   method (GET), path (/), headers => [name => value, ...] (sent as given,
+#   in order, duplicates and invalid values included), body, timeout (10 s)
+#   Host: localhost, Connection: close and Content-Length (with a body) are
+#   added unless the headers have them; raw => 'bytes' sends exactly that.
+# Returns { status, reason, headers => { lowercased name => [values] },
+# body, json (decoded when the type is JSON), elapsed (s), error }.
+# On timeout or a connection failure, status is 0 and error says why.
+sub http {
+    my (%r) = @_;
+
+    my $port = $r{port} // ($NGX && $NGX->{port})
+        // die "http: no port (nginx_start() first)\n";
+    my $timeout = $r{timeout} // 10;
+
+    my $req = $r{raw};
+    if (!defined $req) {
+        my @h = @{ $r{headers} || [] };
+        my %has;
+        for (my $i = 0; $i < @h; $i += 2) {
+            $has{lc $h[$i]} = 1;
+        }
+        push @h, Host => 'localhost' unless $has{host};
+        push @h, Connection => 'close' unless $has{connection};
+        push @h, 'Content-Length' => length $r{body}
+            if defined $r{body} && !$has{'content-length'}
+               && !$has{'transfer-encoding'};
+
+        $req = ($r{method} // 'GET') . ' ' . ($r{path} // '/') . " HTTP/1.1\r\n";
+        for (my $i = 0; $i < @h; $i += 2) {
+            $req .= "$h[$i]: $h[$i + 1]\r\n";
+        }
+        $req .= "\r\n" . ($r{body} // '');
+    }
+
+    my $start = time;
+    my $res = { status => 0, headers => {}, body => '' };
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                  Timeout => $timeout);
+    if (!$s) {
+        $res->{error} = "connect: $!";
+        return $res;
+    }
+
+    local $SIG{PIPE} = 'IGNORE';
+    my $off = 0;
+    while ($off < length $req) {
+        my $n = syswrite $s, $req, length($req) - $off, $off;
+        last unless $n;         # the server may answer and close early
+        $off += $n;
+    }
+
+    my $raw = '';
+    my $sel = IO::Select->new($s);
+    my $deadline = $start + $timeout;
+    my $head_only = ($r{method} // 'GET') eq 'HEAD';
+    while (!_complete($raw, $head_only)) {
+        my $left = $deadline - time;
+        if ($left <= 0 || !$sel->can_read($left)) {
+            $res->{error} = 'timeout';
+            last;
+        }
+        my $n = sysread $s, $raw, 65536, length $raw;
+        last unless $n;
+    }
+    close $s;
+    $res->{elapsed} = time - $start;
+    $res->{raw} = $raw;
+
+    my ($head, $body) = split /\r\n\r\n/, $raw, 2;
+    return $res unless defined $head && $head =~ m{^HTTP/\d\.\d (\d{3}) ?([^\r\n]*)};
+    @$res{qw(status reason)} = ($1, $2);
+    if (defined $res->{error} && $res->{error} eq 'timeout') {
+        $res->{status} = 0;     # a partial answer is not an answer
+    }
+
+    my @lines = split /\r\n/, $head;
+    shift @lines;
+    for (@lines) {
+        my ($n, $v) = /^([^:]+):[ \t]*(.*?)[ \t]*$/ or next;
+        push @{ $res->{headers}{lc $n} }, $v;
+    }
+
+    $body //= '';
+    if (($res->{headers}{'transfer-encoding'}[0] // '') =~ /chunked/i) {
+        my $out = '';
+        while ($body =~ s/^([0-9a-fA-F]+)[^\r]*\r\n//) {
+            my $size = hex $1;
+            last if $size == 0;
+            $out .= substr($body, 0, $size);
+            substr($body, 0, $size + 2) = '';
+        }
+        $body = $out;
+    }
+    $res->{body} = $body;
+
+    if (($res->{headers}{'content-type'}[0] // '') =~ m{[/+]json\b}) {
+        $res->{json} = eval { $JSON->decode($body) };
+    }
+    return $res;
+}
+
+
+###########################################################################
+# Cleanup
+
+# Before done_testing() (or at exit with a plan): stop nginx and fail on
+# bad error log lines.
+Test2::API::test2_add_callback_testing_done(sub {
+    return unless $$ == $OWNER && @LOGS;
+
+    nginx_stop();
+    my @bad = _log_problems();
+    Test::More::ok(!@bad, 'nginx error log: no alert, emerg, sanitizer '
+                          . 'report or crash')
+        or Test::More::diag(join "\n", 'bad lines:', @bad);
+});
+
+sub _cleanup {
+    my ($status) = @_;
+
+    return unless $$ == $OWNER;
+
+    eval { nginx_stop() };
+    if (@LOGS && ($status || !Test::More->builder->is_passing)) {
+        my @tail = (split /\n/, _slurp($LOGS[-1][0], $LOGS[-1][1]))[-30 .. -1];
+        print STDERR "# nginx error log, last lines:\n",
+                     map { "#   $_\n" } grep { defined } @tail;
+    }
+    eval { echo_stop() };
+    undef $DBH;
+    if ($PG && $PG->{running}) {
+        eval { pg_stop(); 1 } or eval { pg_kill() };
+    }
+
+    return unless $BASE;
+    if ($ENV{TENANT_TEST_KEEP}) {
+        print STDERR "# TENANT_TEST_KEEP: left $BASE\n";
+        return;
+    }
+    remove_tree($BASE);
+}
+
+END {
+    my $status = $?;
+    _cleanup($status);
+    $? = $status;
+}
+
+# Interrupted (Ctrl-C, prove's kill): exit, which runs END.
+sub _exit_on_signal {
+    my ($sig) = @_;
+    exit 128 + { INT => 2, TERM => 15, HUP => 1 }->{$sig};
+}
+
+for my $sig (qw(INT TERM HUP)) {
+    $SIG{$sig} = \&_exit_on_signal
+        if !defined $SIG{$sig} || $SIG{$sig} eq 'DEFAULT';
+}
+
+
+1;
