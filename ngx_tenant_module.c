@@ -354,6 +354,8 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
     crc = tmcf->policy;
     crc ^= ngx_crc32_short((u_char *) &tmcf->algorithms,
                            sizeof(tmcf->algorithms));
+    crc ^= ngx_crc32_short((u_char *) &tmcf->leeway, sizeof(tmcf->leeway))
+           * 7;
     crc ^= ngx_crc32_short(tmcf->issuer.data, tmcf->issuer.len) * 3;
 
     if (tmcf->azp) {
@@ -826,7 +828,9 @@ ngx_tenant_jwt_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    tmcf->policy ^= ngx_crc32_long(content.data, content.len);
+    /* multiplied by the key's position: the same file twice still counts */
+    tmcf->policy ^= ngx_crc32_long(content.data, content.len)
+                    * (uint32_t) (2 * tmcf->keys->nkeys + 1);
 
     return NGX_CONF_OK;
 }

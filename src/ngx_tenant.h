@@ -43,6 +43,7 @@ typedef struct {
 typedef struct {
     time_t              fetched;          /* loaded from the database at */
     time_t              trial_ends_at;    /* 0: none */
+    time_t              refresh_at;       /* a refresh runs until then */
     u_char              found;            /* 0: negative entry */
 
     u_char              id_len;
@@ -145,7 +146,6 @@ typedef struct {
 
     ngx_tenant_record_t       tenant;
     unsigned                  has_tenant:1;
-    unsigned                  have_stale:1;
     unsigned                  admitted:1;
 
     ngx_str_t                 outcome;         /* for $tenant_outcome */

@@ -37,6 +37,15 @@ typedef struct {
 } ngx_tenant_refusal_t;
 
 
+typedef struct {
+    ngx_pool_t               *pool;
+    ngx_tenant_main_conf_t   *tmcf;
+    ngx_tenant_pg_req_t       query;
+    size_t                    org_id_len;
+    u_char                    org_id[TENANT_ORG_ID_MAX + 1];
+} ngx_tenant_refresh_t;
+
+
 typedef enum {
     NGX_TENANT_R_TOKEN_MISSING = 0,
     NGX_TENANT_R_TOKEN_INVALID,
@@ -92,6 +101,14 @@ static ngx_int_t ngx_tenant_access_query(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
 static void ngx_tenant_access_db_done(ngx_tenant_pg_req_t *req,
     PGresult *res);
+static ngx_tenant_db_result_e ngx_tenant_store(ngx_tenant_main_conf_t *tmcf,
+    u_char *org, size_t len, PGresult *res, ngx_tenant_record_t *rec,
+    ngx_log_t *log);
+static void ngx_tenant_refresh(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+static void ngx_tenant_refresh_done(ngx_tenant_pg_req_t *req,
+    PGresult *res);
+static void ngx_tenant_refresh_failed(ngx_tenant_refresh_t *rf);
 static ngx_int_t ngx_tenant_record_from_row(PGresult *res,
     ngx_tenant_record_t *rec);
 static void ngx_tenant_access_cleanup(void *data);
@@ -265,8 +282,17 @@ ngx_tenant_access_start(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
             return ngx_tenant_access_resolved(r, tmcf, tlcf, ctx);
         }
 
-        /* past its TTL: ask again, keep it for when the database fails */
-        ctx->have_stale = 1;
+        /*
+         * Past its TTL: served as it is while one background query
+         * refreshes it, so a slow or stalled database slows no request
+         * whose tenant is cached.  Within "stale" of its TTL only.
+         */
+
+        ngx_tenant_refresh(r, tmcf, ctx);
+
+        ctx->db_result = NGX_TENANT_DB_FOUND;
+        ctx->state = NGX_TENANT_STATE_RESOLVED;
+        return ngx_tenant_access_resolved(r, tmcf, tlcf, ctx);
     }
 
     return ngx_tenant_access_query(r, tmcf, ctx);
@@ -331,7 +357,8 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
                                  &cached)
             == NGX_OK
             && cached.policy == tmcf->policy
-            && now <= cached.claims.exp + tmcf->leeway)
+            && now <= cached.claims.exp + tmcf->leeway
+            && now >= cached.claims.nbf - tmcf->leeway)
         {
             ctx->claims = cached.claims;
             *status = TENANT_JWT_OK;
@@ -352,7 +379,13 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     *status = tenant_jwt_verify(token, len, tmcf->keys, &policy,
                                 &ctx->claims);
 
-    if (*status == TENANT_JWT_OK && tmcf->token_cache) {
+    if (*status != TENANT_JWT_OK) {
+        /* nothing of a refused token reaches $tenant_user_id and logs */
+        ngx_memzero(&ctx->claims, sizeof(tenant_jwt_claims_t));
+        return NGX_OK;
+    }
+
+    if (tmcf->token_cache) {
         cached.policy = tmcf->policy;
         cached.claims = ctx->claims;
 
@@ -460,60 +493,159 @@ ngx_tenant_access_db_done(ngx_tenant_pg_req_t *req, PGresult *res)
     ngx_http_request_t      *r;
     ngx_connection_t        *c;
     ngx_tenant_ctx_t        *ctx;
-    ngx_tenant_record_t      rec;
-    ngx_tenant_main_conf_t  *tmcf;
 
     r = req->data;
     c = r->connection;
 
     ctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
-    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
 
     ctx->query = NULL;
     ctx->state = NGX_TENANT_STATE_RESOLVED;
-
-    if (res == NULL) {
-        ctx->db_result = NGX_TENANT_DB_ERROR;
-
-    } else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                      "tenant: tenant lookup failed: %s",
-                      PQresultErrorMessage(res));
-        ctx->db_result = NGX_TENANT_DB_ERROR;
-
-    } else {
-        ngx_memzero(&rec, sizeof(ngx_tenant_record_t));
-        rec.fetched = ngx_time();
-
-        if (PQntuples(res) == 0) {
-            ctx->db_result = NGX_TENANT_DB_NOT_FOUND;
-
-            (void) ngx_tenant_cache_put(tmcf->tenant_cache, ctx->org_id,
-                                        ctx->org_id_len, &rec,
-                                        rec.fetched
-                                        + tmcf->tenant_negative_ttl);
-
-        } else if (ngx_tenant_record_from_row(res, &rec) != NGX_OK) {
-            ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                          "tenant: the tenants row of organization \"%s\" "
-                          "has a value out of bounds", ctx->org_id);
-            ctx->db_result = NGX_TENANT_DB_ERROR;
-
-        } else {
-            ctx->db_result = NGX_TENANT_DB_FOUND;
-            ctx->tenant = rec;
-
-            (void) ngx_tenant_cache_put(tmcf->tenant_cache, ctx->org_id,
-                                        ctx->org_id_len, &rec,
-                                        rec.fetched + tmcf->tenant_ttl
-                                        + tmcf->tenant_stale);
-        }
-    }
+    ctx->db_result = ngx_tenant_store(
+                         ngx_http_get_module_main_conf(r, ngx_tenant_module),
+                         ctx->org_id, ctx->org_id_len, res, &ctx->tenant,
+                         c->log);
 
     ngx_http_set_log_request(c->log, r);
 
     r->write_event_handler(r);
     ngx_http_run_posted_requests(c);
+}
+
+
+/* Caches what the lookup found (or that it found nothing). */
+
+static ngx_tenant_db_result_e
+ngx_tenant_store(ngx_tenant_main_conf_t *tmcf, u_char *org, size_t len,
+    PGresult *res, ngx_tenant_record_t *rec, ngx_log_t *log)
+{
+    if (res == NULL) {
+        return NGX_TENANT_DB_ERROR;
+    }
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "tenant: tenant lookup failed: %s",
+                      PQresultErrorMessage(res));
+        return NGX_TENANT_DB_ERROR;
+    }
+
+    ngx_memzero(rec, sizeof(ngx_tenant_record_t));
+    rec->fetched = ngx_time();
+
+    if (PQntuples(res) == 0) {
+        (void) ngx_tenant_cache_put(tmcf->tenant_cache, org, len, rec,
+                                    rec->fetched + tmcf->tenant_negative_ttl);
+        return NGX_TENANT_DB_NOT_FOUND;
+    }
+
+    if (ngx_tenant_record_from_row(res, rec) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "tenant: the tenants row of organization \"%*s\" "
+                      "has a value out of bounds", len, org);
+        return NGX_TENANT_DB_ERROR;
+    }
+
+    (void) ngx_tenant_cache_put(tmcf->tenant_cache, org, len, rec,
+                                rec->fetched + tmcf->tenant_ttl
+                                + tmcf->tenant_stale);
+
+    return NGX_TENANT_DB_FOUND;
+}
+
+
+/*
+ * A background lookup for a cached row past its TTL.  The row in the
+ * zone is marked first, so that other requests (of any worker) do not
+ * start another one while this one runs; the query lives in a pool of its
+ * own, not in the request that started it.
+ */
+
+static void
+ngx_tenant_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_ctx_t *ctx)
+{
+    time_t                   now;
+    ngx_pool_t              *pool;
+    ngx_tenant_record_t      rec;
+    ngx_tenant_refresh_t    *rf;
+
+    now = ngx_time();
+
+    if (ctx->tenant.refresh_at > now) {
+        return;
+    }
+
+    rec = ctx->tenant;
+    rec.refresh_at = now + (time_t) (tmcf->db_timeout / 1000) + 1;
+
+    (void) ngx_tenant_cache_put(tmcf->tenant_cache, ctx->org_id,
+                                ctx->org_id_len, &rec,
+                                rec.fetched + tmcf->tenant_ttl
+                                + tmcf->tenant_stale);
+
+    pool = ngx_create_pool(1024, ngx_cycle->log);
+    if (pool == NULL) {
+        return;
+    }
+
+    rf = ngx_pcalloc(pool, sizeof(ngx_tenant_refresh_t));
+    if (rf == NULL) {
+        ngx_destroy_pool(pool);
+        return;
+    }
+
+    rf->pool = pool;
+    rf->tmcf = tmcf;
+    rf->org_id_len = ctx->org_id_len;
+    ngx_memcpy(rf->org_id, ctx->org_id, ctx->org_id_len + 1);
+
+    rf->query.handler = ngx_tenant_refresh_done;
+    rf->query.data = rf;
+    rf->query.sql = ngx_tenant_lookup_sql;
+    rf->query.nparams = 1;
+    rf->query.values[0] = (const char *) rf->org_id;
+    rf->query.lengths[0] = (int) rf->org_id_len;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "tenant: refreshing organization \"%s\"", rf->org_id);
+
+    if (ngx_tenant_pg_query(tmcf->pg, &rf->query) != NGX_AGAIN) {
+        ngx_tenant_refresh_failed(rf);
+    }
+}
+
+
+static void
+ngx_tenant_refresh_done(ngx_tenant_pg_req_t *req, PGresult *res)
+{
+    ngx_tenant_record_t    rec;
+    ngx_tenant_refresh_t  *rf;
+
+    rf = req->data;
+
+    if (ngx_tenant_store(rf->tmcf, rf->org_id, rf->org_id_len, res, &rec,
+                         ngx_cycle->log)
+        == NGX_TENANT_DB_ERROR)
+    {
+        ngx_tenant_refresh_failed(rf);
+        return;
+    }
+
+    ngx_destroy_pool(rf->pool);
+}
+
+
+/* The stale row stays in use until it is refreshed or expires. */
+
+static void
+ngx_tenant_refresh_failed(ngx_tenant_refresh_t *rf)
+{
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "tenant: database unavailable, serving the cached tenant "
+                  "of organization \"%s\" past its TTL", rf->org_id);
+
+    ngx_destroy_pool(rf->pool);
 }
 
 
@@ -600,16 +732,8 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
                                  NULL, 0);
 
     default: /* NGX_TENANT_DB_ERROR */
-
-        if (!ctx->have_stale) {
-            return ngx_tenant_refuse(r, tlcf, ctx,
-                                     NGX_TENANT_R_UNAVAILABLE, NULL, 0);
-        }
-
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "tenant: database unavailable, serving the cached "
-                      "tenant of organization \"%s\"", ctx->org_id);
-        break;
+        return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_UNAVAILABLE,
+                                 NULL, 0);
     }
 
     t = &ctx->tenant;

@@ -59,6 +59,8 @@ static void ngx_tenant_pg_event_handler(ngx_event_t *ev);
 static void ngx_tenant_pg_timeout_handler(ngx_event_t *ev);
 static void ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn,
     const char *what);
+static u_char *ngx_tenant_pg_error(ngx_tenant_pg_conn_t *conn,
+    size_t *len);
 static void ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn);
 static void ngx_tenant_pg_dispatch(ngx_tenant_pg_pool_t *pool);
 static void ngx_tenant_pg_finish(ngx_tenant_pg_req_t *req, PGresult *res);
@@ -371,6 +373,8 @@ ngx_tenant_pg_want_write(ngx_tenant_pg_conn_t *conn, ngx_uint_t want)
 static void
 ngx_tenant_pg_event_handler(ngx_event_t *ev)
 {
+    u_char                *msg;
+    size_t                 len;
     ngx_connection_t      *c;
     ngx_tenant_pg_conn_t  *conn;
 
@@ -405,9 +409,10 @@ ngx_tenant_pg_event_handler(ngx_event_t *ev)
         if (!PQconsumeInput(conn->pgconn)
             || PQstatus(conn->pgconn) != CONNECTION_OK)
         {
+            msg = ngx_tenant_pg_error(conn, &len);
             ngx_log_error(NGX_LOG_INFO, conn->pool->log, 0,
-                          "tenant: idle PostgreSQL connection closed: %s",
-                          PQerrorMessage(conn->pgconn));
+                          "tenant: idle PostgreSQL connection closed: %*s",
+                          len, msg);
             ngx_tenant_pg_close(conn);
             ngx_tenant_pg_dispatch(conn->pool);
         }
@@ -600,20 +605,18 @@ ngx_tenant_pg_timeout_handler(ngx_event_t *ev)
 static void
 ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn, const char *what)
 {
-    u_char                *msg, *p;
+    u_char                *msg;
+    size_t                 len;
     ngx_tenant_pg_req_t   *req;
     ngx_tenant_pg_pool_t  *pool;
 
     pool = conn->pool;
 
-    msg = (u_char *) (conn->pgconn ? PQerrorMessage(conn->pgconn) : "");
-
-    /* one line: libpq ends its messages with a newline */
-    for (p = msg; *p && *p != '\n'; p++) { /* void */ }
+    msg = ngx_tenant_pg_error(conn, &len);
 
     ngx_log_error(NGX_LOG_ERR, pool->log, 0,
                   "tenant: PostgreSQL failed while %s: %*s",
-                  what, (size_t) (p - msg), msg);
+                  what, len, msg);
 
     pool->down = 1;
     pool->retry_at = ngx_current_msec + NGX_TENANT_PG_RETRY;
@@ -638,6 +641,23 @@ ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn, const char *what)
     }
 
     ngx_tenant_pg_dispatch(pool);
+}
+
+
+/* The first line of libpq's message: its messages span lines. */
+
+static u_char *
+ngx_tenant_pg_error(ngx_tenant_pg_conn_t *conn, size_t *len)
+{
+    u_char  *msg, *p;
+
+    msg = (u_char *) (conn->pgconn ? PQerrorMessage(conn->pgconn) : "");
+
+    for (p = msg; *p && *p != '\n'; p++) { /* void */ }
+
+    *len = p - msg;
+
+    return msg;
 }
 
 

@@ -235,9 +235,10 @@ failed:
 
 
 const tenant_key_t *
-tenant_keyset_find(const tenant_keyset_t *ks, const char *kid,
-    size_t kid_len)
+tenant_keyset_next(const tenant_keyset_t *ks, const char *kid,
+    size_t kid_len, tenant_key_type_t type, size_t *pos)
 {
+    int                  exact;
     size_t               i;
     const tenant_key_t  *key;
 
@@ -245,23 +246,50 @@ tenant_keyset_find(const tenant_keyset_t *ks, const char *kid,
         kid_len = 0;
     }
 
-    for (i = 0; i < ks->nkeys; i++) {
+    /* does the kid name a key (of any type)? then only that key */
+
+    exact = 0;
+
+    for (i = 0; kid_len && i < ks->nkeys; i++) {
         key = &ks->keys[i];
 
-        if (key->kid_len == kid_len
-            && (kid_len == 0 || memcmp(key->kid, kid, kid_len) == 0))
+        if (key->kid_len == kid_len && memcmp(key->kid, kid, kid_len) == 0) {
+            exact = 1;
+            break;
+        }
+    }
+
+    for (i = *pos; i < ks->nkeys; i++) {
+        key = &ks->keys[i];
+
+        if (type != TENANT_KEY_ANY && key->type != type) {
+            continue;
+        }
+
+        if (exact ? (key->kid_len == kid_len
+                     && memcmp(key->kid, kid, kid_len) == 0)
+                  : key->kid_len == 0)
         {
+            *pos = i + 1;
             return key;
         }
     }
 
-    /* the only key, without kid, verifies tokens with any kid */
-
-    if (ks->nkeys == 1 && ks->keys[0].kid_len == 0) {
-        return &ks->keys[0];
-    }
+    *pos = ks->nkeys;
 
     return NULL;
+}
+
+
+const tenant_key_t *
+tenant_keyset_find(const tenant_keyset_t *ks, const char *kid,
+    size_t kid_len)
+{
+    size_t  pos;
+
+    pos = 0;
+
+    return tenant_keyset_next(ks, kid, kid_len, TENANT_KEY_ANY, &pos);
 }
 
 

@@ -21,6 +21,7 @@
 
 
 typedef enum {
+    TENANT_KEY_ANY = 0,
     TENANT_KEY_RSA = 1,           /* RS256 */
     TENANT_KEY_EC_P256            /* ES256 */
 } tenant_key_type_t;
@@ -46,8 +47,8 @@ typedef struct {
  *
  * tenant_keyset_add_pem: a PEM "PUBLIC KEY" (SPKI), RSA (>= 2048 bits) or
  * EC P-256; other key types or sizes are refused.  kid may be NULL: a key
- * without kid matches tokens without kid and, when it is the only key,
- * tokens with any kid (Clerk's networkless verification).
+ * without kid is tried for tokens whose kid names no key (Clerk's
+ * networkless verification: the PEM key has no kid, its tokens have one).
  *
  * tenant_keyset_add_jwks: a JWKS JSON document {"keys":[...]}; keys with
  * "kty":"RSA" (n, e) or "kty":"EC","crv":"P-256" (x, y) are added; keys
@@ -60,8 +61,18 @@ int tenant_keyset_add_pem(tenant_keyset_t *ks, const unsigned char *pem,
 int tenant_keyset_add_jwks(tenant_keyset_t *ks, const unsigned char *json,
     size_t len, char *err, size_t errlen);
 
-/* The key for a token's kid (kid NULL when the header has none), per the
- * rules above, or NULL. */
+/*
+ * The keys that may have signed a token, one per call: start with
+ * *pos = 0; NULL when there is no other.  When the token's kid (NULL or
+ * kid_len 0: none) names a key, only that key, if it is of the type;
+ * otherwise every key without kid of the type (PEM keys: Clerk's
+ * networkless key, or an old and a new key during a rotation).
+ * TENANT_KEY_ANY matches every type.
+ */
+const tenant_key_t *tenant_keyset_next(const tenant_keyset_t *ks,
+    const char *kid, size_t kid_len, tenant_key_type_t type, size_t *pos);
+
+/* The first of them, of any type, or NULL. */
 const tenant_key_t *tenant_keyset_find(const tenant_keyset_t *ks,
     const char *kid, size_t kid_len);
 

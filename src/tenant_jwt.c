@@ -115,13 +115,14 @@ tenant_jwt_verify(const unsigned char *token, size_t len,
 {
     int                   has_kid, pending;
     long                  n;
-    size_t                seg_len[3], kid_len, hdr_len, pl_len, sig_len;
+    size_t                seg_len[3], kid_len, hdr_len, pl_len, sig_len, pos;
     json_t               *payload;
     unsigned              alg;
     json_error_t          error;
     unsigned char        *hdr, *pl, *sig;
     tenant_jwt_status_t   rc;
     const tenant_key_t   *key;
+    tenant_key_type_t     type;
     const unsigned char  *seg[3];
     char                  kid[TENANT_KID_MAX + 1];
     unsigned char         buf[TENANT_JWT_MAX_LEN];
@@ -175,24 +176,39 @@ tenant_jwt_verify(const unsigned char *token, size_t len,
         return TENANT_JWT_UNKNOWN_KID;
     }
 
-    key = tenant_keyset_find(keys, has_kid ? kid : NULL, kid_len);
+    /*
+     * Every key that may have signed it, in order: the one its kid names,
+     * or, when the kid names none, each key without kid (a rotation with
+     * two PEM keys).  At most TENANT_JWKS_MAX_KEYS verifications.
+     */
 
-    if (key == NULL || key->pkey == NULL) {
-        return TENANT_JWT_UNKNOWN_KID;
-    }
+    type = (alg == TENANT_JWT_RS256) ? TENANT_KEY_RSA : TENANT_KEY_EC_P256;
+    pos = 0;
+    rc = TENANT_JWT_UNKNOWN_KID;
 
-    if ((alg == TENANT_JWT_RS256 && key->type != TENANT_KEY_RSA)
-        || (alg == TENANT_JWT_ES256 && key->type != TENANT_KEY_EC_P256))
-    {
-        return TENANT_JWT_UNKNOWN_KID;
-    }
+    for ( ;; ) {
+        key = tenant_keyset_next(keys, has_kid ? kid : NULL, kid_len, type,
+                                 &pos);
+        if (key == NULL) {
+            return rc;
+        }
 
-    /* the signing input is "header.payload", as sent */
+        if (key->pkey == NULL) {
+            continue;
+        }
 
-    rc = tenant_jwt_verify_signature(key, token, seg_len[0] + 1 + seg_len[1],
-                                     sig, sig_len);
-    if (rc != TENANT_JWT_OK) {
-        return rc;
+        /* the signing input is "header.payload", as sent */
+
+        rc = tenant_jwt_verify_signature(key, token,
+                                         seg_len[0] + 1 + seg_len[1],
+                                         sig, sig_len);
+        if (rc == TENANT_JWT_OK) {
+            break;
+        }
+
+        if (rc != TENANT_JWT_BAD_SIGNATURE) {
+            return rc;
+        }
     }
 
     payload = json_loadb((const char *) pl, pl_len, JSON_REJECT_DUPLICATES,

@@ -497,6 +497,44 @@ test_jwks(void)
 }
 
 
+/*
+ * Several PEM keys without kid (an RSA and an EC key, or an old and a new
+ * key during a rotation): a token verifies with whichever signed it.
+ */
+
+static void
+test_rotation(void)
+{
+    char             pem[4096];
+    tenant_keyset_t  ks;
+
+    memset(&ks, 0, sizeof(ks));
+
+    pem_of(rsa, pem, sizeof(pem));
+    add_pem(&ks, pem, NULL);
+    pem_of(ec, pem, sizeof(pem));
+    add_pem(&ks, pem, NULL);
+    pem_of(rsa2, pem, sizeof(pem));
+    add_pem(&ks, pem, NULL);
+
+    is_int(ks.nkeys, 3, "three kid-less PEM keys");
+
+    is_int(verify_with(&ks, rsa, "{\"alg\":\"RS256\"}"), TENANT_JWT_OK,
+           "  RS256 by the first key");
+    is_int(verify_with(&ks, rsa2, "{\"alg\":\"RS256\"}"), TENANT_JWT_OK,
+           "  RS256 by the third key");
+    is_int(verify_with(&ks, ec, "{\"alg\":\"ES256\"}"), TENANT_JWT_OK,
+           "  ES256 by the EC key");
+    is_int(verify_with(&ks, rsa2,
+                       "{\"alg\":\"RS256\",\"kid\":\"ins_x\"}"),
+           TENANT_JWT_OK, "  a kid that names no key: the kid-less keys");
+    is_int(verify_with(&ks, ec2, "{\"alg\":\"ES256\"}"),
+           TENANT_JWT_BAD_SIGNATURE, "  ES256 by another EC key: refused");
+
+    tenant_keyset_free(&ks);
+}
+
+
 static void
 test_find(void)
 {
@@ -526,15 +564,25 @@ test_find(void)
 
     key = tenant_keyset_find(&ks, "k", 1);
     ok(key == &ks.keys[1], "kid k: the keyed key");
-    ok(tenant_keyset_find(&ks, "zzz", 3) == NULL,
-       "two keys: kid-less key no longer matches any kid");
+    ok(tenant_keyset_find(&ks, "zzz", 3) == &ks.keys[0],
+       "two keys: an unknown kid falls back to the kid-less key");
+    {
+        size_t  pos = 0;
+
+        ok(tenant_keyset_next(&ks, "zzz", 3, TENANT_KEY_EC_P256, &pos)
+           == NULL, "  but not of another type");
+        pos = 0;
+        ok(tenant_keyset_next(&ks, "k", 1, TENANT_KEY_RSA, &pos) == NULL,
+           "  a kid that names a key of another type: no key");
+    }
     ok(tenant_keyset_find(&ks, NULL, 0) == &ks.keys[0],
        "two keys: no kid matches the kid-less key");
     ok(tenant_keyset_find(&ks, "kx", 1) == &ks.keys[1],
        "kid_len is honoured (kid not NUL-terminated)");
     ok(tenant_keyset_find(&ks, "k", 0) == &ks.keys[0],
        "kid of length 0 is no kid");
-    ok(tenant_keyset_find(&ks, "K", 1) == NULL, "kid is case-sensitive");
+    ok(tenant_keyset_find(&ks, "K", 1) == &ks.keys[0],
+       "kid is case-sensitive (K is not k: the kid-less key)");
 
     tenant_keyset_free(&ks);
 
@@ -566,6 +614,7 @@ main(void)
     test_full();
     test_jwks();
     test_find();
+    test_rotation();
 
     EVP_PKEY_free(rsa);
     EVP_PKEY_free(rsa2);
