@@ -507,12 +507,12 @@ ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_tenant_main_conf_t *tmcf = conf;
 
-    char                 *errmsg, *host, *hostaddr;
-    u_char               *p;
+    char                 *errmsg, *host, *hostaddr, *service;
+    u_char               *p, *q, *addrs, *hosts;
     ngx_int_t             n;
     ngx_str_t            *value, s;
     ngx_url_t             u;
-    ngx_uint_t            i, k;
+    ngx_uint_t            i, k, hidx;
     const char          **keywords, **values;
     PQconninfoOption     *opts, *o;
     ngx_tenant_pg_conn_info_t  *info;
@@ -585,6 +585,7 @@ ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     n = 0;
     host = NULL;
     hostaddr = NULL;
+    service = NULL;
 
     for (o = opts; o->keyword; o++) {
         if (o->val == NULL) {
@@ -598,6 +599,9 @@ ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         } else if (ngx_strcmp(o->keyword, "hostaddr") == 0) {
             hostaddr = o->val;
+
+        } else if (ngx_strcmp(o->keyword, "service") == 0) {
+            service = o->val;
         }
     }
 
@@ -608,6 +612,7 @@ ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     k = 0;
+    hidx = 0;
 
     for (o = opts; o->keyword; o++) {
         if (o->val == NULL) {
@@ -620,12 +625,33 @@ ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             goto failed;
         }
 
+        if (o->val == host) {
+            hidx = k;
+        }
+
         k++;
     }
 
-    if (host && hostaddr == NULL && host[0] != '/' && host[0] != '@'
-        && ngx_strchr(host, ',') == NULL)
-    {
+    if (service) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"service\" in tenant_database would read the "
+                           "service file on every connection; give the "
+                           "parameters themselves");
+        goto failed;
+    }
+
+    if (host && hostaddr == NULL && host[0] != '/' && host[0] != '@') {
+
+        if (ngx_strchr(host, ',')) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "several hosts in tenant_database need "
+                               "\"hostaddr\": libpq would resolve them on "
+                               "a worker");
+            goto failed;
+        }
+
+        /* every address, in libpq's multi-host form: host=h,h hostaddr=a,b */
+
         ngx_memzero(&u, sizeof(ngx_url_t));
 
         u.host.data = (u_char *) host;
@@ -638,17 +664,33 @@ ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             goto failed;
         }
 
-        p = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
-        if (p == NULL) {
+        addrs = ngx_pnalloc(cf->pool, u.naddrs * (NGX_SOCKADDR_STRLEN + 1));
+        hosts = ngx_pnalloc(cf->pool, u.naddrs * (u.host.len + 1));
+        if (addrs == NULL || hosts == NULL) {
             goto failed;
         }
 
-        n = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, p,
-                          NGX_SOCKADDR_STRLEN, 0);
-        p[n] = '\0';
+        p = addrs;
+        q = hosts;
+
+        for (i = 0; i < u.naddrs; i++) {
+            if (i) {
+                *p++ = ',';
+                *q++ = ',';
+            }
+
+            p += ngx_sock_ntop(u.addrs[i].sockaddr, u.addrs[i].socklen, p,
+                               NGX_SOCKADDR_STRLEN, 0);
+            q = ngx_cpymem(q, u.host.data, u.host.len);
+        }
+
+        *p = '\0';
+        *q = '\0';
+
+        values[hidx] = (char *) hosts;
 
         keywords[k] = "hostaddr";
-        values[k] = (char *) p;
+        values[k] = (char *) addrs;
         k++;
     }
 
@@ -702,6 +744,7 @@ ngx_tenant_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             s.len = value[i].len - 5;
 
             tmcf->tenant_cache = ngx_tenant_cache_add(cf, &s,
+                                                TENANT_ORG_ID_MAX,
                                                 sizeof(ngx_tenant_record_t));
             if (tmcf->tenant_cache == NULL) {
                 return NGX_CONF_ERROR;
@@ -776,7 +819,7 @@ ngx_tenant_token_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     s.data = value[1].data + 5;
     s.len = value[1].len - 5;
 
-    tmcf->token_cache = ngx_tenant_cache_add(cf, &s,
+    tmcf->token_cache = ngx_tenant_cache_add(cf, &s, TENANT_SHA256_LEN,
                                              sizeof(ngx_tenant_token_t));
     if (tmcf->token_cache == NULL) {
         return NGX_CONF_ERROR;

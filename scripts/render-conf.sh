@@ -195,11 +195,8 @@ abs run_dir "$run_dir"
 run_dir=${run_dir%/}
 unsafe_path "$run_dir" \
     && die "RUN_DIR: must be a path without spaces, quotes or any of ;{}\$#\\"
-sock=$run_dir/cors-preflight.sock
-(( ${#sock} <= 100 )) \
-    || die "RUN_DIR: too long for a unix socket path ($sock), at most $((100 - ${#sock} + ${#run_dir})) characters"
 # 0755: nginx workers (nobody, when the master runs as root) use the temp
-# directories and the preflight socket.  Secrets in it are 0600 files.
+# directories.  Secrets in it are 0600 files.
 (umask 022 && mkdir -p "$run_dir/tmp") 2>/dev/null \
     || die "RUN_DIR: cannot create $run_dir"
 

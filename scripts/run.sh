@@ -59,7 +59,7 @@ if [ -s "$pid_file" ]; then
     fi
 fi
 # Left over by a killed nginx: its unix socket would block the bind.
-rm -f "$pid_file" "$RUN_DIR/cors-preflight.sock"
+rm -f "$pid_file"
 
 # .local is shared with pg-local.sh and the nginx workers: 0755.
 (umask 022 && mkdir -p "$root/.local")

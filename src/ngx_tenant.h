@@ -123,8 +123,7 @@ typedef enum {
 
 
 typedef enum {
-    NGX_TENANT_DB_NONE = 0,
-    NGX_TENANT_DB_FOUND,
+    NGX_TENANT_DB_FOUND = 1,
     NGX_TENANT_DB_NOT_FOUND,
     NGX_TENANT_DB_ERROR
 } ngx_tenant_db_result_e;
@@ -173,6 +172,7 @@ ngx_int_t ngx_tenant_problem_send(ngx_http_request_t *r,
     tenant_problem_t *p);
 ngx_int_t ngx_tenant_json_send(ngx_http_request_t *r, ngx_uint_t status,
     u_char *body, size_t len);
+ngx_int_t ngx_tenant_empty_send(ngx_http_request_t *r, ngx_uint_t status);
 
 /* ngx_tenant_health.c */
 char *ngx_tenant_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -46,6 +46,13 @@ typedef struct {
 } ngx_tenant_refresh_t;
 
 
+typedef struct {
+    time_t                    fetched;
+    time_t                    now;
+    time_t                    until;
+} ngx_tenant_claim_t;
+
+
 typedef enum {
     NGX_TENANT_R_TOKEN_MISSING = 0,
     NGX_TENANT_R_TOKEN_INVALID,
@@ -109,6 +116,7 @@ static void ngx_tenant_refresh(ngx_http_request_t *r,
 static void ngx_tenant_refresh_done(ngx_tenant_pg_req_t *req,
     PGresult *res);
 static void ngx_tenant_refresh_failed(ngx_tenant_refresh_t *rf);
+static ngx_int_t ngx_tenant_refresh_claim(void *value, void *data);
 static ngx_int_t ngx_tenant_record_from_row(PGresult *res,
     ngx_tenant_record_t *rec);
 static void ngx_tenant_access_cleanup(void *data);
@@ -137,7 +145,7 @@ ngx_tenant_access_handler(ngx_http_request_t *r)
 
     tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
 
-    if (tlcf->gateway != 1 || r != r->main) {
+    if (tlcf->gateway != 1) {
         return NGX_DECLINED;
     }
 
@@ -190,9 +198,16 @@ ngx_tenant_access_start(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     }
 
     if (tlcf->cors_preflight && ngx_tenant_is_preflight(r)) {
+        /*
+         * Answered here, with the location's add_header ... always
+         * headers: an unauthenticated request never reaches the upstream.
+         */
         ngx_str_set(&ctx->outcome, "preflight");
         ctx->state = NGX_TENANT_STATE_DONE;
-        return NGX_DECLINED;
+
+        ngx_http_finalize_request(r,
+                                  ngx_tenant_empty_send(r, NGX_HTTP_NO_CONTENT));
+        return NGX_DONE;
     }
 
     rc = ngx_tenant_access_token(r, tmcf, ctx, &status);
@@ -519,14 +534,19 @@ static ngx_tenant_db_result_e
 ngx_tenant_store(ngx_tenant_main_conf_t *tmcf, u_char *org, size_t len,
     PGresult *res, ngx_tenant_record_t *rec, ngx_log_t *log)
 {
+    u_char  *msg, *p;
+
     if (res == NULL) {
         return NGX_TENANT_DB_ERROR;
     }
 
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        msg = (u_char *) PQresultErrorMessage(res);
+        for (p = msg; *p && *p != '\n'; p++) { /* void */ }
+
         ngx_log_error(NGX_LOG_ERR, log, 0,
-                      "tenant: tenant lookup failed: %s",
-                      PQresultErrorMessage(res));
+                      "tenant: tenant lookup failed: %*s",
+                      (size_t) (p - msg), msg);
         return NGX_TENANT_DB_ERROR;
     }
 
@@ -567,7 +587,7 @@ ngx_tenant_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 {
     time_t                   now;
     ngx_pool_t              *pool;
-    ngx_tenant_record_t      rec;
+    ngx_tenant_claim_t       claim;
     ngx_tenant_refresh_t    *rf;
 
     now = ngx_time();
@@ -576,13 +596,19 @@ ngx_tenant_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         return;
     }
 
-    rec = ctx->tenant;
-    rec.refresh_at = now + (time_t) (tmcf->db_timeout / 1000) + 1;
+    /* claim the refresh in the zone, so that it runs once for all */
 
-    (void) ngx_tenant_cache_put(tmcf->tenant_cache, ctx->org_id,
-                                ctx->org_id_len, &rec,
-                                rec.fetched + tmcf->tenant_ttl
-                                + tmcf->tenant_stale);
+    claim.fetched = ctx->tenant.fetched;
+    claim.now = now;
+    claim.until = now + (time_t) (tmcf->db_timeout / 1000) + 1;
+
+    if (ngx_tenant_cache_update(tmcf->tenant_cache, ctx->org_id,
+                                ctx->org_id_len, ngx_tenant_refresh_claim,
+                                &claim)
+        != NGX_OK)
+    {
+        return;
+    }
 
     pool = ngx_create_pool(1024, ngx_cycle->log);
     if (pool == NULL) {
@@ -613,6 +639,26 @@ ngx_tenant_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     if (ngx_tenant_pg_query(tmcf->pg, &rf->query) != NGX_AGAIN) {
         ngx_tenant_refresh_failed(rf);
     }
+}
+
+
+/* Under the zone's mutex: the same row, and nobody refreshing it. */
+
+static ngx_int_t
+ngx_tenant_refresh_claim(void *value, void *data)
+{
+    ngx_tenant_record_t  *rec = value;
+    ngx_tenant_claim_t   *claim = data;
+
+    if (!rec->found || rec->fetched != claim->fetched
+        || rec->refresh_at > claim->now)
+    {
+        return NGX_DECLINED;
+    }
+
+    rec->refresh_at = claim->until;
+
+    return NGX_OK;
 }
 
 
@@ -654,37 +700,41 @@ ngx_tenant_record_from_row(PGresult *res, ngx_tenant_record_t *rec)
 {
     int          i, len;
     char        *v;
-    u_char      *dst[6];
-    u_char      *lens[6];
-    size_t       max[6];
     ngx_int_t    n;
 
-    static const int  cols[6] = { 0, 1, 2, 3, 4, 6 };
+    /* the query's columns, but for trial_ends_at (5), in record order */
 
-    dst[0] = rec->id;      lens[0] = &rec->id_len;     max[0] = sizeof(rec->id);
-    dst[1] = rec->slug;    lens[1] = &rec->slug_len;   max[1] = sizeof(rec->slug);
-    dst[2] = rec->schema;  lens[2] = &rec->schema_len; max[2] = sizeof(rec->schema);
-    dst[3] = rec->tier;    lens[3] = &rec->tier_len;   max[3] = sizeof(rec->tier);
-    dst[4] = rec->status;  lens[4] = &rec->status_len; max[4] = sizeof(rec->status);
-    dst[5] = rec->org_id;  lens[5] = &rec->org_id_len; max[5] = sizeof(rec->org_id);
+    struct {
+        int      column;
+        u_char  *dst;
+        u_char  *len;
+        size_t   max;
+    } f[] = {
+        { 0, rec->id, &rec->id_len, sizeof(rec->id) },
+        { 1, rec->slug, &rec->slug_len, sizeof(rec->slug) },
+        { 2, rec->schema, &rec->schema_len, sizeof(rec->schema) },
+        { 3, rec->tier, &rec->tier_len, sizeof(rec->tier) },
+        { 4, rec->status, &rec->status_len, sizeof(rec->status) },
+        { 6, rec->org_id, &rec->org_id_len, sizeof(rec->org_id) }
+    };
 
     if (PQnfields(res) != 7) {
         return NGX_ERROR;
     }
 
-    for (i = 0; i < 6; i++) {
-        v = PQgetvalue(res, 0, cols[i]);
-        len = PQgetlength(res, 0, cols[i]);
+    for (i = 0; i < (int) (sizeof(f) / sizeof(f[0])); i++) {
+        v = PQgetvalue(res, 0, f[i].column);
+        len = PQgetlength(res, 0, f[i].column);
 
         /* these values become request headers: visible ASCII only */
-        if (len <= 0 || (size_t) len > max[i]
+        if (len <= 0 || (size_t) len > f[i].max
             || !tenant_org_id_valid((u_char *) v, len))
         {
             return NGX_ERROR;
         }
 
-        ngx_memcpy(dst[i], v, len);
-        *lens[i] = (u_char) len;
+        ngx_memcpy(f[i].dst, v, len);
+        *f[i].len = (u_char) len;
     }
 
     v = PQgetvalue(res, 0, 5);

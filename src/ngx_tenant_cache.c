@@ -39,7 +39,8 @@ static void ngx_tenant_cache_expire(ngx_tenant_cache_t *cache, time_t now,
 
 
 ngx_tenant_cache_t *
-ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec, size_t value_size)
+ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec, size_t key_max,
+    size_t value_size)
 {
     u_char              *p;
     ssize_t              size;
@@ -80,6 +81,7 @@ ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec, size_t value_size)
     }
 
     cache->value_size = value_size;
+    cache->key_max = key_max;
     cache->name = name;
 
     cache->shm_zone = ngx_shared_memory_add(cf, &name, size,
@@ -112,7 +114,9 @@ ngx_tenant_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     cache = shm_zone->data;
 
     if (ocache) {
-        if (ocache->value_size != cache->value_size) {
+        if (ocache->value_size != cache->value_size
+            || ocache->key_max != cache->key_max)
+        {
             ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
                           "tenant: zone \"%V\" holds entries of another "
                           "kind; use another zone name or restart",
@@ -213,7 +217,7 @@ ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
     ngx_rbtree_node_t        *node;
     ngx_tenant_cache_node_t  *cn;
 
-    if (key_len > 0xffff) {
+    if (key_len > cache->key_max) {
         return NGX_ERROR;
     }
 
@@ -221,7 +225,7 @@ ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
 
     size = offsetof(ngx_rbtree_node_t, color)
            + offsetof(ngx_tenant_cache_node_t, data)
-           + key_len + cache->value_size;
+           + cache->key_max + cache->value_size;
 
     ngx_shmtx_lock(&cache->shpool->mutex);
 
@@ -279,6 +283,34 @@ ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
     ngx_shmtx_unlock(&cache->shpool->mutex);
 
     return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_tenant_cache_update(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len, ngx_tenant_cache_update_pt handler, void *data)
+{
+    ngx_int_t                 rc;
+    ngx_rbtree_node_t        *node;
+    ngx_tenant_cache_node_t  *cn;
+
+    rc = NGX_DECLINED;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    node = ngx_tenant_cache_lookup(cache, key, key_len,
+                                   ngx_crc32_short(key, key_len));
+    if (node) {
+        cn = (ngx_tenant_cache_node_t *) &node->color;
+
+        if (cn->expire > ngx_time()) {
+            rc = handler(cn->data + cn->key_len, data);
+        }
+    }
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    return rc;
 }
 
 

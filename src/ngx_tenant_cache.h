@@ -36,13 +36,23 @@ struct ngx_tenant_cache_s {
     ngx_slab_pool_t          *shpool;
     ngx_shm_zone_t           *shm_zone;
     size_t                    value_size;
+    size_t                    key_max;
     ngx_str_t                 name;
 };
 
 
-/* "name:size" from a directive's zone= parameter; NULL on error (logged). */
+/* Called under the zone's mutex with the cached value: NGX_OK if it
+ * changed it. */
+typedef ngx_int_t (*ngx_tenant_cache_update_pt)(void *value, void *data);
+
+
+/*
+ * "name:size" from a directive's zone= parameter; NULL on error (logged).
+ * Every node is allocated for keys of key_max bytes, so that all nodes
+ * are of one slab size and evicting any of them makes room for any other.
+ */
 ngx_tenant_cache_t *ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec,
-    size_t value_size);
+    size_t key_max, size_t value_size);
 
 /* Copies the value out: NGX_OK, or NGX_DECLINED (absent or expired). */
 ngx_int_t ngx_tenant_cache_get(ngx_tenant_cache_t *cache, u_char *key,
@@ -52,6 +62,11 @@ ngx_int_t ngx_tenant_cache_get(ngx_tenant_cache_t *cache, u_char *key,
  * seconds).  NGX_OK, or NGX_ERROR when even evictions found no room. */
 ngx_int_t ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len, void *value, time_t expire);
+
+/* Runs handler on the live value under the mutex (a compare-and-set):
+ * its result, or NGX_DECLINED when the entry is absent or expired. */
+ngx_int_t ngx_tenant_cache_update(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len, ngx_tenant_cache_update_pt handler, void *data);
 
 void ngx_tenant_cache_delete(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len);

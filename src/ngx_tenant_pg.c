@@ -49,6 +49,7 @@ struct ngx_tenant_pg_pool_s {
 
 static ngx_int_t ngx_tenant_pg_connect(ngx_tenant_pg_conn_t *conn);
 static ngx_int_t ngx_tenant_pg_attach(ngx_tenant_pg_conn_t *conn);
+static void ngx_tenant_pg_unregister(ngx_tenant_pg_conn_t *conn);
 static void ngx_tenant_pg_detach(ngx_tenant_pg_conn_t *conn);
 static ngx_int_t ngx_tenant_pg_want_write(ngx_tenant_pg_conn_t *conn,
     ngx_uint_t want);
@@ -59,6 +60,8 @@ static void ngx_tenant_pg_event_handler(ngx_event_t *ev);
 static void ngx_tenant_pg_timeout_handler(ngx_event_t *ev);
 static void ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn,
     const char *what);
+static void ngx_tenant_pg_fail_later(ngx_tenant_pg_req_t *req);
+static void ngx_tenant_pg_down(ngx_tenant_pg_pool_t *pool);
 static u_char *ngx_tenant_pg_error(ngx_tenant_pg_conn_t *conn,
     size_t *len);
 static void ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn);
@@ -88,7 +91,6 @@ ngx_tenant_pg_pool_create(ngx_cycle_t *cycle, const char *const *keywords,
     for (i = 0; i < size; i++) {
         pool->conns[i].pool = pool;
         pool->conns[i].log = *cycle->log;
-        pool->conns[i].log.action = "talking to PostgreSQL";
     }
 
     pool->keywords = keywords;
@@ -126,16 +128,30 @@ ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
     req->conn = NULL;
     req->queued = 0;
     req->failed = 0;
+    req->retried = 0;
+
+    ngx_memzero(&req->timer, sizeof(ngx_event_t));
+    req->timer.handler = ngx_tenant_pg_timeout_handler;
+    req->timer.data = req;
+    req->timer.log = pool->log;
 
     free = NULL;
 
     for (i = 0; i < pool->size; i++) {
         conn = &pool->conns[i];
 
+        if (conn->req) {
+            continue;
+        }
+
         if (conn->state == NGX_TENANT_PG_IDLE) {
             conn->req = req;
             req->conn = conn;
-            goto armed;
+
+            ngx_add_timer(&req->timer, pool->timeout);
+            ngx_tenant_pg_send(conn);
+
+            return NGX_AGAIN;
         }
 
         if (conn->state == NGX_TENANT_PG_FREE && free == NULL) {
@@ -152,8 +168,7 @@ ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
         req->conn = free;
 
         if (ngx_tenant_pg_connect(free) != NGX_OK) {
-            free->req = NULL;
-            req->conn = NULL;
+            /* fail() unbound it; the caller answers at once */
             return NGX_DECLINED;
         }
 
@@ -162,17 +177,7 @@ ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
         req->queued = 1;
     }
 
-armed:
-
-    ngx_memzero(&req->timer, sizeof(ngx_event_t));
-    req->timer.handler = ngx_tenant_pg_timeout_handler;
-    req->timer.data = req;
-    req->timer.log = pool->log;
     ngx_add_timer(&req->timer, pool->timeout);
-
-    if (req->conn && req->conn->state == NGX_TENANT_PG_IDLE) {
-        ngx_tenant_pg_send(req->conn);
-    }
 
     return NGX_AGAIN;
 }
@@ -216,13 +221,6 @@ ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req)
 }
 
 
-ngx_uint_t
-ngx_tenant_pg_is_down(ngx_tenant_pg_pool_t *pool)
-{
-    return pool->down;
-}
-
-
 static ngx_int_t
 ngx_tenant_pg_connect(ngx_tenant_pg_conn_t *conn)
 {
@@ -230,17 +228,13 @@ ngx_tenant_pg_connect(ngx_tenant_pg_conn_t *conn)
 
     pool = conn->pool;
 
+    conn->log.action = "connecting to PostgreSQL";
+
     /* no host names here: they were resolved at configuration time */
 
     conn->pgconn = PQconnectStartParams(pool->keywords, pool->values, 0);
 
-    if (conn->pgconn == NULL) {
-        ngx_log_error(NGX_LOG_ERR, pool->log, 0,
-                      "tenant: PQconnectStartParams() failed: out of memory");
-        return NGX_ERROR;
-    }
-
-    if (PQstatus(conn->pgconn) == CONNECTION_BAD) {
+    if (conn->pgconn == NULL || PQstatus(conn->pgconn) == CONNECTION_BAD) {
         ngx_tenant_pg_fail(conn, "connecting to PostgreSQL");
         return NGX_ERROR;
     }
@@ -260,11 +254,7 @@ ngx_tenant_pg_connect(ngx_tenant_pg_conn_t *conn)
 }
 
 
-/*
- * Wraps PQsocket() in an nginx connection; libpq may switch sockets
- * while it connects (another address, SSL retry), so this is called
- * after every PQconnectPoll().
- */
+/* Wraps PQsocket() in a new nginx connection, reading level-triggered. */
 
 static ngx_int_t
 ngx_tenant_pg_attach(ngx_tenant_pg_conn_t *conn)
@@ -276,14 +266,6 @@ ngx_tenant_pg_attach(ngx_tenant_pg_conn_t *conn)
 
     if (fd == -1) {
         return NGX_ERROR;
-    }
-
-    if (conn->c) {
-        if (conn->c->fd == fd) {
-            return NGX_OK;
-        }
-
-        ngx_tenant_pg_detach(conn);
     }
 
     c = ngx_get_connection(fd, conn->pool->log);
@@ -308,6 +290,29 @@ ngx_tenant_pg_attach(ngx_tenant_pg_conn_t *conn)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Takes the socket out of epoll while it is still open: PQconnectPoll()
+ * may close it and open another (next address, SSL retry), which then
+ * usually gets the same descriptor number.
+ */
+
+static void
+ngx_tenant_pg_unregister(ngx_tenant_pg_conn_t *conn)
+{
+    ngx_connection_t  *c;
+
+    c = conn->c;
+
+    if (c->read->active) {
+        ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+
+    if (c->write->active) {
+        ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+    }
 }
 
 
@@ -344,8 +349,8 @@ ngx_tenant_pg_detach(ngx_tenant_pg_conn_t *conn)
         ngx_del_timer(c->read);
     }
 
-    c->fd = (ngx_socket_t) -1;
     ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
 
     conn->c = NULL;
 }
@@ -430,33 +435,29 @@ ngx_tenant_pg_poll(ngx_tenant_pg_conn_t *conn)
 {
     PostgresPollingStatusType  rc;
 
+    ngx_tenant_pg_unregister(conn);
+
     rc = PQconnectPoll(conn->pgconn);
+
+    /* whatever the socket is now, it is watched afresh */
+
+    ngx_tenant_pg_detach(conn);
 
     if (rc == PGRES_POLLING_FAILED) {
         ngx_tenant_pg_fail(conn, "connecting to PostgreSQL");
         return;
     }
 
-    if (ngx_tenant_pg_attach(conn) != NGX_OK) {
+    if (ngx_tenant_pg_attach(conn) != NGX_OK
+        || ngx_tenant_pg_want_write(conn, rc == PGRES_POLLING_WRITING)
+           != NGX_OK)
+    {
         ngx_tenant_pg_fail(conn, "connecting to PostgreSQL");
         return;
     }
 
-    switch (rc) {
-
-    case PGRES_POLLING_READING:
-        (void) ngx_tenant_pg_want_write(conn, 0);
+    if (rc != PGRES_POLLING_OK) {
         return;
-
-    case PGRES_POLLING_WRITING:
-        if (ngx_tenant_pg_want_write(conn, 1) != NGX_OK) {
-            ngx_tenant_pg_fail(conn, "connecting to PostgreSQL");
-        }
-
-        return;
-
-    default: /* PGRES_POLLING_OK */
-        break;
     }
 
     if (PQsetnonblocking(conn->pgconn, 1) != 0) {
@@ -467,9 +468,9 @@ ngx_tenant_pg_poll(ngx_tenant_pg_conn_t *conn)
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, conn->pool->log, 0,
                    "tenant: connected to PostgreSQL, fd:%d", conn->c->fd);
 
+    conn->log.action = "talking to PostgreSQL";
     conn->pool->down = 0;
     conn->state = NGX_TENANT_PG_IDLE;
-    (void) ngx_tenant_pg_want_write(conn, 0);
 
     if (conn->req) {
         ngx_tenant_pg_send(conn);
@@ -492,7 +493,21 @@ ngx_tenant_pg_send(ngx_tenant_pg_conn_t *conn)
         if (!PQsendQueryParams(conn->pgconn, req->sql, req->nparams, NULL,
                                req->values, req->lengths, NULL, 0))
         {
-            ngx_tenant_pg_fail(conn, "sending a query to PostgreSQL");
+            if (req->retried) {
+                ngx_tenant_pg_fail(conn, "sending a query to PostgreSQL");
+                return;
+            }
+
+            /*
+             * The server (or a pooler) closed the idle connection before
+             * it was noticed: once, the request gets a new connection
+             * instead of an error.
+             */
+
+            req->retried = 1;
+            ngx_tenant_pg_close(conn);
+            conn->req = req;
+            (void) ngx_tenant_pg_connect(conn);
             return;
         }
 
@@ -550,6 +565,10 @@ done:
     conn->req = NULL;
     conn->state = NGX_TENANT_PG_IDLE;
 
+    if (PQstatus(conn->pgconn) != CONNECTION_OK) {
+        ngx_tenant_pg_close(conn);
+    }
+
     if (req) {
         req->conn = NULL;
         ngx_tenant_pg_finish(req, res);
@@ -571,21 +590,29 @@ ngx_tenant_pg_timeout_handler(ngx_event_t *ev)
     req = ev->data;
     pool = req->pool;
 
-    if (!req->failed) {
-        ngx_log_error(NGX_LOG_ERR, pool->log, 0,
-                      "tenant: PostgreSQL did not answer within %Mms",
-                      pool->timeout);
-
-        pool->down = 1;
-        pool->retry_at = ngx_current_msec + NGX_TENANT_PG_RETRY;
+    if (req->failed) {
+        /* the failure was logged when it happened */
+        ngx_tenant_pg_finish(req, NULL);
+        return;
     }
 
     if (req->queued) {
+        /* every connection was busy: the pool is too small, or the
+         * database slow; not a reason to mark it down */
+        ngx_log_error(NGX_LOG_ERR, pool->log, 0,
+                      "tenant: no PostgreSQL connection became free "
+                      "within %Mms (pool of %ui)", pool->timeout,
+                      pool->size);
+
         ngx_queue_remove(&req->queue);
         req->queued = 0;
         ngx_tenant_pg_finish(req, NULL);
         return;
     }
+
+    ngx_log_error(NGX_LOG_ERR, pool->log, 0,
+                  "tenant: PostgreSQL did not answer within %Mms",
+                  pool->timeout);
 
     conn = req->conn;
 
@@ -596,7 +623,7 @@ ngx_tenant_pg_timeout_handler(ngx_event_t *ev)
     }
 
     ngx_tenant_pg_finish(req, NULL);
-    ngx_tenant_pg_dispatch(pool);
+    ngx_tenant_pg_down(pool);
 }
 
 
@@ -618,9 +645,6 @@ ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn, const char *what)
                   "tenant: PostgreSQL failed while %s: %*s",
                   what, len, msg);
 
-    pool->down = 1;
-    pool->retry_at = ngx_current_msec + NGX_TENANT_PG_RETRY;
-
     req = conn->req;
     conn->req = NULL;
 
@@ -628,19 +652,56 @@ ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn, const char *what)
 
     if (req) {
         req->conn = NULL;
-        req->failed = 1;
-
-        if (req->timer.timer_set) {
-            /* the caller learns of it from an event, never from inside
-             * ngx_tenant_pg_query(): fail it on the next timer tick */
-            ngx_del_timer(&req->timer);
-            ngx_add_timer(&req->timer, 1);
-            req->timer.log = pool->log;
-            req->timer.handler = ngx_tenant_pg_timeout_handler;
-        }
+        ngx_tenant_pg_fail_later(req);
     }
 
-    ngx_tenant_pg_dispatch(pool);
+    ngx_tenant_pg_down(pool);
+}
+
+
+/*
+ * The caller learns of a failure from an event, never from inside
+ * ngx_tenant_pg_query(): the request fails on the next timer tick.  A
+ * request whose timer is not armed yet is being started by
+ * ngx_tenant_pg_query(), which answers NGX_DECLINED instead.
+ */
+
+static void
+ngx_tenant_pg_fail_later(ngx_tenant_pg_req_t *req)
+{
+    req->failed = 1;
+
+    if (req->timer.timer_set) {
+        ngx_del_timer(&req->timer);
+        ngx_add_timer(&req->timer, 1);
+    }
+}
+
+
+/*
+ * The database failed: for a second, requests are answered at once
+ * instead of waiting for it again, and so are those already waiting for
+ * a connection.
+ */
+
+static void
+ngx_tenant_pg_down(ngx_tenant_pg_pool_t *pool)
+{
+    ngx_queue_t          *q;
+    ngx_tenant_pg_req_t  *req;
+
+    pool->down = 1;
+    pool->retry_at = ngx_current_msec + NGX_TENANT_PG_RETRY;
+
+    while (!ngx_queue_empty(&pool->waiting)) {
+        q = ngx_queue_head(&pool->waiting);
+        ngx_queue_remove(q);
+
+        req = ngx_queue_data(q, ngx_tenant_pg_req_t, queue);
+        req->queued = 0;
+
+        ngx_tenant_pg_fail_later(req);
+    }
 }
 
 
@@ -651,7 +712,8 @@ ngx_tenant_pg_error(ngx_tenant_pg_conn_t *conn, size_t *len)
 {
     u_char  *msg, *p;
 
-    msg = (u_char *) (conn->pgconn ? PQerrorMessage(conn->pgconn) : "");
+    msg = (u_char *) (conn->pgconn ? PQerrorMessage(conn->pgconn)
+                                   : "out of memory");
 
     for (p = msg; *p && *p != '\n'; p++) { /* void */ }
 
@@ -717,9 +779,10 @@ ngx_tenant_pg_dispatch(ngx_tenant_pg_pool_t *pool)
         if (conn->state == NGX_TENANT_PG_IDLE) {
             ngx_tenant_pg_send(conn);
 
-        } else if (ngx_tenant_pg_connect(conn) != NGX_OK) {
-            /* fail() re-armed the request's timer: it fails on the tick */
-            continue;
+        } else {
+            /* on failure, fail() unbinds the request and fails it on
+             * the next tick, with every other waiting one */
+            (void) ngx_tenant_pg_connect(conn);
         }
     }
 }

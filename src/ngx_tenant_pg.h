@@ -45,6 +45,7 @@ struct ngx_tenant_pg_req_s {
     ngx_event_t                timer;
     unsigned                   queued:1;
     unsigned                   failed:1;
+    unsigned                   retried:1;
 };
 
 
@@ -66,9 +67,6 @@ ngx_int_t ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool,
 
 /* The caller no longer wants the answer (its request is going away). */
 void ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req);
-
-/* Whether the last attempt to reach the database failed. */
-ngx_uint_t ngx_tenant_pg_is_down(ngx_tenant_pg_pool_t *pool);
 
 
 #endif /* _NGX_TENANT_PG_H_INCLUDED_ */

@@ -39,6 +39,25 @@ ngx_tenant_problem_send(ngx_http_request_t *r, tenant_problem_t *p)
 
 
 ngx_int_t
+ngx_tenant_empty_send(ngx_http_request_t *r, ngx_uint_t status)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+
+    return ngx_http_send_header(r);
+}
+
+
+ngx_int_t
 ngx_tenant_json_send(ngx_http_request_t *r, ngx_uint_t status, u_char *body,
     size_t len)
 {
@@ -56,8 +75,12 @@ ngx_tenant_body_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_buf_t    *b;
     ngx_chain_t   out;
 
-    if (ngx_http_discard_request_body(r) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    /* a malformed body gets nginx's own 400, not a 500 */
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
     }
 
     r->headers_out.status = status;
@@ -82,7 +105,7 @@ ngx_tenant_body_send(ngx_http_request_t *r, ngx_uint_t status,
 
     b->pos = body;
     b->last = body + len;
-    b->memory = 1;
+    b->memory = (len != 0);
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 

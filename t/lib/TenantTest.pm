@@ -160,19 +160,22 @@ sub free_port {
 # Starts a throwaway cluster (scripts/pg-local.sh in the temp dir: unix
 # socket only, trust auth, user postgres, database capliquify) and applies
 # the migrations with scripts/migrate.sh (migrate => 0: a bare database).
-# Returns { conninfo, url, dir, socket, port }.
+# tcp => 1 also listens on 127.0.0.1 (only) at the port, and tcp_conninfo
+# names it "localhost".
+# Returns { conninfo, url, dir, socket, port[, tcp_conninfo] }.
 sub pg_start {
     my (%opt) = @_;
 
     return $PG if $PG && $PG->{running};
 
     my $dir  = tmpdir() . '/pg';
-    my $port = 20000 + $$ % 40000;      # names the socket; no TCP
+    my $port = $opt{tcp} ? free_port()
+                         : 20000 + $$ % 40000;   # names the socket; no TCP
+    my %env  = (PGPORT_LOCAL => $port, $opt{tcp} ? (PG_LOCAL_TCP => 1) : ());
 
     # Known before it starts, so that cleanup stops it whatever happens.
-    $PG = { dir => $dir, port => $port, running => 1 };
-    my $url = run_cmd({ PGPORT_LOCAL => $port },
-                      "$ROOT/scripts/pg-local.sh", 'start', $dir);
+    $PG = { dir => $dir, port => $port, running => 1, env => \%env };
+    my $url = run_cmd(\%env, "$ROOT/scripts/pg-local.sh", 'start', $dir);
     chomp $url;
     my ($host) = $url =~ /[?&]host=([^&]+)/
         or die "pg_start: unexpected URL \"$url\"";
@@ -185,6 +188,10 @@ sub pg_start {
         url      => $url,
         conninfo => "host=$host port=$port dbname=capliquify user=postgres",
         running  => 1,
+        env      => \%env,
+        $opt{tcp} ? (tcp_conninfo =>
+                     "host=localhost port=$port dbname=capliquify user=postgres")
+                  : (),
     };
 
     migrate() if $opt{migrate} // 1;
@@ -202,7 +209,7 @@ sub _pg_local {
 
     return unless $PG;
     undef $DBH;
-    run_cmd({ PGPORT_LOCAL => $PG->{port} },
+    run_cmd($PG->{env} || { PGPORT_LOCAL => $PG->{port} },
             "$ROOT/scripts/pg-local.sh", $cmd, $PG->{dir});
 }
 
