@@ -21,6 +21,7 @@
 #include "ngx_tenant.h"
 #include "ngx_tenant_cache.h"
 #include "ngx_tenant_pg.h"
+#include "ngx_tenant_metrics.h"
 
 
 static ngx_int_t ngx_tenant_preconfiguration(ngx_conf_t *cf);
@@ -47,6 +48,12 @@ static char *ngx_tenant_tier(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_tenant_signing_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_tenant_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_tenant_rate_limit_by(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_tenant_rate_params(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_uint_t n, ngx_uint_t first, tenant_rate_t *rate, ngx_str_t *zone);
 
 static ngx_int_t ngx_tenant_read_file(ngx_conf_t *cf, ngx_str_t *name,
     ngx_str_t *out);
@@ -132,7 +139,7 @@ static ngx_command_t  ngx_tenant_commands[] = {
       NULL },
 
     { ngx_string("tenant_tier"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_tenant_tier,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -190,6 +197,27 @@ static ngx_command_t  ngx_tenant_commands[] = {
     { ngx_string("tenant_health"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_tenant_health,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_rate_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_tenant_rate_limit,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_rate_limit_by"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_2MORE,
+      ngx_tenant_rate_limit_by,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_tenant_metrics,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -255,7 +283,14 @@ ngx_tenant_postconfiguration(ngx_conf_t *cf)
 
     *h = ngx_tenant_access_handler;
 
-    return NGX_OK;
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_tenant_metrics_log_handler;
+
+    return ngx_tenant_ratelimit_filter_init(cf);
 }
 
 
@@ -368,6 +403,12 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
 
     tmcf->policy = crc;
 
+    if (tmcf->db_conninfo.len || tmcf->tiers->ntiers) {
+        if (ngx_tenant_metrics_init_conf(cf, tmcf) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
     return NGX_CONF_OK;
 }
 
@@ -387,6 +428,7 @@ ngx_tenant_create_loc_conf(ngx_conf_t *cf)
      *
      *     tlcf->feature_name = { 0, NULL };
      *     tlcf->problem_type_base = { 0, NULL };
+     *     tlcf->rl_by_rate = { 0, 0, 0 };
      */
 
     tlcf->gateway = NGX_CONF_UNSET;
@@ -394,6 +436,7 @@ ngx_tenant_create_loc_conf(ngx_conf_t *cf)
     tlcf->cors_preflight = NGX_CONF_UNSET;
     tlcf->refusal_log_level = NGX_CONF_UNSET_UINT;
     tlcf->upgrade_url = NGX_CONF_UNSET_PTR;
+    tlcf->rl_by = NGX_CONF_UNSET_PTR;
 
     return tlcf;
 }
@@ -424,6 +467,18 @@ ngx_tenant_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                              "https://capliquify.com/problems/");
 
     ngx_conf_merge_ptr_value(conf->upgrade_url, prev->upgrade_url, NULL);
+
+    if (conf->rl_by == NGX_CONF_UNSET_PTR) {
+        conf->rl_by = (prev->rl_by == NGX_CONF_UNSET_PTR) ? NULL : prev->rl_by;
+        conf->rl_by_rate = prev->rl_by_rate;
+    }
+
+    if (conf->rl_by && tmcf->rl_zone == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tenant_rate_limit_by\" needs "
+                           "\"tenant_rate_limit\" and its zone");
+        return NGX_CONF_ERROR;
+    }
 
     if (conf->upgrade_url == NULL) {
         conf->upgrade_url = ngx_palloc(cf->pool,
@@ -952,29 +1007,37 @@ ngx_tenant_jwt_authorized_parties(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
-/* tenant_tier <name> [features=a,b,c|*]; */
+/* tenant_tier <name> [features=a,b,c|*] [rate=1000r/m] [burst=N]; */
 
 static char *
 ngx_tenant_tier(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_tenant_main_conf_t *tmcf = conf;
 
-    char        err[256];
-    ngx_str_t  *value, spec;
+    char           err[256];
+    ngx_str_t     *value, spec;
+    ngx_uint_t     i, n;
+    tenant_rate_t  rate;
 
     value = cf->args->elts;
 
     ngx_str_null(&spec);
+    n = cf->args->nelts;
 
-    if (cf->args->nelts == 3) {
-        if (ngx_strncmp(value[2].data, "features=", 9) != 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid parameter \"%V\"", &value[2]);
-            return NGX_CONF_ERROR;
+    for (i = 2; i < n; i++) {
+        if (ngx_strncmp(value[i].data, "features=", 9) == 0) {
+            spec.data = value[i].data + 9;
+            spec.len = value[i].len - 9;
+            continue;
         }
 
-        spec.data = value[2].data + 9;
-        spec.len = value[2].len - 9;
+        if (ngx_strncmp(value[i].data, "rate=", 5) != 0
+            && ngx_strncmp(value[i].data, "burst=", 6) != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
     }
 
     if (tenant_tiers_add(tmcf->tiers, (char *) value[1].data, value[1].len,
@@ -984,6 +1047,184 @@ ngx_tenant_tier(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid tier \"%V\": %s",
                            &value[1], err);
         return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&rate, sizeof(tenant_rate_t));
+
+    if (ngx_tenant_rate_params(cf, value, n, 2, &rate, NULL) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    tmcf->tier_rate[tmcf->tiers->ntiers - 1] = rate;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * tenant_rate_limit zone=name:size [rate=100/60000ms] [burst=N];
+ *
+ * The zone of the per-tenant limits, and the rate of tenants whose tier
+ * sets none (no rate: only tiers with a rate are limited).
+ */
+
+static char *
+ngx_tenant_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    ngx_str_t  zone;
+
+    if (tmcf->rl_zone) {
+        return "is duplicate";
+    }
+
+    ngx_str_null(&zone);
+
+    if (ngx_tenant_rate_params(cf, cf->args->elts, cf->args->nelts, 1,
+                               &tmcf->rl_default, &zone)
+        != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (zone.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must have \"zone\" parameter",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    tmcf->rl_zone = ngx_tenant_cache_add(cf, &zone,
+                                         NGX_TENANT_ID_MAX + 1
+                                         + TENANT_CLAIM_MAX,
+                                         sizeof(int64_t));
+    if (tmcf->rl_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* tenant_rate_limit_by <value> rate=60r/m [burst=N]; */
+
+static char *
+ngx_tenant_rate_limit_by(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_loc_conf_t *tlcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (tlcf->rl_by != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    tlcf->rl_by = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (tlcf->rl_by == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = tlcf->rl_by;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_tenant_rate_params(cf, value, cf->args->nelts, 2,
+                               &tlcf->rl_by_rate, NULL)
+        != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (tlcf->rl_by_rate.limit == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must have \"rate\" parameter",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The rate=, burst= (and, when zone is not NULL, zone=) parameters of
+ * value[first .. n - 1]; others are left to the caller (features=) when
+ * zone is NULL and first is 2 for a tier, refused otherwise.
+ */
+
+static char *
+ngx_tenant_rate_params(ngx_conf_t *cf, ngx_str_t *value, ngx_uint_t n,
+    ngx_uint_t first, tenant_rate_t *rate, ngx_str_t *zone)
+{
+    char        err[256];
+    ngx_int_t   burst;
+    ngx_uint_t  i;
+
+    burst = 0;
+
+    for (i = first; i < n; i++) {
+
+        if (ngx_strncmp(value[i].data, "rate=", 5) == 0) {
+            if (tenant_rate_parse((char *) value[i].data + 5,
+                                  value[i].len - 5, rate, err, sizeof(err))
+                != 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid rate \"%V\": %s", &value[i],
+                                   err);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "burst=", 6) == 0) {
+            burst = ngx_atoi(value[i].data + 6, value[i].len - 6);
+
+            if (burst <= 0 || burst > TENANT_RATE_MAX_LIMIT) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid burst \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (zone && ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+            zone->data = value[i].data + 5;
+            zone->len = value[i].len - 5;
+            continue;
+        }
+
+        if (zone == NULL && first == 2
+            && ngx_strncmp(value[i].data, "features=", 9) == 0)
+        {
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (burst) {
+        if (rate->limit == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"burst\" without \"rate\"");
+            return NGX_CONF_ERROR;
+        }
+
+        rate->burst = burst;
     }
 
     return NGX_CONF_OK;
@@ -1157,7 +1398,8 @@ ngx_tenant_init_process(ngx_cycle_t *cycle)
     tmcf->pg = ngx_tenant_pg_pool_create(cycle, tmcf->db_info->keywords,
                                          tmcf->db_info->values,
                                          tmcf->db_pool_size,
-                                         tmcf->db_timeout);
+                                         tmcf->db_timeout,
+                                         &tmcf->metrics->db);
     if (tmcf->pg == NULL) {
         return NGX_ERROR;
     }

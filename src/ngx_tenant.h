@@ -18,6 +18,7 @@
 #include "tenant_problem.h"
 #include "tenant_sign.h"
 #include "tenant_request.h"
+#include "tenant_ratelimit.h"
 
 
 #define NGX_TENANT_ID_MAX         40      /* uuid text is 36 */
@@ -28,6 +29,41 @@
 
 typedef struct ngx_tenant_pg_pool_s  ngx_tenant_pg_pool_t;
 typedef struct ngx_tenant_cache_s    ngx_tenant_cache_t;
+
+
+/* What became of a request on a gateway location, for metrics. */
+
+typedef enum {
+    NGX_TENANT_OUT_ADMITTED = 0,
+    NGX_TENANT_OUT_PREFLIGHT,
+    NGX_TENANT_OUT_UNAUTHORIZED,
+    NGX_TENANT_OUT_BAD_REQUEST,
+    NGX_TENANT_OUT_FORBIDDEN,
+    NGX_TENANT_OUT_FEATURE_DENIED,
+    NGX_TENANT_OUT_TRIAL_EXPIRED,
+    NGX_TENANT_OUT_RATE_LIMITED,
+    NGX_TENANT_OUT_UNAVAILABLE,
+    NGX_TENANT_OUT_ERROR,
+    NGX_TENANT_NOUTCOMES
+} ngx_tenant_outcome_e;
+
+
+#define NGX_TENANT_PG_BUCKETS     12
+
+
+/* The database pool's counters, in the metrics zone. */
+
+typedef struct {
+    ngx_atomic_t              queries;
+    ngx_atomic_t              errors;
+    ngx_atomic_t              connects;
+    ngx_atomic_t              connect_errors;
+    ngx_atomic_t              latency[NGX_TENANT_PG_BUCKETS + 1];
+    ngx_atomic_t              latency_ms;      /* sum */
+} ngx_tenant_pg_stats_t;
+
+
+typedef struct ngx_tenant_metrics_sh_s  ngx_tenant_metrics_sh_t;
 
 
 /* libpq connection parameters, NULL-terminated, for PQconnectStartParams */
@@ -44,6 +80,7 @@ typedef struct {
     time_t              fetched;          /* loaded from the database at */
     time_t              trial_ends_at;    /* 0: none */
     time_t              refresh_at;       /* a refresh runs until then */
+    uint32_t            rate_limit;       /* per-tenant override, 0: none */
     u_char              found;            /* 0: negative entry */
 
     u_char              id_len;
@@ -99,6 +136,16 @@ typedef struct {
     tenant_tiers_t           *tiers;
     tenant_sign_key_t        *sign;
 
+    /* rate limits: the tier's, else the default (limit 0: none) */
+    ngx_tenant_cache_t       *rl_zone;
+    tenant_rate_t             rl_default;
+    tenant_rate_t             tier_rate[TENANT_TIERS_MAX];
+
+    /* metrics */
+    ngx_shm_zone_t           *metrics_zone;
+    ngx_tenant_metrics_sh_t  *metrics;
+    ngx_uint_t                tier_slot[TENANT_TIERS_MAX];
+
     time_t                    start_time;
 } ngx_tenant_main_conf_t;
 
@@ -111,6 +158,10 @@ typedef struct {
     ngx_uint_t                refusal_log_level;
     ngx_str_t                 problem_type_base;
     ngx_http_complex_value_t *upgrade_url;
+
+    /* a second limit, per value within the tenant (e.g. per user) */
+    ngx_http_complex_value_t *rl_by;
+    tenant_rate_t             rl_by_rate;
 } ngx_tenant_loc_conf_t;
 
 
@@ -148,7 +199,17 @@ typedef struct {
     unsigned                  admitted:1;
 
     ngx_str_t                 outcome;         /* for $tenant_outcome */
+    ngx_tenant_outcome_e      outcome_id;
+    unsigned                  counted:1;
     ngx_str_t                 required_tier;
+
+    /* rate limits applied, for the RateLimit headers and variables */
+    unsigned                  rl_set:1;
+    unsigned                  rl_by_set:1;
+    tenant_rate_t             rl_rate;
+    tenant_rate_result_t      rl;
+    tenant_rate_t             rl_by_rate;
+    tenant_rate_result_t      rl_by;
 } ngx_tenant_ctx_t;
 
 
@@ -157,6 +218,14 @@ extern ngx_module_t  ngx_tenant_module;
 
 /* ngx_tenant_access.c */
 ngx_int_t ngx_tenant_access_handler(ngx_http_request_t *r);
+ngx_tenant_ctx_t *ngx_tenant_get_ctx(ngx_http_request_t *r);
+
+/* ngx_tenant_ratelimit.c */
+ngx_int_t ngx_tenant_ratelimit(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx);
+ngx_int_t ngx_tenant_ratelimit_filter_init(ngx_conf_t *cf);
+uint64_t ngx_tenant_ratelimit_seconds(tenant_rate_result_t *res);
 
 /* ngx_tenant_headers.c */
 ngx_int_t ngx_tenant_headers_read_org(ngx_http_request_t *r,

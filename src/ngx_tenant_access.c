@@ -26,14 +26,15 @@ static const char  ngx_tenant_lookup_sql[] =
     "SELECT id::text, slug, schema_name, subscription_tier,"
     " subscription_status,"
     " coalesce(extract(epoch FROM trial_ends_at)::bigint, 0)::text,"
-    " clerk_organization_id"
+    " clerk_organization_id, coalesce(rate_limit_override, 0)::text"
     " FROM public.tenants WHERE clerk_organization_id = $1";
 
 
 typedef struct {
-    const char        *code;
-    ngx_uint_t         status;
-    const char        *title;
+    const char              *code;
+    ngx_uint_t               status;
+    const char              *title;
+    ngx_tenant_outcome_e     outcome;
 } ngx_tenant_refusal_t;
 
 
@@ -64,33 +65,36 @@ typedef enum {
     NGX_TENANT_R_TRIAL_EXPIRED,
     NGX_TENANT_R_SUSPENDED,
     NGX_TENANT_R_FEATURE,
-    NGX_TENANT_R_UNAVAILABLE
+    NGX_TENANT_R_UNAVAILABLE,
+    NGX_TENANT_R_RATE_LIMITED
 } ngx_tenant_refusal_e;
 
 
 static ngx_tenant_refusal_t  ngx_tenant_refusals[] = {
     { "authentication_required", NGX_HTTP_UNAUTHORIZED,
-      "Authentication required" },
+      "Authentication required", NGX_TENANT_OUT_UNAUTHORIZED },
     { "invalid_token", NGX_HTTP_UNAUTHORIZED,
-      "Invalid session token" },
+      "Invalid session token", NGX_TENANT_OUT_UNAUTHORIZED },
     { "organization_required", NGX_HTTP_BAD_REQUEST,
-      "Organization required" },
+      "Organization required", NGX_TENANT_OUT_BAD_REQUEST },
     { "invalid_organization", NGX_HTTP_BAD_REQUEST,
-      "Invalid organization id" },
+      "Invalid organization id", NGX_TENANT_OUT_BAD_REQUEST },
     { "ambiguous_organization", NGX_HTTP_BAD_REQUEST,
-      "More than one organization id" },
+      "More than one organization id", NGX_TENANT_OUT_BAD_REQUEST },
     { "organization_mismatch", NGX_HTTP_FORBIDDEN,
-      "Organization does not match the session" },
+      "Organization does not match the session", NGX_TENANT_OUT_FORBIDDEN },
     { "unknown_organization", NGX_HTTP_FORBIDDEN,
-      "Unknown organization" },
+      "Unknown organization", NGX_TENANT_OUT_FORBIDDEN },
     { "trial_expired", 402,
-      "Trial expired" },
+      "Trial expired", NGX_TENANT_OUT_TRIAL_EXPIRED },
     { "tenant_suspended", NGX_HTTP_FORBIDDEN,
-      "Tenant suspended" },
+      "Tenant suspended", NGX_TENANT_OUT_FORBIDDEN },
     { "feature_not_available", NGX_HTTP_FORBIDDEN,
-      "Feature not available on this plan" },
+      "Feature not available on this plan", NGX_TENANT_OUT_FEATURE_DENIED },
     { "tenant_unavailable", NGX_HTTP_SERVICE_UNAVAILABLE,
-      "Tenant directory unavailable" }
+      "Tenant directory unavailable", NGX_TENANT_OUT_UNAVAILABLE },
+    { "rate_limited", NGX_HTTP_TOO_MANY_REQUESTS,
+      "Too many requests", NGX_TENANT_OUT_RATE_LIMITED }
 };
 
 
@@ -129,6 +133,9 @@ static ngx_int_t ngx_tenant_refuse_token(ngx_http_request_t *r,
 static ngx_int_t ngx_tenant_refuse_upgrade(ngx_http_request_t *r,
     ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx,
     ngx_tenant_refusal_e reason, const tenant_tier_t *required);
+static ngx_int_t ngx_tenant_refuse_rate(ngx_http_request_t *r,
+    ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx);
+static void ngx_tenant_ctx_cleanup(void *data);
 static ngx_int_t ngx_tenant_send(ngx_http_request_t *r,
     ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx,
     tenant_problem_t *p, ngx_tenant_refusal_e reason);
@@ -140,6 +147,7 @@ ngx_int_t
 ngx_tenant_access_handler(ngx_http_request_t *r)
 {
     ngx_tenant_ctx_t        *ctx;
+    ngx_pool_cleanup_t      *cln;
     ngx_tenant_loc_conf_t   *tlcf;
     ngx_tenant_main_conf_t  *tmcf;
 
@@ -157,6 +165,18 @@ ngx_tenant_access_handler(ngx_http_request_t *r)
         if (ctx == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+
+        /* found again by ngx_tenant_get_ctx() after an error_page */
+
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln->handler = ngx_tenant_ctx_cleanup;
+        cln->data = ctx;
+
+        ctx->outcome_id = NGX_TENANT_OUT_ERROR;
 
         ngx_http_set_ctx(r, ctx, ngx_tenant_module);
 
@@ -177,6 +197,44 @@ ngx_tenant_access_handler(ngx_http_request_t *r)
     default:
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+}
+
+
+/*
+ * The request's ctx for variables, logs and metrics, also after an
+ * internal redirect (error_page, named locations), which clears module
+ * contexts: found again through its pool cleanup, as the realip module
+ * does.  The access handler itself does not use this: a redirect to
+ * another protected location is checked afresh.
+ */
+
+ngx_tenant_ctx_t *
+ngx_tenant_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    if (ngx_http_get_module_ctx(r, ngx_tenant_module) != NULL) {
+        return ngx_http_get_module_ctx(r, ngx_tenant_module);
+    }
+
+    if (!r->internal && !r->filter_finalize) {
+        return NULL;
+    }
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_tenant_ctx_cleanup) {
+            return cln->data;
+        }
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_tenant_ctx_cleanup(void *data)
+{
+    /* void: marks the ctx for ngx_tenant_get_ctx() */
 }
 
 
@@ -203,6 +261,7 @@ ngx_tenant_access_start(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
          * headers: an unauthenticated request never reaches the upstream.
          */
         ngx_str_set(&ctx->outcome, "preflight");
+        ctx->outcome_id = NGX_TENANT_OUT_PREFLIGHT;
         ctx->state = NGX_TENANT_STATE_DONE;
 
         ngx_http_finalize_request(r,
@@ -702,7 +761,7 @@ ngx_tenant_record_from_row(PGresult *res, ngx_tenant_record_t *rec)
     char        *v;
     ngx_int_t    n;
 
-    /* the query's columns, but for trial_ends_at (5), in record order */
+    /* the query's columns but trial_ends_at (5) and the rate (7) */
 
     struct {
         int      column;
@@ -718,7 +777,7 @@ ngx_tenant_record_from_row(PGresult *res, ngx_tenant_record_t *rec)
         { 6, rec->org_id, &rec->org_id_len, sizeof(rec->org_id) }
     };
 
-    if (PQnfields(res) != 7) {
+    if (PQnfields(res) != 8) {
         return NGX_ERROR;
     }
 
@@ -745,6 +804,15 @@ ngx_tenant_record_from_row(PGresult *res, ngx_tenant_record_t *rec)
     }
 
     rec->trial_ends_at = (time_t) n;
+
+    v = PQgetvalue(res, 0, 7);
+    n = ngx_atoi((u_char *) v, PQgetlength(res, 0, 7));
+
+    if (n == NGX_ERROR || n > TENANT_RATE_MAX_LIMIT) {
+        return NGX_ERROR;
+    }
+
+    rec->rate_limit = (uint32_t) n;
     rec->found = 1;
 
     return NGX_OK;
@@ -820,6 +888,20 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
                                  NULL, 0);
     }
 
+    /* rate */
+
+    switch (ngx_tenant_ratelimit(r, tmcf, tlcf, ctx)) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_DECLINED:
+        return ngx_tenant_refuse_rate(r, tlcf, ctx);
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     /* feature */
 
     if (tlcf->feature >= 0) {
@@ -839,6 +921,7 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
     }
 
     ngx_str_set(&ctx->outcome, "admitted");
+    ctx->outcome_id = NGX_TENANT_OUT_ADMITTED;
     ctx->admitted = 1;
     ctx->state = NGX_TENANT_STATE_DONE;
 
@@ -1005,6 +1088,75 @@ ngx_tenant_refuse(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
 }
 
 
+/* 429: limit, window, retryAfter, and Retry-After. */
+
+static ngx_int_t
+ngx_tenant_refuse_rate(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx)
+{
+    u_char                *p, *buf;
+    uint64_t               retry;
+    tenant_rate_t         *rate;
+    tenant_problem_t       pb;
+    tenant_rate_result_t  *res;
+
+    if (ctx->rl_by_set && !ctx->rl_by.allowed) {
+        rate = &ctx->rl_by_rate;
+        res = &ctx->rl_by;
+
+    } else {
+        rate = &ctx->rl_rate;
+        res = &ctx->rl;
+    }
+
+    retry = ngx_tenant_ratelimit_seconds(res);
+
+    buf = ngx_pnalloc(r->pool, 3 * NGX_INT64_LEN);
+    if (buf == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memzero(&pb, sizeof(tenant_problem_t));
+
+    pb.detail = (rate == &ctx->rl_rate)
+                ? "the organization's request quota is used up"
+                : "this caller's request quota is used up";
+    pb.detail_len = ngx_strlen(pb.detail);
+
+    p = buf;
+
+    pb.members[0].name = "limit";
+    pb.members[0].value = (char *) p;
+    p = ngx_sprintf(p, "%uL", rate->limit);
+    pb.members[0].value_len = (char *) p - pb.members[0].value;
+    pb.members[0].number = 1;
+
+    pb.members[1].name = "window";
+    pb.members[1].value = (char *) p;
+    p = ngx_sprintf(p, "%uL", (rate->window_ms + 999) / 1000);
+    pb.members[1].value_len = (char *) p - pb.members[1].value;
+    pb.members[1].number = 1;
+
+    pb.members[2].name = "retryAfter";
+    pb.members[2].value = (char *) p;
+    p = ngx_sprintf(p, "%uL", retry);
+    pb.members[2].value_len = (char *) p - pb.members[2].value;
+    pb.members[2].number = 1;
+
+    pb.nmembers = 3;
+
+    if (ngx_tenant_set_header(r, "Retry-After",
+                              (u_char *) pb.members[2].value,
+                              pb.members[2].value_len)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_tenant_send(r, tlcf, ctx, &pb, NGX_TENANT_R_RATE_LIMITED);
+}
+
+
 /* Logs the refusal once and answers; the access phase ends here. */
 
 static ngx_int_t
@@ -1024,6 +1176,7 @@ ngx_tenant_send(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
 
     ctx->outcome.data = (u_char *) rf->code;
     ctx->outcome.len = ngx_strlen(rf->code);
+    ctx->outcome_id = rf->outcome;
     ctx->state = NGX_TENANT_STATE_DONE;
 
     ngx_log_error(tlcf->refusal_log_level, r->connection->log, 0,

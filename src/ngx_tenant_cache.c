@@ -32,6 +32,8 @@ static void ngx_tenant_cache_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_rbtree_node_t *ngx_tenant_cache_lookup(ngx_tenant_cache_t *cache,
     u_char *key, size_t key_len, uint32_t hash);
+static ngx_tenant_cache_node_t *ngx_tenant_cache_find_or_add(
+    ngx_tenant_cache_t *cache, u_char *key, size_t key_len);
 static void ngx_tenant_cache_free_node(ngx_tenant_cache_t *cache,
     ngx_rbtree_node_t *node);
 static void ngx_tenant_cache_expire(ngx_tenant_cache_t *cache, time_t now,
@@ -211,38 +213,96 @@ ngx_int_t
 ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
     void *value, time_t expire)
 {
-    size_t                    size;
-    uint32_t                  hash;
-    ngx_uint_t                tries;
-    ngx_rbtree_node_t        *node;
     ngx_tenant_cache_node_t  *cn;
 
     if (key_len > cache->key_max) {
         return NGX_ERROR;
     }
 
-    hash = ngx_crc32_short(key, key_len);
+    ngx_shmtx_lock(&cache->shpool->mutex);
 
-    size = offsetof(ngx_rbtree_node_t, color)
-           + offsetof(ngx_tenant_cache_node_t, data)
-           + cache->key_max + cache->value_size;
+    cn = ngx_tenant_cache_find_or_add(cache, key, key_len);
+
+    if (cn == NULL) {
+        ngx_shmtx_unlock(&cache->shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(cn->data + cn->key_len, value, cache->value_size);
+    cn->expire = expire;
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_tenant_cache_apply(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len, ngx_tenant_cache_update_pt handler, void *data,
+    time_t expire)
+{
+    ngx_int_t                 rc;
+    ngx_tenant_cache_node_t  *cn;
+
+    if (key_len > cache->key_max) {
+        return NGX_ERROR;
+    }
 
     ngx_shmtx_lock(&cache->shpool->mutex);
+
+    cn = ngx_tenant_cache_find_or_add(cache, key, key_len);
+
+    if (cn == NULL) {
+        ngx_shmtx_unlock(&cache->shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    if (cn->expire <= ngx_time()) {
+        ngx_memzero(cn->data + cn->key_len, cache->value_size);
+    }
+
+    rc = handler(cn->data + cn->key_len, data);
+    cn->expire = expire;
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    return rc;
+}
+
+
+/*
+ * Under the mutex: the key's node, moved to the head of the LRU queue, or
+ * a new one with a zeroed value and expire 0, made room for by dropping
+ * expired entries and, when the zone is full, the least recently used.
+ */
+
+static ngx_tenant_cache_node_t *
+ngx_tenant_cache_find_or_add(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len)
+{
+    size_t                    size;
+    uint32_t                  hash;
+    ngx_uint_t                tries;
+    ngx_rbtree_node_t        *node;
+    ngx_tenant_cache_node_t  *cn;
+
+    hash = ngx_crc32_short(key, key_len);
 
     node = ngx_tenant_cache_lookup(cache, key, key_len, hash);
 
     if (node) {
         cn = (ngx_tenant_cache_node_t *) &node->color;
 
-        ngx_memcpy(cn->data + cn->key_len, value, cache->value_size);
-        cn->expire = expire;
-
         ngx_queue_remove(&cn->queue);
         ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
 
-        ngx_shmtx_unlock(&cache->shpool->mutex);
-        return NGX_OK;
+        return cn;
     }
+
+    size = offsetof(ngx_rbtree_node_t, color)
+           + offsetof(ngx_tenant_cache_node_t, data)
+           + cache->key_max + cache->value_size;
 
     ngx_tenant_cache_expire(cache, ngx_time(), NGX_TENANT_CACHE_EXPIRE_STEP,
                             0);
@@ -255,12 +315,10 @@ ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
         }
 
         if (tries == 1 || ngx_queue_empty(&cache->sh->queue)) {
-            ngx_shmtx_unlock(&cache->shpool->mutex);
-
             ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                           "tenant: could not allocate an entry in zone "
                           "\"%V\" even after evicting", &cache->name);
-            return NGX_ERROR;
+            return NULL;
         }
 
         ngx_tenant_cache_expire(cache, ngx_time(),
@@ -272,17 +330,15 @@ ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
     cn = (ngx_tenant_cache_node_t *) &node->color;
 
     cn->key_len = (u_short) key_len;
-    cn->expire = expire;
+    cn->expire = 0;
     ngx_memcpy(cn->data, key, key_len);
-    ngx_memcpy(cn->data + key_len, value, cache->value_size);
+    ngx_memzero(cn->data + key_len, cache->value_size);
 
     ngx_rbtree_insert(&cache->sh->rbtree, node);
     ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
     cache->sh->entries++;
 
-    ngx_shmtx_unlock(&cache->shpool->mutex);
-
-    return NGX_OK;
+    return cn;
 }
 
 

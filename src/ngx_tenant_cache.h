@@ -68,6 +68,15 @@ ngx_int_t ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key,
 ngx_int_t ngx_tenant_cache_update(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len, ngx_tenant_cache_update_pt handler, void *data);
 
+/*
+ * Read-modify-write under the mutex, inserting a zeroed value first when
+ * the key is absent or expired: handler's result (NGX_ERROR when no room
+ * could be made).  The entry then expires at "expire".
+ */
+ngx_int_t ngx_tenant_cache_apply(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len, ngx_tenant_cache_update_pt handler, void *data,
+    time_t expire);
+
 void ngx_tenant_cache_delete(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len);
 

@@ -24,7 +24,9 @@ typedef enum {
     NGX_TENANT_VAR_ORG_ROLE,
     NGX_TENANT_VAR_OUTCOME,
     NGX_TENANT_VAR_REQUIRED_TIER,
-    NGX_TENANT_VAR_FEATURE
+    NGX_TENANT_VAR_FEATURE,
+    NGX_TENANT_VAR_RL_LIMIT,
+    NGX_TENANT_VAR_RL_REMAINING
 } ngx_tenant_var_e;
 
 
@@ -96,6 +98,12 @@ static ngx_http_variable_t  ngx_tenant_vars[] = {
 
     { ngx_string("tenant_feature"), NULL, ngx_tenant_variable,
       NGX_TENANT_VAR_FEATURE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_ratelimit_limit"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_RL_LIMIT, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_ratelimit_remaining"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_RL_REMAINING, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
 };
@@ -426,7 +434,7 @@ ngx_tenant_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     ngx_tenant_ctx_t       *ctx;
     ngx_tenant_loc_conf_t  *tlcf;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_tenant_module);
+    ctx = ngx_tenant_get_ctx(r->main);
 
     p = NULL;
     len = 0;
@@ -491,6 +499,24 @@ ngx_tenant_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     case NGX_TENANT_VAR_REQUIRED_TIER:
         p = ctx->required_tier.data;
         len = ctx->required_tier.len;
+        break;
+
+    case NGX_TENANT_VAR_RL_LIMIT:
+    case NGX_TENANT_VAR_RL_REMAINING:
+
+        if (!ctx->rl_set) {
+            break;
+        }
+
+        p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        len = ngx_sprintf(p, "%uL", data == NGX_TENANT_VAR_RL_LIMIT
+                                    ? ctx->rl_rate.limit
+                                    : ctx->rl.remaining)
+              - p;
         break;
 
     default: /* NGX_TENANT_VAR_FEATURE */

@@ -44,6 +44,8 @@ struct ngx_tenant_pg_pool_s {
     ngx_queue_t                waiting;
     ngx_msec_t                 retry_at;     /* fail fast until then */
     ngx_uint_t                 down;
+
+    ngx_tenant_pg_stats_t     *stats;        /* in shared memory */
 };
 
 
@@ -66,13 +68,16 @@ static u_char *ngx_tenant_pg_error(ngx_tenant_pg_conn_t *conn,
     size_t *len);
 static void ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn);
 static void ngx_tenant_pg_dispatch(ngx_tenant_pg_pool_t *pool);
+static void ngx_tenant_pg_latency(ngx_tenant_pg_pool_t *pool,
+    ngx_tenant_pg_req_t *req);
 static void ngx_tenant_pg_finish(ngx_tenant_pg_req_t *req, PGresult *res);
 static void ngx_tenant_pg_notice(void *arg, const char *message);
 
 
 ngx_tenant_pg_pool_t *
 ngx_tenant_pg_pool_create(ngx_cycle_t *cycle, const char *const *keywords,
-    const char *const *values, ngx_uint_t size, ngx_msec_t timeout)
+    const char *const *values, ngx_uint_t size, ngx_msec_t timeout,
+    ngx_tenant_pg_stats_t *stats)
 {
     ngx_uint_t             i;
     ngx_tenant_pg_pool_t  *pool;
@@ -98,6 +103,7 @@ ngx_tenant_pg_pool_create(ngx_cycle_t *cycle, const char *const *keywords,
     pool->size = size;
     pool->timeout = timeout;
     pool->log = cycle->log;
+    pool->stats = stats;
 
     ngx_queue_init(&pool->waiting);
 
@@ -468,6 +474,8 @@ ngx_tenant_pg_poll(ngx_tenant_pg_conn_t *conn)
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, conn->pool->log, 0,
                    "tenant: connected to PostgreSQL, fd:%d", conn->c->fd);
 
+    (void) ngx_atomic_fetch_add(&conn->pool->stats->connects, 1);
+
     conn->log.action = "talking to PostgreSQL";
     conn->pool->down = 0;
     conn->state = NGX_TENANT_PG_IDLE;
@@ -512,6 +520,9 @@ ngx_tenant_pg_send(ngx_tenant_pg_conn_t *conn)
         }
 
         conn->state = NGX_TENANT_PG_BUSY;
+        req->sent_at = ngx_current_msec;
+
+        (void) ngx_atomic_fetch_add(&conn->pool->stats->queries, 1);
     }
 
     rc = PQflush(conn->pgconn);
@@ -569,6 +580,8 @@ done:
         ngx_tenant_pg_close(conn);
     }
 
+    ngx_tenant_pg_latency(conn->pool, req);
+
     if (req) {
         req->conn = NULL;
         ngx_tenant_pg_finish(req, res);
@@ -614,6 +627,8 @@ ngx_tenant_pg_timeout_handler(ngx_event_t *ev)
                   "tenant: PostgreSQL did not answer within %Mms",
                   pool->timeout);
 
+    (void) ngx_atomic_fetch_add(&pool->stats->errors, 1);
+
     conn = req->conn;
 
     if (conn) {
@@ -644,6 +659,10 @@ ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn, const char *what)
     ngx_log_error(NGX_LOG_ERR, pool->log, 0,
                   "tenant: PostgreSQL failed while %s: %*s",
                   what, len, msg);
+
+    (void) ngx_atomic_fetch_add(conn->state == NGX_TENANT_PG_BUSY
+                                ? &pool->stats->errors
+                                : &pool->stats->connect_errors, 1);
 
     req = conn->req;
     conn->req = NULL;
@@ -785,6 +804,33 @@ ngx_tenant_pg_dispatch(ngx_tenant_pg_pool_t *pool)
             (void) ngx_tenant_pg_connect(conn);
         }
     }
+}
+
+
+/* The latency histogram: buckets of 1, 2, 5, ... 5000 ms, then +Inf. */
+
+static void
+ngx_tenant_pg_latency(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
+{
+    ngx_uint_t  i;
+    ngx_msec_t  ms;
+
+    static ngx_msec_t  bounds[NGX_TENANT_PG_BUCKETS] = {
+        1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000
+    };
+
+    if (req == NULL) {
+        return;
+    }
+
+    ms = ngx_current_msec - req->sent_at;
+
+    for (i = 0; i < NGX_TENANT_PG_BUCKETS && ms > bounds[i]; i++) {
+        /* void */
+    }
+
+    (void) ngx_atomic_fetch_add(&pool->stats->latency[i], 1);
+    (void) ngx_atomic_fetch_add(&pool->stats->latency_ms, ms);
 }
 
 

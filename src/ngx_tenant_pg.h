@@ -43,6 +43,7 @@ struct ngx_tenant_pg_req_s {
     ngx_tenant_pg_conn_t      *conn;
     ngx_queue_t                queue;
     ngx_event_t                timer;
+    ngx_msec_t                 sent_at;
     unsigned                   queued:1;
     unsigned                   failed:1;
     unsigned                   retried:1;
@@ -53,7 +54,7 @@ struct ngx_tenant_pg_req_s {
  * they must live as long as the cycle. */
 ngx_tenant_pg_pool_t *ngx_tenant_pg_pool_create(ngx_cycle_t *cycle,
     const char *const *keywords, const char *const *values, ngx_uint_t size,
-    ngx_msec_t timeout);
+    ngx_msec_t timeout, ngx_tenant_pg_stats_t *stats);
 void ngx_tenant_pg_pool_destroy(ngx_tenant_pg_pool_t *pool);
 
 /*

@@ -1,0 +1,433 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_tenant.h"
+#include "ngx_tenant_cache.h"
+#include "ngx_tenant_metrics.h"
+
+
+#define NGX_TENANT_METRICS_SIZE   (64 * 1024)
+
+
+static ngx_int_t ngx_tenant_metrics_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static ngx_int_t ngx_tenant_metrics_handler(ngx_http_request_t *r);
+static u_char *ngx_tenant_metrics_caches(u_char *p,
+    ngx_tenant_main_conf_t *tmcf, char *family, ngx_uint_t field);
+
+
+#define NGX_TENANT_CACHE_HITS       0
+#define NGX_TENANT_CACHE_MISSES     1
+#define NGX_TENANT_CACHE_ENTRIES    2
+#define NGX_TENANT_CACHE_EVICTIONS  3
+
+
+static ngx_str_t  ngx_tenant_outcome_names[] = {
+    ngx_string("admitted"),
+    ngx_string("preflight"),
+    ngx_string("unauthorized"),
+    ngx_string("bad_request"),
+    ngx_string("forbidden"),
+    ngx_string("feature_denied"),
+    ngx_string("trial_expired"),
+    ngx_string("rate_limited"),
+    ngx_string("unavailable"),
+    ngx_string("error")
+};
+
+
+/* upper bounds of the database latency buckets (ngx_tenant_pg.c counts
+ * them in ms: 1, 2, 5, ... 5000) */
+
+static char  *ngx_tenant_pg_bounds_text[NGX_TENANT_PG_BUCKETS] = {
+    "0.001", "0.002", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
+    "0.5", "1", "2.5", "5"
+};
+
+
+static ngx_uint_t  ngx_tenant_metrics_tag;
+
+
+ngx_int_t
+ngx_tenant_metrics_init_conf(ngx_conf_t *cf, ngx_tenant_main_conf_t *tmcf)
+{
+    ngx_shm_zone_t  *zone;
+
+    static ngx_str_t  name = ngx_string("tenant_metrics");
+
+    zone = ngx_shared_memory_add(cf, &name, NGX_TENANT_METRICS_SIZE,
+                                 &ngx_tenant_metrics_tag);
+    if (zone == NULL) {
+        return NGX_ERROR;
+    }
+
+    zone->init = ngx_tenant_metrics_init_zone;
+    zone->data = tmcf;
+
+    tmcf->metrics_zone = zone;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The zone outlives reloads; tier names get a slot each the first time
+ * they are configured, and keep it, so that counters stay with their tier
+ * whatever the order of tenant_tier directives.
+ */
+
+static ngx_int_t
+ngx_tenant_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_tenant_main_conf_t  *otmcf = data;
+
+    size_t                    len;
+    ngx_uint_t                i, s;
+    ngx_slab_pool_t          *shpool;
+    ngx_tenant_main_conf_t   *tmcf;
+    ngx_tenant_metrics_sh_t  *sh;
+
+    tmcf = shm_zone->data;
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (otmcf) {
+        sh = otmcf->metrics;
+
+    } else if (shm_zone->shm.exists) {
+        sh = shpool->data;
+
+    } else {
+        sh = ngx_slab_calloc(shpool, sizeof(ngx_tenant_metrics_sh_t));
+        if (sh == NULL) {
+            return NGX_ERROR;
+        }
+
+        shpool->data = sh;
+    }
+
+    tmcf->metrics = sh;
+
+    for (i = 0; i < tmcf->tiers->ntiers; i++) {
+        len = tmcf->tiers->tiers[i].name_len;
+
+        for (s = 1; s < NGX_TENANT_METRIC_OTHER; s++) {
+            if (sh->tier[s][0] == '\0'
+                || (ngx_strlen(sh->tier[s]) == len
+                    && ngx_strncmp(sh->tier[s], tmcf->tiers->tiers[i].name,
+                                   len) == 0))
+            {
+                break;
+            }
+        }
+
+        if (s < NGX_TENANT_METRIC_OTHER && sh->tier[s][0] == '\0') {
+            ngx_memcpy(sh->tier[s], tmcf->tiers->tiers[i].name, len);
+            sh->tier[s][len] = '\0';
+        }
+
+        tmcf->tier_slot[i] = s;
+    }
+
+    return NGX_OK;
+}
+
+
+/* Log phase: every request of a gateway location counts once. */
+
+ngx_int_t
+ngx_tenant_metrics_log_handler(ngx_http_request_t *r)
+{
+    ngx_uint_t               slot;
+    ngx_tenant_ctx_t        *ctx;
+    const tenant_tier_t     *tier;
+    ngx_tenant_main_conf_t  *tmcf;
+
+    if (r != r->main) {
+        return NGX_OK;
+    }
+
+    ctx = ngx_tenant_get_ctx(r);
+
+    if (ctx == NULL || ctx->counted) {
+        return NGX_OK;
+    }
+
+    ctx->counted = 1;
+
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+
+    if (tmcf->metrics == NULL) {
+        return NGX_OK;
+    }
+
+    slot = NGX_TENANT_METRIC_NONE;
+
+    if (ctx->has_tenant) {
+        tier = tenant_tiers_find(tmcf->tiers, (char *) ctx->tenant.tier,
+                                 ctx->tenant.tier_len);
+
+        slot = tier ? tmcf->tier_slot[tier - tmcf->tiers->tiers]
+                    : NGX_TENANT_METRIC_OTHER;
+    }
+
+    (void) ngx_atomic_fetch_add(
+               &tmcf->metrics->requests[slot][ctx->outcome_id], 1);
+
+    return NGX_OK;
+}
+
+
+char *
+ngx_tenant_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_tenant_metrics_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_tenant_metrics_handler(ngx_http_request_t *r)
+{
+    u_char                   *body, *p;
+    size_t                    len;
+    ngx_int_t                 rc;
+    ngx_str_t                 type = ngx_string("text/plain; version=0.0.4");
+    ngx_buf_t                *b;
+    ngx_uint_t                s, o, i, cum;
+    ngx_chain_t               out;
+    ngx_tenant_metrics_sh_t  *m;
+    ngx_tenant_main_conf_t   *tmcf;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+    m = tmcf->metrics;
+
+    if (m == NULL) {
+        return NGX_HTTP_NOT_FOUND;
+    }
+
+    len = 4096
+          + NGX_TENANT_METRIC_TIERS * NGX_TENANT_NOUTCOMES
+            * (sizeof("tenant_requests_total{outcome=\"\",tier=\"\"} \n")
+               + 16 + TENANT_NAME_MAX + NGX_ATOMIC_T_LEN)
+          + 3 * 1024
+          + NGX_TENANT_PG_BUCKETS * 96;
+
+    body = ngx_pnalloc(r->pool, len);
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = body;
+
+    p = ngx_cpymem(p, "# HELP tenant_requests_total Requests to gateway "
+                   "locations, by outcome and by the tenant's tier (\"\": "
+                   "no tenant resolved).\n"
+                   "# TYPE tenant_requests_total counter\n",
+                   sizeof("# HELP tenant_requests_total Requests to gateway "
+                   "locations, by outcome and by the tenant's tier (\"\": "
+                   "no tenant resolved).\n"
+                   "# TYPE tenant_requests_total counter\n") - 1);
+
+    for (s = 0; s < NGX_TENANT_METRIC_TIERS; s++) {
+
+        if (s != NGX_TENANT_METRIC_NONE && s != NGX_TENANT_METRIC_OTHER
+            && m->tier[s][0] == '\0')
+        {
+            continue;
+        }
+
+        for (o = 0; o < NGX_TENANT_NOUTCOMES; o++) {
+
+            if (s == NGX_TENANT_METRIC_OTHER && m->requests[s][o] == 0) {
+                continue;
+            }
+
+            p = ngx_sprintf(p, "tenant_requests_total{outcome=\"%V\","
+                            "tier=\"%s\"} %uA\n",
+                            &ngx_tenant_outcome_names[o],
+                            s == NGX_TENANT_METRIC_OTHER ? (u_char *) "other"
+                                                         : m->tier[s],
+                            m->requests[s][o]);
+        }
+    }
+
+    p = ngx_cpymem(p, "# HELP tenant_cache_hits_total Lookups answered by "
+                   "a shared-memory cache.\n"
+                   "# TYPE tenant_cache_hits_total counter\n",
+                   sizeof("# HELP tenant_cache_hits_total Lookups answered "
+                   "by a shared-memory cache.\n"
+                   "# TYPE tenant_cache_hits_total counter\n") - 1);
+    p = ngx_tenant_metrics_caches(p, tmcf, "tenant_cache_hits_total",
+                                  NGX_TENANT_CACHE_HITS);
+
+    p = ngx_cpymem(p, "# HELP tenant_cache_misses_total Lookups a "
+                   "shared-memory cache could not answer.\n"
+                   "# TYPE tenant_cache_misses_total counter\n",
+                   sizeof("# HELP tenant_cache_misses_total Lookups a "
+                   "shared-memory cache could not answer.\n"
+                   "# TYPE tenant_cache_misses_total counter\n") - 1);
+    p = ngx_tenant_metrics_caches(p, tmcf, "tenant_cache_misses_total",
+                                  NGX_TENANT_CACHE_MISSES);
+
+    p = ngx_cpymem(p, "# HELP tenant_cache_entries Entries in a "
+                   "shared-memory zone.\n"
+                   "# TYPE tenant_cache_entries gauge\n",
+                   sizeof("# HELP tenant_cache_entries Entries in a "
+                   "shared-memory zone.\n"
+                   "# TYPE tenant_cache_entries gauge\n") - 1);
+    p = ngx_tenant_metrics_caches(p, tmcf, "tenant_cache_entries",
+                                  NGX_TENANT_CACHE_ENTRIES);
+
+    p = ngx_cpymem(p, "# HELP tenant_cache_evictions_total Entries dropped "
+                   "before their time to make room.\n"
+                   "# TYPE tenant_cache_evictions_total counter\n",
+                   sizeof("# HELP tenant_cache_evictions_total Entries "
+                   "dropped before their time to make room.\n"
+                   "# TYPE tenant_cache_evictions_total counter\n") - 1);
+    p = ngx_tenant_metrics_caches(p, tmcf, "tenant_cache_evictions_total",
+                                  NGX_TENANT_CACHE_EVICTIONS);
+
+    p = ngx_sprintf(p,
+            "# HELP tenant_db_queries_total Queries sent to PostgreSQL.\n"
+            "# TYPE tenant_db_queries_total counter\n"
+            "tenant_db_queries_total %uA\n"
+            "# HELP tenant_db_errors_total Queries and connections that "
+            "failed or timed out.\n"
+            "# TYPE tenant_db_errors_total counter\n"
+            "tenant_db_errors_total %uA\n"
+            "# HELP tenant_db_connects_total Connections opened to "
+            "PostgreSQL (reconnects included).\n"
+            "# TYPE tenant_db_connects_total counter\n"
+            "tenant_db_connects_total %uA\n"
+            "# HELP tenant_db_query_duration_seconds Time from sending a "
+            "query to its result.\n"
+            "# TYPE tenant_db_query_duration_seconds histogram\n",
+            m->db.queries, m->db.errors + m->db.connect_errors,
+            m->db.connects);
+
+    cum = 0;
+
+    for (i = 0; i < NGX_TENANT_PG_BUCKETS; i++) {
+        cum += m->db.latency[i];
+        p = ngx_sprintf(p, "tenant_db_query_duration_seconds_bucket"
+                        "{le=\"%s\"} %ui\n",
+                        ngx_tenant_pg_bounds_text[i], cum);
+    }
+
+    cum += m->db.latency[NGX_TENANT_PG_BUCKETS];
+
+    p = ngx_sprintf(p, "tenant_db_query_duration_seconds_bucket{le=\"+Inf\"} "
+                    "%ui\n"
+                    "tenant_db_query_duration_seconds_sum %uA.%03uA\n"
+                    "tenant_db_query_duration_seconds_count %ui\n",
+                    cum, m->db.latency_ms / 1000, m->db.latency_ms % 1000,
+                    cum);
+
+    len = p - body;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_type = type;
+    r->headers_out.content_type_len = type.len;
+    r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.content_length_n = len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = body;
+    b->last = p;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/* One line per zone: the tenant, token and rate-limit zones. */
+
+static u_char *
+ngx_tenant_metrics_caches(u_char *p, ngx_tenant_main_conf_t *tmcf,
+    char *family, ngx_uint_t field)
+{
+    ngx_uint_t              i;
+    ngx_atomic_uint_t       v;
+    ngx_tenant_cache_t     *caches[3];
+    ngx_tenant_cache_sh_t  *sh;
+
+    static char  *names[3] = { "tenant", "token", "ratelimit" };
+
+    caches[0] = tmcf->tenant_cache;
+    caches[1] = tmcf->token_cache;
+    caches[2] = tmcf->rl_zone;
+
+    for (i = 0; i < 3; i++) {
+        if (caches[i] == NULL || caches[i]->sh == NULL) {
+            continue;
+        }
+
+        sh = caches[i]->sh;
+
+        switch (field) {
+
+        case NGX_TENANT_CACHE_HITS:
+            if (i == 2) {
+                continue;
+            }
+
+            v = sh->hits;
+            break;
+
+        case NGX_TENANT_CACHE_MISSES:
+            if (i == 2) {
+                continue;
+            }
+
+            v = sh->misses;
+            break;
+
+        case NGX_TENANT_CACHE_ENTRIES:
+            v = sh->entries;
+            break;
+
+        default: /* NGX_TENANT_CACHE_EVICTIONS */
+            v = sh->evictions;
+            break;
+        }
+
+        p = ngx_sprintf(p, "%s{cache=\"%s\"} %uA\n", family, names[i], v);
+    }
+
+    return p;
+}

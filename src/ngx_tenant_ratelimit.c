@@ -1,0 +1,292 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * Per-tenant rate limits in the access phase, after the tenant is known
+ * (nginx's limit_req runs in the preaccess phase, before that), and the
+ * RateLimit-Policy / RateLimit response headers
+ * (draft-ietf-httpapi-ratelimit-headers-10).
+ *
+ * The state of each key (the tenant's id, or the id and a value of
+ * tenant_rate_limit_by) is one GCRA timestamp in a shared-memory zone,
+ * read and advanced under the zone's mutex, so that all workers share one
+ * limit exactly; see tenant_ratelimit.h for the arithmetic.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_tenant.h"
+#include "ngx_tenant_cache.h"
+
+
+#define NGX_TENANT_RL_KEY_MAX   (NGX_TENANT_ID_MAX + 1 + TENANT_CLAIM_MAX)
+
+
+typedef struct {
+    tenant_rate_t          *rate;
+    int64_t                 now_us;
+    tenant_rate_result_t   *result;
+} ngx_tenant_rl_op_t;
+
+
+static ngx_int_t ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf,
+    u_char *key, size_t len, tenant_rate_t *rate,
+    tenant_rate_result_t *result);
+static ngx_int_t ngx_tenant_ratelimit_gcra(void *value, void *data);
+static ngx_int_t ngx_tenant_ratelimit_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_tenant_ratelimit_header(ngx_http_request_t *r,
+    ngx_tenant_ctx_t *ctx);
+static ngx_table_elt_t *ngx_tenant_ratelimit_push(ngx_http_request_t *r,
+    char *name, size_t len);
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+
+
+ngx_int_t
+ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx)
+{
+    u_char               *p;
+    ngx_str_t             value;
+    tenant_rate_t         rate;
+    const tenant_tier_t  *tier;
+    u_char                key[NGX_TENANT_RL_KEY_MAX];
+
+    if (tmcf->rl_zone == NULL) {
+        return NGX_OK;
+    }
+
+    /* the narrower limit first: a request it refuses costs the tenant
+     * nothing */
+
+    if (tlcf->rl_by) {
+        if (ngx_http_complex_value(r, tlcf->rl_by, &value) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (value.len) {
+            p = ngx_cpymem(key, ctx->tenant.id, ctx->tenant.id_len);
+            *p++ = '\n';
+            p = ngx_cpymem(p, value.data,
+                           ngx_min(value.len, (size_t) TENANT_CLAIM_MAX));
+
+            ctx->rl_by_rate = tlcf->rl_by_rate;
+            ctx->rl_by_set = 1;
+
+            if (ngx_tenant_ratelimit_key(tmcf, key, p - key,
+                                         &ctx->rl_by_rate, &ctx->rl_by)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            if (!ctx->rl_by.allowed) {
+                return NGX_DECLINED;
+            }
+        }
+    }
+
+    /* the tenant's: its override, else its tier's, else the default */
+
+    rate = tmcf->rl_default;
+
+    tier = tenant_tiers_find(tmcf->tiers, (char *) ctx->tenant.tier,
+                             ctx->tenant.tier_len);
+
+    if (tier && tmcf->tier_rate[tier - tmcf->tiers->tiers].limit) {
+        rate = tmcf->tier_rate[tier - tmcf->tiers->tiers];
+    }
+
+    if (ctx->tenant.rate_limit && rate.window_ms) {
+        /* at most one request per microsecond, as tenant_rate_parse() */
+        rate.limit = ngx_min((uint64_t) ctx->tenant.rate_limit,
+                             rate.window_ms * 1000);
+        rate.burst = rate.limit;
+    }
+
+    if (rate.limit == 0) {
+        return NGX_OK;
+    }
+
+    ctx->rl_rate = rate;
+    ctx->rl_set = 1;
+
+    if (ngx_tenant_ratelimit_key(tmcf, ctx->tenant.id, ctx->tenant.id_len,
+                                 &ctx->rl_rate, &ctx->rl)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ctx->rl.allowed ? NGX_OK : NGX_DECLINED;
+}
+
+
+static ngx_int_t
+ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
+    size_t len, tenant_rate_t *rate, tenant_rate_result_t *result)
+{
+    ngx_time_t          *tp;
+    ngx_tenant_rl_op_t   op;
+
+    tp = ngx_timeofday();
+
+    op.rate = rate;
+    op.now_us = (int64_t) tp->sec * 1000000 + (int64_t) tp->msec * 1000;
+    op.result = result;
+
+    /* a key idle for a whole window is as good as new: let it go then */
+
+    if (ngx_tenant_cache_apply(tmcf->rl_zone, key, len,
+                               ngx_tenant_ratelimit_gcra, &op,
+                               tp->sec + (time_t) (rate->window_ms / 1000)
+                               + 2)
+        != NGX_OK)
+    {
+        /* no room even after evictions (logged): do not refuse for it */
+        result->allowed = 1;
+        result->remaining = 0;
+        result->reset_ms = 0;
+    }
+
+    return NGX_OK;
+}
+
+
+/* Under the zone's mutex. */
+
+static ngx_int_t
+ngx_tenant_ratelimit_gcra(void *value, void *data)
+{
+    ngx_tenant_rl_op_t  *op = data;
+
+    int64_t  tat;
+
+    ngx_memcpy(&tat, value, sizeof(int64_t));
+
+    tenant_rate_check(op->rate, &tat, op->now_us, op->result);
+
+    ngx_memcpy(value, &tat, sizeof(int64_t));
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_tenant_ratelimit_filter_init(ngx_conf_t *cf)
+{
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_tenant_ratelimit_header_filter;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_tenant_ratelimit_header_filter(ngx_http_request_t *r)
+{
+    ngx_tenant_ctx_t  *ctx;
+
+    if (r == r->main) {
+        ctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+
+        if (ctx && (ctx->rl_set || ctx->rl_by_set)) {
+            if (ngx_tenant_ratelimit_header(r, ctx) != NGX_OK) {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+/*
+ * RateLimit-Policy: "tenant";q=100;w=60, "user";q=20;w=60
+ * RateLimit: "tenant";r=42;t=35, "user";r=3;t=12
+ */
+
+static ngx_int_t
+ngx_tenant_ratelimit_header(ngx_http_request_t *r, ngx_tenant_ctx_t *ctx)
+{
+    u_char           *p, *q;
+    size_t            len;
+    ngx_table_elt_t  *policy, *limit;
+
+    len = 2 * (sizeof("\"tenant\";q=;w=, ") + 2 * NGX_INT64_LEN);
+
+    policy = ngx_tenant_ratelimit_push(r, "RateLimit-Policy", len);
+    limit = ngx_tenant_ratelimit_push(r, "RateLimit", len);
+
+    if (policy == NULL || limit == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = policy->value.data;
+    q = limit->value.data;
+
+    if (ctx->rl_set) {
+        p = ngx_sprintf(p, "\"tenant\";q=%uL;w=%uL", ctx->rl_rate.limit,
+                        (ctx->rl_rate.window_ms + 999) / 1000);
+        q = ngx_sprintf(q, "\"tenant\";r=%uL;t=%uL", ctx->rl.remaining,
+                        ngx_tenant_ratelimit_seconds(&ctx->rl));
+    }
+
+    if (ctx->rl_by_set) {
+        if (ctx->rl_set) {
+            p = ngx_cpymem(p, ", ", 2);
+            q = ngx_cpymem(q, ", ", 2);
+        }
+
+        p = ngx_sprintf(p, "\"user\";q=%uL;w=%uL", ctx->rl_by_rate.limit,
+                        (ctx->rl_by_rate.window_ms + 999) / 1000);
+        q = ngx_sprintf(q, "\"user\";r=%uL;t=%uL", ctx->rl_by.remaining,
+                        ngx_tenant_ratelimit_seconds(&ctx->rl_by));
+    }
+
+    policy->value.len = p - policy->value.data;
+    limit->value.len = q - limit->value.data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Seconds, rounded up: until the quota is whole again when admitted,
+ * until the next request passes when refused (the Retry-After value).
+ */
+
+uint64_t
+ngx_tenant_ratelimit_seconds(tenant_rate_result_t *res)
+{
+    return ((res->allowed ? res->reset_ms : res->retry_after_ms) + 999)
+           / 1000;
+}
+
+
+static ngx_table_elt_t *
+ngx_tenant_ratelimit_push(ngx_http_request_t *r, char *name, size_t len)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NULL;
+    }
+
+    h->hash = 1;
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
+
+    h->value.data = ngx_pnalloc(r->pool, len);
+    if (h->value.data == NULL) {
+        return NULL;
+    }
+
+    h->value.len = 0;
+
+    return h;
+}

@@ -1,0 +1,66 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * Per-tenant rate limits: the rate syntax of the directives and the
+ * arithmetic of the limiter.  nginx-agnostic; the state lives wherever
+ * the caller keeps it (a shared-memory zone, under its mutex).
+ *
+ * The limiter is GCRA (the generic cell rate algorithm, a token bucket
+ * that keeps one timestamp per key): a quota of `limit` requests per
+ * `window` refills continuously, one request every window / limit
+ * (rounded up to a whole microsecond, so that the bounds below hold), and
+ * up to `burst` requests may be made at once (default: `limit`).  Over a
+ * long time at most limit requests per window pass; in any one window of
+ * that length at most burst + limit - 1.
+ */
+
+#ifndef _TENANT_RATELIMIT_H_INCLUDED_
+#define _TENANT_RATELIMIT_H_INCLUDED_
+
+
+#include <stddef.h>
+#include <stdint.h>
+
+
+#define TENANT_RATE_MAX_LIMIT     100000000    /* requests per window */
+#define TENANT_RATE_MAX_WINDOW    86400000     /* ms: one day */
+
+
+typedef struct {
+    uint64_t     limit;          /* requests per window: the quota, q */
+    uint64_t     window_ms;      /* w */
+    uint64_t     burst;          /* requests at once; 0 in a spec: limit */
+} tenant_rate_t;
+
+
+typedef struct {
+    int          allowed;        /* 1: admitted (and counted) */
+    uint64_t     remaining;      /* requests that would pass right now */
+    uint64_t     retry_after_ms; /* refused: until one would pass */
+    uint64_t     reset_ms;       /* until the whole burst is available */
+} tenant_rate_result_t;
+
+
+/*
+ * Parses a rate: "100r/s", "1000r/m", "5000r/h", "100r/d" (after "r/"
+ * only s, m, h, d), or a count over a time, "100/60s", "100/60000ms",
+ * "100/1m", "100/1h" (nginx's time units ms, s, m, h, d, in lower case).
+ * Whole numbers without leading zeros, limit 1 ..
+ * TENANT_RATE_MAX_LIMIT, window 1 ms .. TENANT_RATE_MAX_WINDOW, and at
+ * least one microsecond per request (window / limit).  Sets burst to the
+ * limit.  0, or -1 with a one-line reason in err.
+ */
+int tenant_rate_parse(const char *s, size_t len, tenant_rate_t *rate,
+    char *err, size_t errlen);
+
+/*
+ * One request at now_us (microseconds since any fixed epoch).  *tat_us is
+ * the key's state (0 for a new key); it is advanced only when the request
+ * is allowed.  A clock that goes back never yields negative or huge
+ * values in *res (a state beyond the bucket reads as a full bucket).
+ */
+void tenant_rate_check(const tenant_rate_t *rate, int64_t *tat_us,
+    int64_t now_us, tenant_rate_result_t *res);
+
+
+#endif /* _TENANT_RATELIMIT_H_INCLUDED_ */
