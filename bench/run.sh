@@ -10,6 +10,8 @@
 #   fresh     the same without tenant_token_cache: every request verifies
 #             its RS256 signature (what a never-seen token costs)
 #   feature   like gateway, on a location with tenant_require_feature
+#   limited   like gateway, with a per-tenant rate limit (high enough
+#             never to refuse: what counting costs)
 # wrk (-t1 -c32) runs against each in turn, rounds interleaved so that
 # machine noise hits all alike; ratios are to plain of the same round.
 # Only 127.0.0.1 is targeted.
@@ -116,12 +118,15 @@ conf gateway $((base + 2)) "$gw tenant_token_cache zone=tokens:10m;"
 conf fresh   $((base + 3)) "$gw"
 conf feature $((base + 4)) "$gw tenant_token_cache zone=tokens:10m;
     tenant_require_feature ai_forecasting;"
+conf limited $((base + 5)) "$gw tenant_token_cache zone=tokens:10m;
+    tenant_rate_limit zone=ratelimit:10m rate=60000000/60s;"
 
 sleep 0.5
 
-names=(plain gateway fresh feature)
+names=(plain gateway fresh feature limited)
 declare -A port=([plain]=$((base + 1)) [gateway]=$((base + 2))
-                 [fresh]=$((base + 3)) [feature]=$((base + 4)))
+                 [fresh]=$((base + 3)) [feature]=$((base + 4))
+                 [limited]=$((base + 5)))
 
 # warm up, and check that each front end answers 200
 for n in "${names[@]}"; do

@@ -9,6 +9,7 @@ pkgs=(
     zlib1g-dev libpcre3-dev
     postgresql postgresql-client
     libcrypt-jwt-perl libdbd-pg-perl libjson-xs-perl libcryptx-perl
+    python3 python3-prometheus-client
     curl wrk openssl ca-certificates
 )
 

@@ -30,6 +30,8 @@
 #   LOG_LEVEL                info (debug, info, notice, warn, error, crit;
 #                            also warning, fatal, trace, verbose, http)
 #   UPGRADE_URL              https://app.capliquify.com/settings/billing?...
+#   METRICS_ALLOW            "" (only 127.0.0.1 and ::1 may read /metrics);
+#                            addresses or CIDRs of the Prometheus scrapers
 #   PORT                     8080
 #   RUN_DIR                  .local/run (pid, temp files, key file, socket)
 #   TENANT_MODULE            build/nginx/objs/ngx_tenant_module.so
@@ -181,6 +183,20 @@ get rate_window RATE_LIMIT_WINDOW 60000
 [[ $rate_window =~ ^[0-9]{1,9}$ ]] && (( 10#$rate_window > 0 )) \
     || die "RATE_LIMIT_WINDOW: must be a positive integer (milliseconds)$(got "$rate_window")"
 rate_window=$((10#$rate_window))
+(( rate_window <= 86400000 )) \
+    || die "RATE_LIMIT_WINDOW: at most 86400000 (one day)$(got "$rate_window")"
+(( rate_max <= 100000000 && rate_window * 1000 >= rate_max )) \
+    || die "RATE_LIMIT_MAX: at most 100000000, and at most one request per microsecond of RATE_LIMIT_WINDOW$(got "$rate_max")"
+
+# METRICS_ALLOW: who may scrape /metrics besides the machine itself
+# (nginx "allow" addresses or CIDRs, comma- or space-separated)
+get metrics_allow METRICS_ALLOW ""
+metrics_allow_lines=""
+for a in ${metrics_allow//,/ }; do
+    [[ $a =~ ^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$ ]] \
+        || die "METRICS_ALLOW: \"$a\" is not an address or CIDR"
+    metrics_allow_lines+="${metrics_allow_lines:+$'\n'            }allow $a;"
+done
 
 get upgrade_url UPGRADE_URL \
     'https://app.capliquify.com/settings/billing?plan=$tenant_required_tier&org=$tenant_org_id'
@@ -390,6 +406,7 @@ export RC_ENCRYPTION_KEY=$encryption_key
 export RC_UPGRADE_URL=$upgrade_url
 export RC_RATE_LIMIT_MAX=$rate_max
 export RC_RATE_LIMIT_WINDOW=$rate_window
+export RC_METRICS_ALLOW=$metrics_allow_lines
 export RC_BACKEND_SCHEME=$backend_scheme
 export RC_BACKEND_SERVER=$backend_server
 export RC_BACKEND_HOST=$backend_host

@@ -145,6 +145,10 @@ sub render {
     like $c, qr/location \/mcp\/ \{[^}]*tenant_gateway\s+on;[^}]*proxy_pass\s+http:\/\/mcp;/,
         '... /mcp/ is gated and proxied';
     like $c, qr/log_format tenant_json escape=json/, '... JSON access log';
+    like $c, qr/tenant_rate_limit\s+zone=ratelimit:10m rate=100\/60000ms;/,
+        '... per-tenant rate limit from RATE_LIMIT_MAX / RATE_LIMIT_WINDOW';
+    like $c, qr/location = \/metrics \{[^}]*allow\s+127\.0\.0\.1;[^}]*deny\s+all;\s*tenant_metrics;/,
+        '... /metrics for this machine only';
     like $c, qr/add_header\s+Access-Control-Allow-Origin\s+\$gw_cors_origin\s+always;/,
         '... CORS headers with always';
     like $c, qr/upstream backend \{\s*server 127\.0\.0\.1:8081;/,
@@ -289,6 +293,9 @@ my @bad = (
     [{ RATE_LIMIT_MAX => 'ten' },                       'RATE_LIMIT_MAX'],
     [{ RATE_LIMIT_WINDOW => '-1' },                     'RATE_LIMIT_WINDOW'],
     [{ RATE_LIMIT_WINDOW => '1.5' },                    'RATE_LIMIT_WINDOW'],
+    [{ RATE_LIMIT_WINDOW => '86400001' },               'RATE_LIMIT_WINDOW'],
+    [{ RATE_LIMIT_MAX => '5000', RATE_LIMIT_WINDOW => '1' }, 'RATE_LIMIT_MAX'],
+    [{ METRICS_ALLOW => '10.0.0.0/8; deny all' },       'METRICS_ALLOW'],
     [{ MAX_REQUEST_SIZE => '0' },                       'MAX_REQUEST_SIZE'],
     [{ MAX_REQUEST_SIZE => '1.5mb' },                   'MAX_REQUEST_SIZE'],
     [{ MAX_REQUEST_SIZE => '10tb' },                    'MAX_REQUEST_SIZE'],
