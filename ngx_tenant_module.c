@@ -403,6 +403,16 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
 
     tmcf->policy = crc;
 
+    for (i = 0; tmcf->rl_zone == NULL && i < tmcf->tiers->ntiers; i++) {
+        if (tmcf->tier_rate[i].limit) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "the rate of tenant_tier \"%s\" needs "
+                               "\"tenant_rate_limit zone=...\"",
+                               tmcf->tiers->tiers[i].name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
     if (tmcf->db_conninfo.len || tmcf->tiers->ntiers) {
         if (ngx_tenant_metrics_init_conf(cf, tmcf) != NGX_OK) {
             return NGX_CONF_ERROR;

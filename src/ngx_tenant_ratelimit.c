@@ -100,8 +100,15 @@ ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         rate = tmcf->tier_rate[tier - tmcf->tiers->tiers];
     }
 
-    if (ctx->tenant.rate_limit && rate.window_ms) {
-        /* at most one request per microsecond, as tenant_rate_parse() */
+    if (ctx->tenant.rate_limit) {
+        /* per the tier's or the default window; else per minute, as the
+         * deployment guide's RATE_LIMIT_WINDOW; at most one request per
+         * microsecond, as tenant_rate_parse() allows */
+
+        if (rate.window_ms == 0) {
+            rate.window_ms = 60000;
+        }
+
         rate.limit = ngx_min((uint64_t) ctx->tenant.rate_limit,
                              rate.window_ms * 1000);
         rate.burst = rate.limit;
@@ -129,6 +136,7 @@ static ngx_int_t
 ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
     size_t len, tenant_rate_t *rate, tenant_rate_result_t *result)
 {
+    uint64_t             bucket_ms;
     ngx_time_t          *tp;
     ngx_tenant_rl_op_t   op;
 
@@ -138,12 +146,18 @@ ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
     op.now_us = (int64_t) tp->sec * 1000000 + (int64_t) tp->msec * 1000;
     op.result = result;
 
-    /* a key idle for a whole window is as good as new: let it go then */
+    /*
+     * A key idle until its whole burst is back is as good as new: let it
+     * go then, not before (burst / limit windows; bounded by the parser:
+     * a day times 10^8 fits 64 bits).
+     */
+
+    bucket_ms = rate->window_ms * (rate->burst ? rate->burst : rate->limit)
+                / rate->limit;
 
     if (ngx_tenant_cache_apply(tmcf->rl_zone, key, len,
                                ngx_tenant_ratelimit_gcra, &op,
-                               tp->sec + (time_t) (rate->window_ms / 1000)
-                               + 2)
+                               tp->sec + (time_t) (bucket_ms / 1000) + 2)
         != NGX_OK)
     {
         /* no room even after evictions (logged): do not refuse for it */
