@@ -50,7 +50,8 @@ openssl pkey -in "$dir/rsa.pem" -pubout -out "$dir/rsa.pub"
 token=$("$root/scripts/mint-token.pl" --key "$dir/rsa.pem" --org org_bench \
         --ttl 3600)
 
-base=$((30000 + $$ % 10000))
+# below the ephemeral range (32768-60999): a client socket cannot hold them
+base=$((21000 + $$ % 9000))
 up=$base
 
 conf() { # name port body
@@ -137,28 +138,57 @@ for n in "${names[@]}"; do
         "http://127.0.0.1:${port[$n]}/api/x" >/dev/null
 done
 
-declare -A rps p99
+# CPU time of a front end's worker (utime + stime, clock ticks): work per
+# request is far less sensitive to the machine's other load than requests
+# per second, which a busy neighbour halves.
+worker_ticks() {
+    local master w
+    master=$(cat "$dir/$1/nginx.pid")
+    w=$(grep -l "^PPid:[[:space:]]*$master\$" /proc/[0-9]*/status 2>/dev/null \
+        | head -1 | cut -d/ -f3)
+    awk '{print $14 + $15}' "/proc/$w/stat"
+}
+
+hz=$(getconf CLK_TCK)
+
+declare -A rps p99 cpu ratio
 for ((i = 1; i <= rounds; i++)); do
     for n in "${names[@]}"; do
+        t0=$(worker_ticks "$n")
         out=$(wrk -t1 -c32 -d"${secs}s" --latency \
               -H "Authorization: Bearer $token" \
               "http://127.0.0.1:${port[$n]}/api/x")
+        t1=$(worker_ticks "$n")
         non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
         [ -z "$non2xx" ] || { echo "bench: $n had $non2xx non-2xx" >&2; exit 1; }
         r=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
         l=$(echo "$out" | awk '$1 == "99%" {print $2}')
+        total=$(echo "$out" | awk '/requests in/ {print $1}')
         rps[$n]="${rps[$n]:-} $r"
         p99[$n]="${p99[$n]:-} $l"
+        # microseconds of worker CPU per request
+        cpu[$n]="${cpu[$n]:-} $(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$total" \
+                                 'BEGIN {printf "%.2f", d * 1e6 / hz / n}')"
+        # throughput relative to plain nginx of the same round
+        if [ "$n" = plain ]; then
+            plain_r=$r
+        fi
+        ratio[$n]="${ratio[$n]:-} $(awk -v a="$r" -v b="$plain_r" 'BEGIN {printf "%.3f", a / b}')"
     done
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 date -u +"bench: %Y-%m-%d %H:%M UTC, $(nproc) cores, ${rounds}x${secs}s per front end, wrk -t1 -c32"
-plain=$(echo ${rps[plain]} | median)
-printf '%-8s %12s %8s   %s\n' "front" "req/s(med)" "ratio" "p99 per round"
+plain_cpu=$(echo ${cpu[plain]} | median)
+printf '%-8s %11s %10s %12s %10s   %s\n' "front" "req/s(med)" "ratio(med)" \
+    "cpu us/req" "cpu ratio" "p99 per round"
 for n in "${names[@]}"; do
-    m=$(echo ${rps[$n]} | median)
-    printf '%-8s %12s %8s   %s\n' "$n" "$m" \
-        "$(awk -v a="$m" -v b="$plain" 'BEGIN {printf "%.2f", a / b}')" "${p99[$n]}"
+    c=$(echo ${cpu[$n]} | median)
+    printf '%-8s %11s %10s %12s %10s   %s\n' "$n" "$(echo ${rps[$n]} | median)" \
+        "$(echo ${ratio[$n]} | median)" "$c" \
+        "$(awk -v a="$plain_cpu" -v b="$c" 'BEGIN {printf "%.2f", a / b}')" \
+        "${p99[$n]}"
 done
+echo "ratio: requests/s over plain nginx's of the same round (median of rounds);"
+echo "cpu ratio: plain's worker CPU per request over this front end's (1.00 = as cheap)."
