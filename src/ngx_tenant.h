@@ -242,6 +242,10 @@ ngx_int_t ngx_tenant_problem_send(ngx_http_request_t *r,
 ngx_int_t ngx_tenant_json_send(ngx_http_request_t *r, ngx_uint_t status,
     u_char *body, size_t len);
 ngx_int_t ngx_tenant_empty_send(ngx_http_request_t *r, ngx_uint_t status);
+ngx_int_t ngx_tenant_body_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, u_char *body, size_t len);
+ngx_table_elt_t *ngx_tenant_header_out(ngx_http_request_t *r, char *name,
+    u_char *value, size_t len);
 
 /* ngx_tenant_health.c */
 char *ngx_tenant_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -1201,16 +1201,10 @@ ngx_tenant_set_header(ngx_http_request_t *r, char *name, u_char *value,
 {
     ngx_table_elt_t  *h;
 
-    h = ngx_list_push(&r->headers_out.headers);
+    h = ngx_tenant_header_out(r, name, value, len);
     if (h == NULL) {
         return NGX_ERROR;
     }
-
-    h->hash = 1;
-    h->key.data = (u_char *) name;
-    h->key.len = ngx_strlen(name);
-    h->value.data = value;
-    h->value.len = len;
 
     if (ngx_strcmp(name, "WWW-Authenticate") == 0) {
         r->headers_out.www_authenticate = h;

@@ -18,6 +18,8 @@
 static ngx_int_t ngx_tenant_metrics_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_tenant_metrics_handler(ngx_http_request_t *r);
+static u_char *ngx_tenant_metrics_family(u_char *p, char *name,
+    char *type, char *help);
 static u_char *ngx_tenant_metrics_caches(u_char *p,
     ngx_tenant_main_conf_t *tmcf, char *family, ngx_uint_t field);
 
@@ -200,22 +202,13 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
 {
     u_char                   *body, *p;
     size_t                    len;
-    ngx_int_t                 rc;
     ngx_str_t                 type = ngx_string("text/plain; version=0.0.4");
-    ngx_buf_t                *b;
     ngx_uint_t                s, o, i, cum;
-    ngx_chain_t               out;
     ngx_tenant_metrics_sh_t  *m;
     ngx_tenant_main_conf_t   *tmcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
-    }
-
-    rc = ngx_http_discard_request_body(r);
-
-    if (rc != NGX_OK) {
-        return rc;
     }
 
     tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
@@ -239,14 +232,9 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
 
     p = body;
 
-    p = ngx_cpymem(p, "# HELP tenant_requests_total Requests to gateway "
-                   "locations, by outcome and by the tenant's tier (\"\": "
-                   "no tenant resolved).\n"
-                   "# TYPE tenant_requests_total counter\n",
-                   sizeof("# HELP tenant_requests_total Requests to gateway "
-                   "locations, by outcome and by the tenant's tier (\"\": "
-                   "no tenant resolved).\n"
-                   "# TYPE tenant_requests_total counter\n") - 1);
+    p = ngx_tenant_metrics_family(p, "tenant_requests_total", "counter",
+            "Requests to gateway locations, by outcome and by the tenant's "
+            "tier (\"\": no tenant resolved).");
 
     for (s = 0; s < NGX_TENANT_METRIC_TIERS; s++) {
 
@@ -271,59 +259,41 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
         }
     }
 
-    p = ngx_cpymem(p, "# HELP tenant_cache_hits_total Lookups answered by "
-                   "a shared-memory cache.\n"
-                   "# TYPE tenant_cache_hits_total counter\n",
-                   sizeof("# HELP tenant_cache_hits_total Lookups answered "
-                   "by a shared-memory cache.\n"
-                   "# TYPE tenant_cache_hits_total counter\n") - 1);
+    p = ngx_tenant_metrics_family(p, "tenant_cache_hits_total", "counter",
+            "Lookups answered by a shared-memory cache.");
     p = ngx_tenant_metrics_caches(p, tmcf, "tenant_cache_hits_total",
                                   NGX_TENANT_CACHE_HITS);
 
-    p = ngx_cpymem(p, "# HELP tenant_cache_misses_total Lookups a "
-                   "shared-memory cache could not answer.\n"
-                   "# TYPE tenant_cache_misses_total counter\n",
-                   sizeof("# HELP tenant_cache_misses_total Lookups a "
-                   "shared-memory cache could not answer.\n"
-                   "# TYPE tenant_cache_misses_total counter\n") - 1);
+    p = ngx_tenant_metrics_family(p, "tenant_cache_misses_total", "counter",
+            "Lookups a shared-memory cache could not answer.");
     p = ngx_tenant_metrics_caches(p, tmcf, "tenant_cache_misses_total",
                                   NGX_TENANT_CACHE_MISSES);
 
-    p = ngx_cpymem(p, "# HELP tenant_cache_entries Entries in a "
-                   "shared-memory zone.\n"
-                   "# TYPE tenant_cache_entries gauge\n",
-                   sizeof("# HELP tenant_cache_entries Entries in a "
-                   "shared-memory zone.\n"
-                   "# TYPE tenant_cache_entries gauge\n") - 1);
+    p = ngx_tenant_metrics_family(p, "tenant_cache_entries", "gauge",
+            "Entries in a shared-memory zone.");
     p = ngx_tenant_metrics_caches(p, tmcf, "tenant_cache_entries",
                                   NGX_TENANT_CACHE_ENTRIES);
 
-    p = ngx_cpymem(p, "# HELP tenant_cache_evictions_total Entries dropped "
-                   "before their time to make room.\n"
-                   "# TYPE tenant_cache_evictions_total counter\n",
-                   sizeof("# HELP tenant_cache_evictions_total Entries "
-                   "dropped before their time to make room.\n"
-                   "# TYPE tenant_cache_evictions_total counter\n") - 1);
+    p = ngx_tenant_metrics_family(p, "tenant_cache_evictions_total", "counter",
+            "Entries dropped before their time to make room.");
     p = ngx_tenant_metrics_caches(p, tmcf, "tenant_cache_evictions_total",
                                   NGX_TENANT_CACHE_EVICTIONS);
 
-    p = ngx_sprintf(p,
-            "# HELP tenant_db_queries_total Queries sent to PostgreSQL.\n"
-            "# TYPE tenant_db_queries_total counter\n"
-            "tenant_db_queries_total %uA\n"
-            "# HELP tenant_db_errors_total Queries and connections that "
-            "failed or timed out.\n"
-            "# TYPE tenant_db_errors_total counter\n"
-            "tenant_db_errors_total %uA\n"
-            "# HELP tenant_db_connects_total Connections opened to "
-            "PostgreSQL (reconnects included).\n"
-            "# TYPE tenant_db_connects_total counter\n"
-            "tenant_db_connects_total %uA\n"
-            "# HELP tenant_db_query_duration_seconds Time from sending a "
-            "query to its result.\n"
-            "# TYPE tenant_db_query_duration_seconds histogram\n",
-            m->db.queries, m->db.errors + m->db.connect_errors,
-            m->db.connects);
+    p = ngx_tenant_metrics_family(p, "tenant_db_queries_total", "counter",
+            "Queries sent to PostgreSQL.");
+    p = ngx_sprintf(p, "tenant_db_queries_total %uA\n", m->db.queries);
+
+    p = ngx_tenant_metrics_family(p, "tenant_db_errors_total", "counter",
+            "Queries and connections that failed or timed out.");
+    p = ngx_sprintf(p, "tenant_db_errors_total %uA\n",
+                    m->db.errors + m->db.connect_errors);
+
+    p = ngx_tenant_metrics_family(p, "tenant_db_connects_total", "counter",
+            "Connections opened to PostgreSQL (reconnects included).");
+    p = ngx_sprintf(p, "tenant_db_connects_total %uA\n", m->db.connects);
+
+    p = ngx_tenant_metrics_family(p, "tenant_db_query_duration_seconds",
+            "histogram", "Time from sending a query to its result.");
 
     cum = 0;
 
@@ -343,35 +313,15 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
                     cum, m->db.latency_ms / 1000, m->db.latency_ms % 1000,
                     cum);
 
-    len = p - body;
+    return ngx_tenant_body_send(r, NGX_HTTP_OK, &type, body, p - body);
+}
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_type = type;
-    r->headers_out.content_type_len = type.len;
-    r->headers_out.content_type_lowcase = NULL;
-    r->headers_out.content_length_n = len;
 
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    b = ngx_calloc_buf(r->pool);
-    if (b == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    b->pos = body;
-    b->last = p;
-    b->memory = 1;
-    b->last_buf = 1;
-    b->last_in_chain = 1;
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+static u_char *
+ngx_tenant_metrics_family(u_char *p, char *name, char *type, char *help)
+{
+    return ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n", name, help, name,
+                       type);
 }
 
 

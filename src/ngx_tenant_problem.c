@@ -12,10 +12,6 @@
 #include "ngx_tenant.h"
 
 
-static ngx_int_t ngx_tenant_body_send(ngx_http_request_t *r,
-    ngx_uint_t status, ngx_str_t *type, u_char *body, size_t len);
-
-
 ngx_int_t
 ngx_tenant_problem_send(ngx_http_request_t *r, tenant_problem_t *p)
 {
@@ -67,7 +63,7 @@ ngx_tenant_json_send(ngx_http_request_t *r, ngx_uint_t status, u_char *body,
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_tenant_body_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *type, u_char *body, size_t len)
 {
@@ -113,4 +109,27 @@ ngx_tenant_body_send(ngx_http_request_t *r, ngx_uint_t status,
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/* Adds a response header; value is kept as is (allocated by the caller). */
+
+ngx_table_elt_t *
+ngx_tenant_header_out(ngx_http_request_t *r, char *name, u_char *value,
+    size_t len)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NULL;
+    }
+
+    h->hash = 1;
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
+    h->value.data = value;
+    h->value.len = len;
+
+    return h;
 }

@@ -284,23 +284,12 @@ ngx_tenant_ratelimit_seconds(tenant_rate_result_t *res)
 static ngx_table_elt_t *
 ngx_tenant_ratelimit_push(ngx_http_request_t *r, char *name, size_t len)
 {
-    ngx_table_elt_t  *h;
+    u_char  *value;
 
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
+    value = ngx_pnalloc(r->pool, len);
+    if (value == NULL) {
         return NULL;
     }
 
-    h->hash = 1;
-    h->key.data = (u_char *) name;
-    h->key.len = ngx_strlen(name);
-
-    h->value.data = ngx_pnalloc(r->pool, len);
-    if (h->value.data == NULL) {
-        return NULL;
-    }
-
-    h->value.len = 0;
-
-    return h;
+    return ngx_tenant_header_out(r, name, value, 0);
 }
