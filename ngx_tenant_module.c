@@ -34,6 +34,10 @@ static char *ngx_tenant_merge_loc_conf(ngx_conf_t *cf, void *parent,
 
 static char *ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_tenant_database_listen(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_tenant_pg_conn_info_t *ngx_tenant_conninfo(ngx_conf_t *cf,
+    ngx_str_t *conninfo);
 static char *ngx_tenant_cache(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_tenant_token_cache(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -79,6 +83,27 @@ static ngx_command_t  ngx_tenant_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_tenant_database,
       NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_database_listen"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_tenant_database_listen,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_cron_secret"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_tenant_main_conf_t, cron_secret),
+      NULL },
+
+    { ngx_string("tenant_cron_expire_trials"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_tenant_cron_expire_trials,
+      NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
@@ -403,6 +428,17 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
 
     tmcf->policy = crc;
 
+    if (!tmcf->listen_set) {
+        tmcf->listen_info = tmcf->db_info;
+    }
+
+    if (tmcf->cron_secret.len && tmcf->cron_secret.len < 32) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tenant_cron_secret\" must be at least 32 "
+                           "characters");
+        return NGX_CONF_ERROR;
+    }
+
     for (i = 0; tmcf->rl_zone == NULL && i < tmcf->tiers->ntiers; i++) {
         if (tmcf->tier_rate[i].limit) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -559,42 +595,22 @@ ngx_tenant_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 }
 
 
-/*
- * tenant_database <conninfo or URL> [pool=N] [timeout=time];
- *
- * A host name in the conninfo is resolved here, at configuration time,
- * and handed to libpq as hostaddr: libpq would otherwise resolve it with
- * a blocking getaddrinfo() inside PQconnectStart, on a worker.
- */
+/* tenant_database <conninfo or URL> [pool=N] [timeout=time]; */
 
 static char *
 ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_tenant_main_conf_t *tmcf = conf;
 
-    char                 *errmsg, *host, *hostaddr, *service;
-    u_char               *p, *q, *addrs, *hosts;
-    ngx_int_t             n;
-    ngx_str_t            *value, s;
-    ngx_url_t             u;
-    ngx_uint_t            i, k, hidx;
-    const char          **keywords, **values;
-    PQconninfoOption     *opts, *o;
-    ngx_tenant_pg_conn_info_t  *info;
+    ngx_int_t    n;
+    ngx_str_t   *value, s;
+    ngx_uint_t   i;
 
     if (tmcf->db_conninfo.len) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
-
-    if (value[1].len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "empty PostgreSQL connection string");
-        return NGX_CONF_ERROR;
-    }
-
-    tmcf->db_conninfo = value[1];
 
     for (i = 2; i < cf->args->nelts; i++) {
 
@@ -625,13 +641,90 @@ ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         goto invalid;
     }
 
-    p = ngx_pnalloc(cf->pool, value[1].len + 1);
-    if (p == NULL) {
+    tmcf->db_info = ngx_tenant_conninfo(cf, &value[1]);
+    if (tmcf->db_info == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    ngx_memcpy(p, value[1].data, value[1].len);
-    p[value[1].len] = '\0';
+    tmcf->db_conninfo = value[1];
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+/*
+ * tenant_database_listen <conninfo or URL> | off;
+ *
+ * The connection that LISTENs for tenant changes (one per instance): by
+ * default tenant_database's.  Through PgBouncer in transaction mode
+ * LISTEN cannot work: give a direct connection string here.
+ */
+
+static char *
+ngx_tenant_database_listen(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (tmcf->listen_set) {
+        return "is duplicate";
+    }
+
+    tmcf->listen_set = 1;
+    value = cf->args->elts;
+
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        return NGX_CONF_OK;
+    }
+
+    tmcf->listen_info = ngx_tenant_conninfo(cf, &value[1]);
+    if (tmcf->listen_info == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * A libpq connection string into PQconnectStartParams' arrays.  A host
+ * name is resolved here, at configuration time, and handed to libpq with
+ * every address as hostaddr: libpq would otherwise resolve it with a
+ * blocking getaddrinfo() inside PQconnectStartParams, on a worker.
+ */
+
+static ngx_tenant_pg_conn_info_t *
+ngx_tenant_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo)
+{
+    char                 *errmsg, *host, *hostaddr, *service;
+    u_char               *p, *q, *addrs, *hosts;
+    ngx_int_t             n;
+    ngx_url_t             u;
+    ngx_uint_t            i, k, hidx;
+    const char          **keywords, **values;
+    PQconninfoOption     *opts, *o;
+    ngx_tenant_pg_conn_info_t  *info;
+
+    if (conninfo->len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty PostgreSQL connection string");
+        return NULL;
+    }
+
+    p = ngx_pnalloc(cf->pool, conninfo->len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, conninfo->data, conninfo->len);
+    p[conninfo->len] = '\0';
 
     opts = PQconninfoParse((char *) p, &errmsg);
 
@@ -644,7 +737,7 @@ ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid PostgreSQL connection string");
-        return NGX_CONF_ERROR;
+        return NULL;
     }
 
     n = 0;
@@ -766,23 +859,18 @@ ngx_tenant_database(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     info->keywords = keywords;
     info->values = values;
-    tmcf->db_info = info;
 
     PQconninfoFree(opts);
 
-    return NGX_CONF_OK;
-
-invalid:
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid parameter \"%V\"", &value[i]);
-    return NGX_CONF_ERROR;
+    return info;
 
 failed:
 
     PQconninfoFree(opts);
-    return NGX_CONF_ERROR;
+    return NULL;
 }
+
+
 
 
 /* tenant_cache zone=name:size [ttl=30s] [negative_ttl=5s] [stale=5m]; */
@@ -1414,6 +1502,16 @@ ngx_tenant_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    /* one listener per instance: the first worker's */
+
+    if (tmcf->listen_info && tmcf->tenant_cache
+        && (ngx_process == NGX_PROCESS_SINGLE || ngx_worker == 0))
+    {
+        if (ngx_tenant_listen_init(cycle, tmcf) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
     return NGX_OK;
 }
 
@@ -1428,5 +1526,10 @@ ngx_tenant_exit_process(ngx_cycle_t *cycle)
     if (tmcf && tmcf->pg) {
         ngx_tenant_pg_pool_destroy(tmcf->pg);
         tmcf->pg = NULL;
+    }
+
+    if (tmcf && tmcf->listen_pool) {
+        ngx_tenant_pg_pool_destroy(tmcf->listen_pool);
+        tmcf->listen_pool = NULL;
     }
 }

@@ -114,6 +114,10 @@ typedef struct {
     ngx_msec_t                db_timeout;
     ngx_tenant_pg_conn_info_t *db_info;
     ngx_tenant_pg_pool_t     *pg;              /* per worker */
+    ngx_tenant_pg_conn_info_t *listen_info;    /* NULL: off */
+    ngx_uint_t                listen_set;
+    ngx_tenant_pg_pool_t     *listen_pool;     /* the first worker's */
+    ngx_str_t                 cron_secret;
 
     /* caches */
     ngx_tenant_cache_t       *tenant_cache;
@@ -249,6 +253,14 @@ ngx_table_elt_t *ngx_tenant_header_out(ngx_http_request_t *r, char *name,
 
 /* ngx_tenant_health.c */
 char *ngx_tenant_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+/* ngx_tenant_listen.c */
+ngx_int_t ngx_tenant_listen_init(ngx_cycle_t *cycle,
+    ngx_tenant_main_conf_t *tmcf);
+
+/* ngx_tenant_cron.c */
+char *ngx_tenant_cron_expire_trials(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 
 #endif /* _NGX_TENANT_H_INCLUDED_ */

@@ -388,6 +388,43 @@ ngx_tenant_cache_delete(ngx_tenant_cache_t *cache, u_char *key,
 }
 
 
+void
+ngx_tenant_cache_walk(ngx_tenant_cache_t *cache,
+    ngx_tenant_cache_update_pt handler, void *data)
+{
+    time_t                    now;
+    ngx_queue_t              *q, *next;
+    ngx_rbtree_node_t        *node;
+    ngx_tenant_cache_node_t  *cn;
+
+    now = ngx_time();
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    for (q = ngx_queue_head(&cache->sh->queue);
+         q != ngx_queue_sentinel(&cache->sh->queue);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+
+        cn = ngx_queue_data(q, ngx_tenant_cache_node_t, queue);
+
+        if (cn->expire > now
+            && handler(cn->data + cn->key_len, data) != NGX_DECLINED)
+        {
+            continue;
+        }
+
+        node = (ngx_rbtree_node_t *)
+                   ((u_char *) cn - offsetof(ngx_rbtree_node_t, color));
+
+        ngx_tenant_cache_free_node(cache, node);
+    }
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+}
+
+
 static ngx_rbtree_node_t *
 ngx_tenant_cache_lookup(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len, uint32_t hash)

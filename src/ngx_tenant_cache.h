@@ -80,5 +80,10 @@ ngx_int_t ngx_tenant_cache_apply(ngx_tenant_cache_t *cache, u_char *key,
 void ngx_tenant_cache_delete(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len);
 
+/* Runs handler on every live value under the mutex: NGX_DECLINED drops
+ * the entry, anything else keeps it (as the handler left it). */
+void ngx_tenant_cache_walk(ngx_tenant_cache_t *cache,
+    ngx_tenant_cache_update_pt handler, void *data);
+
 
 #endif /* _NGX_TENANT_CACHE_H_INCLUDED_ */

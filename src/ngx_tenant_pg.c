@@ -46,6 +46,10 @@ struct ngx_tenant_pg_pool_s {
     ngx_uint_t                 down;
 
     ngx_tenant_pg_stats_t     *stats;        /* in shared memory */
+
+    ngx_tenant_pg_notify_pt    notify;
+    ngx_tenant_pg_closed_pt    closed;
+    void                      *watch_data;
 };
 
 
@@ -72,6 +76,8 @@ static void ngx_tenant_pg_latency(ngx_tenant_pg_pool_t *pool,
     ngx_tenant_pg_req_t *req);
 static void ngx_tenant_pg_finish(ngx_tenant_pg_req_t *req, PGresult *res);
 static void ngx_tenant_pg_notice(void *arg, const char *message);
+static void ngx_tenant_pg_notifies(ngx_tenant_pg_conn_t *conn);
+static void ngx_tenant_pg_lost(ngx_tenant_pg_pool_t *pool);
 
 
 ngx_tenant_pg_pool_t *
@@ -224,6 +230,17 @@ ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req)
 
     ngx_tenant_pg_close(conn);
     ngx_tenant_pg_dispatch(req->pool);
+}
+
+
+void
+ngx_tenant_pg_pool_watch(ngx_tenant_pg_pool_t *pool,
+    ngx_tenant_pg_notify_pt notify, ngx_tenant_pg_closed_pt closed,
+    void *data)
+{
+    pool->notify = notify;
+    pool->closed = closed;
+    pool->watch_data = data;
 }
 
 
@@ -415,7 +432,8 @@ ngx_tenant_pg_event_handler(ngx_event_t *ev)
             return;
         }
 
-        /* the server spoke to an idle connection: a notice, or goodbye */
+        /* the server spoke to an idle connection: a notification, a
+         * notice, or goodbye */
 
         if (!PQconsumeInput(conn->pgconn)
             || PQstatus(conn->pgconn) != CONNECTION_OK)
@@ -426,7 +444,11 @@ ngx_tenant_pg_event_handler(ngx_event_t *ev)
                           len, msg);
             ngx_tenant_pg_close(conn);
             ngx_tenant_pg_dispatch(conn->pool);
+            ngx_tenant_pg_lost(conn->pool);
+            return;
         }
+
+        ngx_tenant_pg_notifies(conn);
 
         return;
 
@@ -548,6 +570,8 @@ ngx_tenant_pg_receive(ngx_tenant_pg_conn_t *conn)
         ngx_tenant_pg_fail(conn, "reading from PostgreSQL");
         return;
     }
+
+    ngx_tenant_pg_notifies(conn);
 
     while (!PQisBusy(conn->pgconn)) {
 
@@ -675,6 +699,7 @@ ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn, const char *what)
     }
 
     ngx_tenant_pg_down(pool);
+    ngx_tenant_pg_lost(pool);
 }
 
 
@@ -842,6 +867,33 @@ ngx_tenant_pg_finish(ngx_tenant_pg_req_t *req, PGresult *res)
     }
 
     req->handler(req, res);
+}
+
+
+/* Hands every notification received to the pool's watcher. */
+
+static void
+ngx_tenant_pg_notifies(ngx_tenant_pg_conn_t *conn)
+{
+    PGnotify  *n;
+
+    while ((n = PQnotifies(conn->pgconn)) != NULL) {
+
+        if (conn->pool->notify) {
+            conn->pool->notify(conn->pool->watch_data, n->relname, n->extra);
+        }
+
+        PQfreemem(n);
+    }
+}
+
+
+static void
+ngx_tenant_pg_lost(ngx_tenant_pg_pool_t *pool)
+{
+    if (pool->closed) {
+        pool->closed(pool->watch_data);
+    }
 }
 
 

@@ -23,6 +23,11 @@
 
 typedef struct ngx_tenant_pg_conn_s  ngx_tenant_pg_conn_t;
 
+/* A notification (LISTEN) and a connection lost while idle. */
+typedef void (*ngx_tenant_pg_notify_pt)(void *data, const char *channel,
+    const char *payload);
+typedef void (*ngx_tenant_pg_closed_pt)(void *data);
+
 /* res is NULL when the query could not be run (no connection, timeout);
  * it is freed by the pool after the handler returns. */
 typedef void (*ngx_tenant_pg_handler_pt)(ngx_tenant_pg_req_t *req,
@@ -68,6 +73,12 @@ ngx_int_t ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool,
 
 /* The caller no longer wants the answer (its request is going away). */
 void ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req);
+
+/* For a pool that LISTENs: notifications, and losses of the connection
+ * (after which it must LISTEN again on a new one). */
+void ngx_tenant_pg_pool_watch(ngx_tenant_pg_pool_t *pool,
+    ngx_tenant_pg_notify_pt notify, ngx_tenant_pg_closed_pt closed,
+    void *data);
 
 
 #endif /* _NGX_TENANT_PG_H_INCLUDED_ */

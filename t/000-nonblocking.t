@@ -44,7 +44,7 @@ for my $call (qw(ngx_inet_resolve_host ngx_read_file)) {
     my @in = ($module =~ /^(\w+)\([^)]*\)\s*\{(?:(?!^\}).)*\b$call\b/msg);
     ok(@in, "$call is used at configuration time only");
     for my $fn (@in) {
-        like($fn, qr/^ngx_tenant_(database|read_file)$/,
+        like($fn, qr/^ngx_tenant_(conninfo|read_file)$/,
              "$call is called from $fn, a configuration function");
     }
 }

@@ -74,7 +74,8 @@ sub tenant_rows { sql_value('SELECT count(*) FROM public.tenants') }
 
 # --- migrate.sh -------------------------------------------------------
 
-is scalar(@files), 3, 'three migration files';
+my $N = scalar(@files);
+is $N, 4, 'four migration files';
 
 {
     my ($rc, $out) = run_migrate(DATABASE_URL => undef);
@@ -86,16 +87,16 @@ is scalar(@files), 3, 'three migration files';
 {
     my ($rc, $out) = run_migrate();
     is $rc, 0, 'fresh database: migrate succeeds' or diag $out;
-    is applied_lines($out), 3, 'fresh database: applies 3 files';
+    is applied_lines($out), $N, "fresh database: applies $N files";
     like $out, qr/^migrate: applied \Q$_\E$/m, "prints $_" for @files;
-    like $out, qr/^migrate: 3 applied, 0 already applied$/m, 'summary';
+    like $out, qr/^migrate: $N applied, 0 already applied$/m, 'summary';
 }
 
 {
     my ($rc, $out) = run_migrate();
     is $rc, 0, 'second run succeeds';
     is applied_lines($out), 0, 'second run applies nothing';
-    like $out, qr/^migrate: 0 applied, 3 already applied$/m, 'second summary';
+    like $out, qr/^migrate: 0 applied, $N already applied$/m, 'second summary';
 }
 
 is_deeply [map { $_->{filename} } sql('SELECT filename FROM public.schema_migrations ORDER BY 1')],
@@ -134,9 +135,9 @@ is_deeply [map { $_->{filename} } sql('SELECT filename FROM public.schema_migrat
         is $? >> 8, 0, 'concurrent run ' . ($i + 1) . ' succeeds';
         push @outs, slurp("$pg->{dir}/../concurrent." . ($i + 1));
     }
-    is_deeply [sort map { applied_lines($_) } @outs], [0, 3],
-        'one run applied 3 files, the other none' or diag @outs;
-    is $holder->selectrow_array('SELECT count(*) FROM public.schema_migrations'), 3,
+    is_deeply [sort map { applied_lines($_) } @outs], [0, $N],
+        "one run applied $N files, the other none" or diag @outs;
+    is $holder->selectrow_array('SELECT count(*) FROM public.schema_migrations'), $N,
         'each file recorded once';
     is $holder->selectrow_array(
         q{SELECT count(*) FROM pg_proc WHERE proname = 'create_tenant'}), 1,

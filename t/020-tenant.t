@@ -22,6 +22,8 @@ my $SIGNING_KEY = '0123456789abcdef' x 4;
 my $HTTP = <<"EOF";
     tenant_database     "%%PG%%" timeout=3s;
     tenant_cache        zone=tenants:1m ttl=%%TTL%% negative_ttl=1s stale=5m;
+    # the cache's own timing is tested here: no LISTEN for changes
+    tenant_database_listen off;
     tenant_token_cache  zone=tokens:1m;
     tenant_jwks_file    %%JWKS%%;
     tenant_tier         starter      features=api;

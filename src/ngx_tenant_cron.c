@@ -1,0 +1,303 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * POST /api/cron/expire-trials (tenant_cron_expire_trials), the trial
+ * expiration job of the deployment guide, called by a Render cron job
+ * with "Authorization: Bearer $CRON_SECRET": every trial past
+ * trial_ends_at becomes "expired" in one statement
+ * (public.expire_trials(), migrations/004), with an audit row each; the
+ * answer lists them, and their cached rows are dropped at once.  Running
+ * it twice is harmless.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <libpq-fe.h>
+
+#include "ngx_tenant.h"
+#include "ngx_tenant_cache.h"
+#include "ngx_tenant_pg.h"
+
+
+typedef struct {
+    ngx_http_request_t    *request;
+    ngx_tenant_pg_req_t    query;
+    unsigned               waiting:1;
+} ngx_tenant_cron_ctx_t;
+
+
+static ngx_int_t ngx_tenant_cron_handler(ngx_http_request_t *r);
+static ngx_uint_t ngx_tenant_cron_authorized(ngx_http_request_t *r,
+    ngx_str_t *secret);
+static void ngx_tenant_cron_done(ngx_tenant_pg_req_t *req, PGresult *res);
+static ngx_int_t ngx_tenant_cron_answer(ngx_http_request_t *r,
+    PGresult *res);
+static ngx_int_t ngx_tenant_cron_refuse(ngx_http_request_t *r,
+    ngx_uint_t status, char *code, char *title);
+static void ngx_tenant_cron_cleanup(void *data);
+
+
+static const char  ngx_tenant_cron_sql[] =
+    "SELECT id::text, slug, clerk_organization_id,"
+    " to_char(trial_ends_at AT TIME ZONE 'UTC',"
+    " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+    " FROM public.expire_trials('cron')";
+
+
+char *
+ngx_tenant_cron_expire_trials(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_tenant_cron_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_tenant_cron_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                rc;
+    ngx_http_cleanup_t      *cln;
+    ngx_tenant_cron_ctx_t   *ctx;
+    ngx_tenant_main_conf_t  *tmcf;
+
+    if (r->method != NGX_HTTP_POST) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+
+    if (tmcf->pg == NULL || tmcf->cron_secret.len == 0) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tenant: tenant_cron_expire_trials needs "
+                      "tenant_database and tenant_cron_secret");
+        return ngx_tenant_cron_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "cron_unavailable",
+                                      "The job is not configured");
+    }
+
+    if (!ngx_tenant_cron_authorized(r, &tmcf->cron_secret)) {
+        return ngx_tenant_cron_refuse(r, NGX_HTTP_UNAUTHORIZED,
+                                      "unauthorized",
+                                      "Bearer CRON_SECRET required");
+    }
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_tenant_cron_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->request = r;
+    ctx->query.handler = ngx_tenant_cron_done;
+    ctx->query.data = ctx;
+    ctx->query.sql = ngx_tenant_cron_sql;
+
+    if (ngx_tenant_pg_query(tmcf->pg, &ctx->query) != NGX_AGAIN) {
+        return ngx_tenant_cron_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "tenant_unavailable",
+                                      "Tenant directory unavailable");
+    }
+
+    ctx->waiting = 1;
+    cln->handler = ngx_tenant_cron_cleanup;
+    cln->data = ctx;
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+/* "Bearer <CRON_SECRET>", compared in constant time. */
+
+static ngx_uint_t
+ngx_tenant_cron_authorized(ngx_http_request_t *r, ngx_str_t *secret)
+{
+    size_t                len;
+    ngx_table_elt_t      *h;
+    const unsigned char  *token;
+
+    h = r->headers_in.authorization;
+
+    if (h == NULL
+        || tenant_bearer_token(h->value.data, h->value.len, &token, &len)
+           != 0)
+    {
+        return 0;
+    }
+
+    return tenant_ct_equal(token, len, secret->data, secret->len);
+}
+
+
+static void
+ngx_tenant_cron_done(ngx_tenant_pg_req_t *req, PGresult *res)
+{
+    ngx_int_t               rc;
+    ngx_connection_t       *c;
+    ngx_http_request_t     *r;
+    ngx_tenant_cron_ctx_t  *ctx;
+
+    ctx = req->data;
+    ctx->waiting = 0;
+
+    r = ctx->request;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK
+        || PQnfields(res) != 4)
+    {
+        if (res) {
+            ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                          "tenant: expiring trials failed: %s",
+                          PQresStatus(PQresultStatus(res)));
+        }
+
+        rc = ngx_tenant_cron_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                    "tenant_unavailable",
+                                    "Tenant directory unavailable");
+    } else {
+        rc = ngx_tenant_cron_answer(r, res);
+    }
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * {"expired":N,"tenants":[{"id":"...","slug":"...","organizationId":
+ * "...","trialEndsAt":"..."}, ...]}, and their cached rows dropped.
+ */
+
+static ngx_int_t
+ngx_tenant_cron_answer(ngx_http_request_t *r, PGresult *res)
+{
+    int                      i, j, n;
+    char                    *v;
+    u_char                  *body, *p;
+    size_t                   len;
+    ngx_tenant_main_conf_t  *tmcf;
+
+    static const char  *names[4] = {
+        "id", "slug", "organizationId", "trialEndsAt"
+    };
+
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+    n = PQntuples(res);
+
+    len = sizeof("{\"expired\":,\"tenants\":[]}") + NGX_INT_T_LEN;
+
+    for (i = 0; i < n; i++) {
+        len += sizeof("{},");
+
+        for (j = 0; j < 4; j++) {
+            len += sizeof("\"\":\"\",") + ngx_strlen(names[j])
+                   + tenant_json_escape(NULL, PQgetvalue(res, i, j),
+                                        PQgetlength(res, i, j));
+        }
+    }
+
+    body = ngx_pnalloc(r->pool, len);
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(body, "{\"expired\":%d,\"tenants\":[", n);
+
+    for (i = 0; i < n; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+
+        *p++ = '{';
+
+        for (j = 0; j < 4; j++) {
+            v = PQgetvalue(res, i, j);
+
+            p = ngx_sprintf(p, "%s\"%s\":\"", j ? "," : "", names[j]);
+            p += tenant_json_escape((char *) p, v, PQgetlength(res, i, j));
+            *p++ = '"';
+        }
+
+        *p++ = '}';
+
+        /* the row changed: no worker may serve the old one */
+        v = PQgetvalue(res, i, 2);
+        ngx_tenant_cache_delete(tmcf->tenant_cache, (u_char *) v,
+                                ngx_strlen(v));
+    }
+
+    p = ngx_cpymem(p, "]}", 2);
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "tenant: %d trials expired", n);
+
+    return ngx_tenant_json_send(r, NGX_HTTP_OK, body, p - body);
+}
+
+
+static ngx_int_t
+ngx_tenant_cron_refuse(ngx_http_request_t *r, ngx_uint_t status, char *code,
+    char *title)
+{
+    tenant_problem_t        pb;
+    ngx_tenant_loc_conf_t  *tlcf;
+
+    tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+
+    ngx_memzero(&pb, sizeof(tenant_problem_t));
+
+    pb.type_base = (char *) tlcf->problem_type_base.data;
+    pb.type_base_len = tlcf->problem_type_base.len;
+    pb.code = code;
+    pb.status = (int) status;
+    pb.title = title;
+
+    if (status == NGX_HTTP_UNAUTHORIZED) {
+        if (ngx_tenant_header_out(r, "WWW-Authenticate", (u_char *) "Bearer",
+                                  sizeof("Bearer") - 1)
+            == NULL)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+    } else if (ngx_tenant_header_out(r, "Retry-After", (u_char *) "5", 1)
+               == NULL)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_tenant_problem_send(r, &pb);
+}
+
+
+static void
+ngx_tenant_cron_cleanup(void *data)
+{
+    ngx_tenant_cron_ctx_t  *ctx = data;
+
+    if (ctx->waiting) {
+        ngx_tenant_pg_cancel(&ctx->query);
+        ctx->waiting = 0;
+    }
+}

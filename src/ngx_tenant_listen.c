@@ -1,0 +1,204 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * Changes made elsewhere (psql, another gateway, the admin API of another
+ * instance) reach this instance's tenant cache at once: one worker keeps
+ * a connection that LISTENs on "tenant_changed" (migrations/004 notifies
+ * it with the organization id on every change of public.tenants) and
+ * drops the named rows from the shared cache, so every worker sees the
+ * change.  The connection is asynchronous like the pool's, and comes back
+ * by itself after a failure (1 s, doubling up to 30 s).  Notifications
+ * sent while it was away are lost: each time it starts listening, every
+ * cached row is marked past its TTL (served while a background lookup
+ * refreshes it, and while the database is down) and every negative entry
+ * dropped.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+
+#include <libpq-fe.h>
+
+#include "ngx_tenant.h"
+#include "ngx_tenant_cache.h"
+#include "ngx_tenant_pg.h"
+
+
+#define NGX_TENANT_LISTEN_CHANNEL   "tenant_changed"
+#define NGX_TENANT_LISTEN_RETRY     1000
+#define NGX_TENANT_LISTEN_RETRY_MAX 30000
+
+
+typedef struct {
+    ngx_tenant_main_conf_t   *tmcf;
+    ngx_tenant_pg_pool_t     *pool;
+    ngx_tenant_pg_req_t       req;
+    ngx_event_t               retry;
+    ngx_tenant_pg_stats_t     stats;         /* not the pool's metrics */
+    ngx_msec_t                backoff;
+    unsigned                  listening:1;
+} ngx_tenant_listen_t;
+
+
+static void ngx_tenant_listen_start(ngx_tenant_listen_t *ls);
+static void ngx_tenant_listen_ready(ngx_tenant_pg_req_t *req, PGresult *res);
+static ngx_int_t ngx_tenant_listen_stale(void *value, void *data);
+static void ngx_tenant_listen_notify(void *data, const char *channel,
+    const char *payload);
+static void ngx_tenant_listen_lost(void *data);
+static void ngx_tenant_listen_later(ngx_tenant_listen_t *ls);
+static void ngx_tenant_listen_retry(ngx_event_t *ev);
+
+
+ngx_int_t
+ngx_tenant_listen_init(ngx_cycle_t *cycle, ngx_tenant_main_conf_t *tmcf)
+{
+    ngx_tenant_listen_t  *ls;
+
+    ls = ngx_pcalloc(cycle->pool, sizeof(ngx_tenant_listen_t));
+    if (ls == NULL) {
+        return NGX_ERROR;
+    }
+
+    ls->pool = ngx_tenant_pg_pool_create(cycle, tmcf->listen_info->keywords,
+                                         tmcf->listen_info->values, 1,
+                                         tmcf->db_timeout, &ls->stats);
+    if (ls->pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_tenant_pg_pool_watch(ls->pool, ngx_tenant_listen_notify,
+                             ngx_tenant_listen_lost, ls);
+
+    ls->tmcf = tmcf;
+    ls->backoff = NGX_TENANT_LISTEN_RETRY;
+
+    ls->retry.handler = ngx_tenant_listen_retry;
+    ls->retry.data = ls;
+    ls->retry.log = cycle->log;
+    ls->retry.cancelable = 1;
+
+    tmcf->listen_pool = ls->pool;
+
+    ngx_tenant_listen_start(ls);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_tenant_listen_start(ngx_tenant_listen_t *ls)
+{
+    ngx_memzero(&ls->req, sizeof(ngx_tenant_pg_req_t));
+
+    ls->req.handler = ngx_tenant_listen_ready;
+    ls->req.data = ls;
+    ls->req.sql = "LISTEN " NGX_TENANT_LISTEN_CHANNEL;
+
+    if (ngx_tenant_pg_query(ls->pool, &ls->req) != NGX_AGAIN) {
+        ngx_tenant_listen_later(ls);
+    }
+}
+
+
+static void
+ngx_tenant_listen_ready(ngx_tenant_pg_req_t *req, PGresult *res)
+{
+    ngx_tenant_listen_t  *ls = req->data;
+
+    if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        ngx_tenant_listen_later(ls);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, ls->retry.log, 0,
+                  "tenant: listening for tenant changes");
+
+    /* what changed while nobody listened is not known: look again */
+
+    ngx_tenant_cache_walk(ls->tmcf->tenant_cache, ngx_tenant_listen_stale,
+                          NULL);
+
+    ls->listening = 1;
+    ls->backoff = NGX_TENANT_LISTEN_RETRY;
+}
+
+
+/* Under the zone's mutex: rows past their TTL, negative entries gone. */
+
+static ngx_int_t
+ngx_tenant_listen_stale(void *value, void *data)
+{
+    ngx_tenant_record_t  *rec = value;
+
+    if (!rec->found) {
+        return NGX_DECLINED;
+    }
+
+    rec->fetched = 0;
+    rec->refresh_at = 0;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_tenant_listen_notify(void *data, const char *channel,
+    const char *payload)
+{
+    ngx_tenant_listen_t  *ls = data;
+
+    size_t  len;
+
+    if (ngx_strcmp(channel, NGX_TENANT_LISTEN_CHANNEL) != 0) {
+        return;
+    }
+
+    len = ngx_strlen(payload);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ls->retry.log, 0,
+                   "tenant: organization \"%*s\" changed", len, payload);
+
+    if (len && len <= TENANT_ORG_ID_MAX) {
+        ngx_tenant_cache_delete(ls->tmcf->tenant_cache, (u_char *) payload,
+                                len);
+    }
+}
+
+
+static void
+ngx_tenant_listen_lost(void *data)
+{
+    ngx_tenant_listen_t  *ls = data;
+
+    if (ls->listening) {
+        ngx_log_error(NGX_LOG_WARN, ls->retry.log, 0,
+                      "tenant: stopped listening for tenant changes, "
+                      "cached rows live until their TTL meanwhile");
+        ls->listening = 0;
+    }
+
+    ngx_tenant_listen_later(ls);
+}
+
+
+static void
+ngx_tenant_listen_later(ngx_tenant_listen_t *ls)
+{
+    if (ls->retry.timer_set || ngx_exiting || ngx_terminate) {
+        return;
+    }
+
+    ngx_add_timer(&ls->retry, ls->backoff);
+
+    ls->backoff = ngx_min(2 * ls->backoff, NGX_TENANT_LISTEN_RETRY_MAX);
+}
+
+
+static void
+ngx_tenant_listen_retry(ngx_event_t *ev)
+{
+    ngx_tenant_listen_start(ev->data);
+}
