@@ -137,6 +137,8 @@ get cron_secret CRON_SECRET
     || die "CRON_SECRET: required, at least 32 characters (openssl rand -hex 32)"
 (( ${#cron_secret} >= 32 )) \
     || die "CRON_SECRET: too short, at least 32 characters (openssl rand -hex 32)"
+[[ $cron_secret =~ ^[A-Za-z0-9._~+/-]+=*$ ]] \
+    || die "CRON_SECRET: only letters, digits and -._~+/ (a bearer token), e.g. openssl rand -hex 32"
 
 
 # ---- plain settings --------------------------------------------------------
@@ -403,6 +405,7 @@ export RC_CLERK_JWKS_FILE=$jwks_file
 export RC_CLERK_ISSUER=$issuer
 export RC_CLERK_AUTHORIZED_PARTIES=$parties
 export RC_ENCRYPTION_KEY=$encryption_key
+export RC_CRON_SECRET=$cron_secret
 export RC_UPGRADE_URL=$upgrade_url
 export RC_RATE_LIMIT_MAX=$rate_max
 export RC_RATE_LIMIT_WINDOW=$rate_window

@@ -147,6 +147,9 @@ sub render {
     like $c, qr/log_format tenant_json escape=json/, '... JSON access log';
     like $c, qr/tenant_rate_limit\s+zone=ratelimit:10m rate=100\/60000ms;/,
         '... per-tenant rate limit from RATE_LIMIT_MAX / RATE_LIMIT_WINDOW';
+    like $c, qr/location = \/api\/cron\/expire-trials \{\s*tenant_cron_expire_trials;/,
+        '... the trial expiration job';
+    like $c, qr/tenant_cron_secret\s+\S{32,};/, '... its secret';
     like $c, qr/location = \/metrics \{[^}]*allow\s+127\.0\.0\.1;[^}]*deny\s+all;\s*tenant_metrics;/,
         '... /metrics for this machine only';
     like $c, qr/add_header\s+Access-Control-Allow-Origin\s+\$gw_cors_origin\s+always;/,
@@ -296,6 +299,7 @@ my @bad = (
     [{ RATE_LIMIT_WINDOW => '86400001' },               'RATE_LIMIT_WINDOW'],
     [{ RATE_LIMIT_MAX => '5000', RATE_LIMIT_WINDOW => '1' }, 'RATE_LIMIT_MAX'],
     [{ METRICS_ALLOW => '10.0.0.0/8; deny all' },       'METRICS_ALLOW'],
+    [{ CRON_SECRET => ('x' x 31) . ' y' },              'CRON_SECRET'],
     [{ MAX_REQUEST_SIZE => '0' },                       'MAX_REQUEST_SIZE'],
     [{ MAX_REQUEST_SIZE => '1.5mb' },                   'MAX_REQUEST_SIZE'],
     [{ MAX_REQUEST_SIZE => '10tb' },                    'MAX_REQUEST_SIZE'],
