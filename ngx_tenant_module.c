@@ -68,6 +68,14 @@ static ngx_int_t ngx_tenant_init_process(ngx_cycle_t *cycle);
 static void ngx_tenant_exit_process(ngx_cycle_t *cycle);
 
 
+static ngx_conf_enum_t  ngx_tenant_gateway_modes[] = {
+    { ngx_string("off"), NGX_TENANT_GATEWAY_OFF },
+    { ngx_string("on"), NGX_TENANT_GATEWAY_ON },
+    { ngx_string("admin"), NGX_TENANT_GATEWAY_ADMIN },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_conf_enum_t  ngx_tenant_log_levels[] = {
     { ngx_string("info"), NGX_LOG_INFO },
     { ngx_string("notice"), NGX_LOG_NOTICE },
@@ -178,10 +186,24 @@ static ngx_command_t  ngx_tenant_commands[] = {
       NULL },
 
     { ngx_string("tenant_gateway"),
-      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
-      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_tenant_loc_conf_t, gateway),
+      &ngx_tenant_gateway_modes },
+
+    { ngx_string("tenant_admin_role"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_tenant_main_conf_t, admin_role),
+      NULL },
+
+    { ngx_string("tenant_admin"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_tenant_admin,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("tenant_require_feature"),
@@ -432,6 +454,10 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
         tmcf->listen_info = tmcf->db_info;
     }
 
+    if (tmcf->admin_role.data == NULL) {
+        ngx_str_set(&tmcf->admin_role, "admin");
+    }
+
     if (tmcf->cron_secret.len && tmcf->cron_secret.len < 32) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"tenant_cron_secret\" must be at least 32 "
@@ -477,7 +503,7 @@ ngx_tenant_create_loc_conf(ngx_conf_t *cf)
      *     tlcf->rl_by_rate = { 0, 0, 0 };
      */
 
-    tlcf->gateway = NGX_CONF_UNSET;
+    tlcf->gateway = NGX_CONF_UNSET_UINT;
     tlcf->feature = NGX_CONF_UNSET;
     tlcf->cors_preflight = NGX_CONF_UNSET;
     tlcf->refusal_log_level = NGX_CONF_UNSET_UINT;
@@ -503,7 +529,8 @@ ngx_tenant_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     tmcf = ngx_http_conf_get_module_main_conf(cf, ngx_tenant_module);
 
-    ngx_conf_merge_value(conf->gateway, prev->gateway, 0);
+    ngx_conf_merge_uint_value(conf->gateway, prev->gateway,
+                              NGX_TENANT_GATEWAY_OFF);
     ngx_conf_merge_str_value(conf->feature_name, prev->feature_name, "");
     ngx_conf_merge_value(conf->cors_preflight, prev->cors_preflight, 1);
     ngx_conf_merge_uint_value(conf->refusal_log_level,
@@ -560,7 +587,7 @@ ngx_tenant_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         }
     }
 
-    if (conf->gateway != 1) {
+    if (conf->gateway == NGX_TENANT_GATEWAY_OFF) {
         return NGX_CONF_OK;
     }
 

@@ -118,6 +118,7 @@ typedef struct {
     ngx_uint_t                listen_set;
     ngx_tenant_pg_pool_t     *listen_pool;     /* the first worker's */
     ngx_str_t                 cron_secret;
+    ngx_str_t                 admin_role;
 
     /* caches */
     ngx_tenant_cache_t       *tenant_cache;
@@ -154,8 +155,13 @@ typedef struct {
 } ngx_tenant_main_conf_t;
 
 
+#define NGX_TENANT_GATEWAY_OFF    0
+#define NGX_TENANT_GATEWAY_ON     1
+#define NGX_TENANT_GATEWAY_ADMIN  2
+
+
 typedef struct {
-    ngx_flag_t                gateway;
+    ngx_uint_t                gateway;
     ngx_int_t                 feature;         /* -1: none */
     ngx_str_t                 feature_name;
     ngx_flag_t                cors_preflight;
@@ -200,6 +206,8 @@ typedef struct {
 
     ngx_tenant_record_t       tenant;
     unsigned                  has_tenant:1;
+    unsigned                  admin:1;
+    void                     *admin_ctx;
     unsigned                  admitted:1;
 
     ngx_str_t                 outcome;         /* for $tenant_outcome */
@@ -257,6 +265,9 @@ char *ngx_tenant_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 /* ngx_tenant_listen.c */
 ngx_int_t ngx_tenant_listen_init(ngx_cycle_t *cycle,
     ngx_tenant_main_conf_t *tmcf);
+
+/* ngx_tenant_admin.c */
+char *ngx_tenant_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 /* ngx_tenant_cron.c */
 char *ngx_tenant_cron_expire_trials(ngx_conf_t *cf, ngx_command_t *cmd,

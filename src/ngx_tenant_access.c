@@ -66,7 +66,8 @@ typedef enum {
     NGX_TENANT_R_SUSPENDED,
     NGX_TENANT_R_FEATURE,
     NGX_TENANT_R_UNAVAILABLE,
-    NGX_TENANT_R_RATE_LIMITED
+    NGX_TENANT_R_RATE_LIMITED,
+    NGX_TENANT_R_ADMIN_REQUIRED
 } ngx_tenant_refusal_e;
 
 
@@ -94,7 +95,9 @@ static ngx_tenant_refusal_t  ngx_tenant_refusals[] = {
     { "tenant_unavailable", NGX_HTTP_SERVICE_UNAVAILABLE,
       "Tenant directory unavailable", NGX_TENANT_OUT_UNAVAILABLE },
     { "rate_limited", NGX_HTTP_TOO_MANY_REQUESTS,
-      "Too many requests", NGX_TENANT_OUT_RATE_LIMITED }
+      "Too many requests", NGX_TENANT_OUT_RATE_LIMITED },
+    { "admin_required", NGX_HTTP_FORBIDDEN,
+      "Administrator token required", NGX_TENANT_OUT_FORBIDDEN }
 };
 
 
@@ -102,6 +105,9 @@ static ngx_int_t ngx_tenant_access_start(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
     ngx_tenant_ctx_t *ctx);
 static ngx_int_t ngx_tenant_access_resolved(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx);
+static ngx_int_t ngx_tenant_access_admin(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
     ngx_tenant_ctx_t *ctx);
 static ngx_int_t ngx_tenant_access_token(ngx_http_request_t *r,
@@ -153,7 +159,7 @@ ngx_tenant_access_handler(ngx_http_request_t *r)
 
     tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
 
-    if (tlcf->gateway != 1) {
+    if (tlcf->gateway == NGX_TENANT_GATEWAY_OFF) {
         return NGX_DECLINED;
     }
 
@@ -284,6 +290,10 @@ ngx_tenant_access_start(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         return ngx_tenant_refuse_token(r, tlcf, ctx, status);
     }
 
+    if (tlcf->gateway == NGX_TENANT_GATEWAY_ADMIN) {
+        return ngx_tenant_access_admin(r, tmcf, tlcf, ctx);
+    }
+
     /* the organization: the token's, which a header may only repeat */
 
     if (norg > 1) {
@@ -370,6 +380,32 @@ ngx_tenant_access_start(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     }
 
     return ngx_tenant_access_query(r, tmcf, ctx);
+}
+
+
+/*
+ * "tenant_gateway admin": a verified token whose metadata.role claim is
+ * tenant_admin_role; no organization or tenant.
+ */
+
+static ngx_int_t
+ngx_tenant_access_admin(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx)
+{
+    if (ctx->claims.metadata_role_len != tmcf->admin_role.len
+        || ngx_strncmp(ctx->claims.metadata_role, tmcf->admin_role.data,
+                       tmcf->admin_role.len) != 0)
+    {
+        return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_ADMIN_REQUIRED,
+                                 NULL, 0);
+    }
+
+    ngx_str_set(&ctx->outcome, "admitted");
+    ctx->outcome_id = NGX_TENANT_OUT_ADMITTED;
+    ctx->admin = 1;
+    ctx->state = NGX_TENANT_STATE_DONE;
+
+    return NGX_OK;
 }
 
 

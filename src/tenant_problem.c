@@ -335,11 +335,22 @@ tenant_problem_out(tenant_out_t *o, const tenant_problem_t *p)
         tenant_out_name(o, m->name, 0);
 
         /*
-         * the caller promises digits for a number; should it be anything
-         * else, it goes out as a string, so the body stays valid JSON
+         * the caller promises valid JSON for a raw member (an array, an
+         * object, ...), and digits for a number; should a number be
+         * anything else, it goes out as a string, so the body stays valid
          */
 
-        if (m->number && tenant_json_integer(m->value, m->value_len)) {
+        if (m->raw) {
+
+            if (m->value == NULL || m->value_len == 0) {
+                tenant_out_raw(o, "null", 4);
+
+            } else {
+                tenant_out_raw(o, m->value, m->value_len);
+            }
+
+        } else if (m->number && tenant_json_integer(m->value, m->value_len))
+        {
             tenant_out_raw(o, m->value, m->value_len);
 
         } else {

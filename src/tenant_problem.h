@@ -19,6 +19,9 @@ typedef struct {
     const char      *value;       /* escaped on output */
     size_t           value_len;
     int              number;      /* 1: value is emitted as a bare number */
+    int              raw;         /* 1: value is emitted as is: valid JSON,
+                                     the caller guarantees it; NULL or
+                                     empty is emitted as null */
 } tenant_problem_member_t;
 
 
@@ -44,7 +47,8 @@ typedef struct {
  * buf NULL nothing is written (a sizing pass); when the body is longer
  * than size, nothing is written either and the needed length is returned,
  * so a caller renders with a buffer of the returned size.  Every string is
- * JSON-escaped; invalid UTF-8 bytes become U+FFFD.
+ * JSON-escaped; invalid UTF-8 bytes become U+FFFD.  A raw member (an array
+ * of errors, say) is copied unchecked: it takes precedence over number.
  */
 size_t tenant_problem_render(char *buf, size_t size,
     const tenant_problem_t *p);

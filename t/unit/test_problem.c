@@ -34,6 +34,7 @@ static void test_order(void);
 static void test_sizing(void);
 static void test_members(void);
 static void test_edges(void);
+static void test_raw(void);
 static void test_escape(void);
 static void test_escape_random(void);
 
@@ -46,6 +47,7 @@ main(void)
     test_sizing();
     test_members();
     test_edges();
+    test_raw();
     test_escape();
     test_escape_random();
 
@@ -467,6 +469,118 @@ test_edges(void)
            "https://x/\"c\\d", "type round-trips");
     json_decref(j);
     free(s);
+}
+
+
+static void
+test_raw(void)
+{
+    char              *s;
+    json_t            *j, *errors;
+    json_error_t       e;
+    tenant_problem_t   p;
+
+    static const char  array[] =
+        "[{\"field\":\"slug\",\"reason\":\"is required\"},"
+        "{\"field\":\"we\\\"ird\",\"reason\":\"unknown member\"}]";
+
+    problem_init(&p);
+    p.detail = NULL;
+    p.code = "validation_failed";
+    p.title = "Invalid request body";
+    p.status = 400;
+
+    p.members[0].name = "errors";
+    p.members[0].value = array;
+    p.members[0].value_len = sizeof(array) - 1;
+    p.members[0].raw = 1;
+    p.nmembers = 1;
+
+    s = render(&p, NULL);
+    is_str(s,
+           "{\"type\":\"https://capliquify.com/problems/validation_failed\","
+           "\"title\":\"Invalid request body\",\"status\":400,"
+           "\"code\":\"validation_failed\",\"errors\":[{\"field\":"
+           "\"slug\",\"reason\":\"is required\"},{\"field\":"
+           "\"we\\\"ird\",\"reason\":\"unknown member\"}]}",
+           "raw: the array as is");
+
+    j = s ? json_loads(s, JSON_REJECT_DUPLICATES, &e) : NULL;
+    ok(j != NULL, "raw: parses (%s)", j ? "" : e.text);
+
+    errors = json_object_get(j, "errors");
+    ok(json_is_array(errors) && json_array_size(errors) == 2,
+       "raw: errors is an array of two");
+    is_str(json_string_value(json_object_get(json_array_get(errors, 1),
+                                             "field")),
+           "we\"ird", "raw: its strings are not escaped twice");
+    json_decref(j);
+    free(s);
+
+    /* raw wins over number; other members unchanged around it */
+
+    p.members[0].value = "{\"a\":[1,2]}";
+    p.members[0].value_len = 11;
+    p.members[0].number = 1;
+    p.members[1].name = "retryAfter";
+    p.members[1].value = "5";
+    p.members[1].value_len = 1;
+    p.members[1].number = 1;
+    p.members[2].name = "note";
+    p.members[2].value = "[1]";
+    p.members[2].value_len = 3;
+    p.nmembers = 3;
+
+    s = render(&p, NULL);
+    ok(s != NULL && strstr(s, ",\"errors\":{\"a\":[1,2]},\"retryAfter\":5,"
+                           "\"note\":\"[1]\"}") != NULL,
+       "raw: an object; raw over number; not raw: a string: %s",
+       s ? s : "(null)");
+    free(s);
+
+    /* value_len, not NUL, bounds the value */
+
+    p.members[0].value = "[true]garbage";
+    p.members[0].value_len = 6;
+    p.nmembers = 1;
+
+    s = render(&p, NULL);
+    ok(s != NULL && strstr(s, ",\"errors\":[true]}") != NULL,
+       "raw: value_len bytes only");
+    free(s);
+
+    /* nothing to emit: null keeps the body valid */
+
+    p.members[0].value = NULL;
+    p.members[0].value_len = 5;
+
+    s = render(&p, NULL);
+    ok(s != NULL && strstr(s, ",\"errors\":null}") != NULL,
+       "raw: NULL value is null");
+    j = s ? json_loads(s, 0, &e) : NULL;
+    ok(json_is_null(json_object_get(j, "errors")), "raw: null parses");
+    json_decref(j);
+    free(s);
+
+    p.members[0].value = "[]";
+    p.members[0].value_len = 0;
+
+    s = render(&p, NULL);
+    ok(s != NULL && strstr(s, ",\"errors\":null}") != NULL,
+       "raw: empty value is null");
+    free(s);
+
+    /* the sizing pass counts raw bytes */
+
+    p.members[0].value = array;
+    p.members[0].value_len = sizeof(array) - 1;
+
+    is_int(tenant_problem_render(NULL, 0, &p),
+           strlen("{\"type\":\"https://capliquify.com/problems/"
+                  "validation_failed\",\"title\":\"Invalid request body\","
+                  "\"status\":400,\"code\":\"validation_failed\","
+                  "\"errors\":}") + sizeof(array) - 1,
+           "raw: sized exactly");
 }
 
 

@@ -1,0 +1,807 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * The admin API (tenant_admin), behind "tenant_gateway admin" (a verified
+ * token whose metadata.role is tenant_admin_role):
+ *
+ *   POST   /api/admin/tenants                 create (201, Location)
+ *   GET    /api/admin/tenants?limit=&after=   list, keyset by slug
+ *   GET    /api/admin/tenants/{id-or-slug}    one
+ *   PATCH  /api/admin/tenants/{id-or-slug}    tier, status, trial end,
+ *                                             rate-limit override
+ *   DELETE /api/admin/tenants/{id-or-slug}    cancel; ?purge=true drops
+ *                                             the schema and the row
+ *
+ * Bodies are validated (src/tenant_admin.c) before any SQL; each change is
+ * one statement (so one transaction) with its audit row, and the tenant's
+ * cached row is dropped at once.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <libpq-fe.h>
+
+#include "ngx_tenant.h"
+#include "ngx_tenant_cache.h"
+#include "ngx_tenant_pg.h"
+#include "tenant_admin.h"
+
+
+#define NGX_TENANT_ADMIN_BODY_MAX   65536
+#define NGX_TENANT_ADMIN_LIST_MAX   100
+
+
+#define NGX_TENANT_ADMIN_TS(col)                                            \
+    " to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+/* the tenant as the API shows it, text columns in this order */
+#define NGX_TENANT_ADMIN_COLS                                               \
+    " t.id::text, t.name, t.slug, t.schema_name, t.clerk_organization_id,"  \
+    " t.subscription_tier, t.subscription_status,"                          \
+    " coalesce(" NGX_TENANT_ADMIN_TS("t.trial_ends_at") ", ''),"           \
+    " t.owner_email, coalesce(t.rate_limit_override::text, ''),"            \
+    NGX_TENANT_ADMIN_TS("t.created_at") ","                                 \
+    NGX_TENANT_ADMIN_TS("t.updated_at")
+
+#define NGX_TENANT_ADMIN_NCOLS      12
+#define NGX_TENANT_ADMIN_COL_ORG    4
+
+/* $1: an id or a slug */
+#define NGX_TENANT_ADMIN_WHERE                                              \
+    " (t.id = CASE WHEN $1 ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"        \
+    "[0-9a-f]{4}-[0-9a-f]{12}$' THEN $1::uuid END OR t.slug = $1)"
+
+
+static const char  ngx_tenant_admin_create_sql[] =
+    "WITH t AS (SELECT * FROM public.create_tenant($1, $2, $3, $4, $5,"
+    " $6::integer)),"
+    " a AS (INSERT INTO public.tenant_audit_log (tenant_id, actor, action,"
+    " details) SELECT t.id, $7, 'tenant.create', $8::jsonb FROM t)"
+    " SELECT" NGX_TENANT_ADMIN_COLS " FROM t";
+
+static const char  ngx_tenant_admin_get_sql[] =
+    "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.tenants t"
+    " WHERE" NGX_TENANT_ADMIN_WHERE;
+
+static const char  ngx_tenant_admin_list_sql[] =
+    "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.tenants t"
+    " WHERE t.slug > $1 ORDER BY t.slug LIMIT $2::integer";
+
+static const char  ngx_tenant_admin_patch_sql[] =
+    "WITH t AS (UPDATE public.tenants t SET"
+    " subscription_tier = coalesce($2, t.subscription_tier),"
+    " subscription_status = coalesce($3, t.subscription_status),"
+    " trial_ends_at = CASE $4 WHEN 'keep' THEN t.trial_ends_at"
+    " WHEN '' THEN NULL ELSE $4::timestamptz END,"
+    " rate_limit_override = CASE $5 WHEN 'keep' THEN t.rate_limit_override"
+    " WHEN '' THEN NULL ELSE $5::integer END"
+    " WHERE" NGX_TENANT_ADMIN_WHERE " RETURNING t.*),"
+    " a AS (INSERT INTO public.tenant_audit_log (tenant_id, actor, action,"
+    " details) SELECT t.id, $6, 'tenant.update', $7::jsonb FROM t)"
+    " SELECT" NGX_TENANT_ADMIN_COLS " FROM t";
+
+static const char  ngx_tenant_admin_cancel_sql[] =
+    "WITH t AS (UPDATE public.tenants t SET"
+    " subscription_status = 'cancelled'"
+    " WHERE" NGX_TENANT_ADMIN_WHERE " RETURNING t.*),"
+    " a AS (INSERT INTO public.tenant_audit_log (tenant_id, actor, action)"
+    " SELECT t.id, $2, 'tenant.cancel' FROM t)"
+    " SELECT" NGX_TENANT_ADMIN_COLS " FROM t";
+
+static const char  ngx_tenant_admin_purge_sql[] =
+    "WITH t AS (SELECT * FROM public.tenants t WHERE" NGX_TENANT_ADMIN_WHERE
+    "), d AS (SELECT public.drop_tenant_schema(t.id) AS dropped FROM t),"
+    " a AS (INSERT INTO public.tenant_audit_log (tenant_id, actor, action,"
+    " details) SELECT t.id, $2, 'tenant.purge',"
+    " jsonb_build_object('slug', t.slug) FROM t)"
+    " SELECT" NGX_TENANT_ADMIN_COLS " FROM t, d";
+
+
+typedef enum {
+    NGX_TENANT_ADMIN_CREATE = 0,
+    NGX_TENANT_ADMIN_GET,
+    NGX_TENANT_ADMIN_LIST,
+    NGX_TENANT_ADMIN_PATCH,
+    NGX_TENANT_ADMIN_DELETE
+} ngx_tenant_admin_op_e;
+
+
+typedef struct {
+    ngx_http_request_t       *request;
+    ngx_tenant_admin_op_e     op;
+    ngx_str_t                 ident;          /* id or slug */
+    ngx_uint_t                limit;
+    ngx_tenant_pg_req_t       query;
+    unsigned                  waiting:1;
+    unsigned                  purge:1;
+
+    tenant_admin_create_t     create;
+    tenant_admin_patch_t      patch;
+    u_char                   *body;           /* NUL-terminated */
+    size_t                    body_len;
+    u_char                    param[3][32];
+} ngx_tenant_admin_ctx_t;
+
+
+static ngx_int_t ngx_tenant_admin_handler(ngx_http_request_t *r);
+static void ngx_tenant_admin_body(ngx_http_request_t *r);
+static ngx_int_t ngx_tenant_admin_run(ngx_http_request_t *r,
+    ngx_tenant_admin_ctx_t *ctx);
+static void ngx_tenant_admin_done(ngx_tenant_pg_req_t *req, PGresult *res);
+static ngx_int_t ngx_tenant_admin_answer(ngx_http_request_t *r,
+    ngx_tenant_admin_ctx_t *ctx, PGresult *res);
+static u_char *ngx_tenant_admin_row(u_char *p, PGresult *res, int row);
+static size_t ngx_tenant_admin_row_len(PGresult *res, int row);
+static ngx_int_t ngx_tenant_admin_problem(ngx_http_request_t *r,
+    ngx_uint_t status, char *code, char *title, char *detail,
+    tenant_admin_errors_t *errs, char *field);
+static void ngx_tenant_admin_cleanup(void *data);
+
+
+static const char  *ngx_tenant_admin_names[NGX_TENANT_ADMIN_NCOLS] = {
+    "id", "name", "slug", "schemaName", "clerkOrganizationId",
+    "subscriptionTier", "subscriptionStatus", "trialEndsAt", "ownerEmail",
+    "rateLimitOverride", "createdAt", "updatedAt"
+};
+
+
+char *
+ngx_tenant_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_tenant_admin_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_tenant_admin_handler(ngx_http_request_t *r)
+{
+    u_char                    *p, *last;
+    ngx_int_t                  rc, n;
+    ngx_str_t                  arg;
+    ngx_tenant_ctx_t          *tctx;
+    ngx_tenant_admin_ctx_t    *ctx;
+    ngx_http_core_loc_conf_t  *clcf;
+    ngx_tenant_main_conf_t    *tmcf;
+
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+    tctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+
+    /* the access phase ("tenant_gateway admin") admitted an admin */
+
+    if (tctx == NULL || !tctx->admin || tmcf->pg == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tenant: tenant_admin needs \"tenant_gateway admin\" "
+                      "and tenant_database in its location");
+        return ngx_tenant_admin_problem(r, NGX_HTTP_FORBIDDEN,
+                                        "admin_required",
+                                        "Administrator token required",
+                                        NULL, NULL, NULL);
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_tenant_admin_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->request = r;
+
+    /* the URI after the location's name: "" or "/<id-or-slug>" */
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    p = r->uri.data + ngx_min(clcf->name.len, r->uri.len);
+    last = r->uri.data + r->uri.len;
+
+    if (p < last) {
+        if (*p != '/') {
+            return ngx_tenant_admin_problem(r, NGX_HTTP_NOT_FOUND,
+                                            "not_found", "No such tenant",
+                                            NULL, NULL, NULL);
+        }
+
+        p++;
+    }
+
+    ctx->ident.data = p;
+    ctx->ident.len = last - p;
+
+    if (ctx->ident.len
+        && (ctx->ident.len > 64
+            || ngx_strlchr(ctx->ident.data, last, '/') != NULL))
+    {
+        return ngx_tenant_admin_problem(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                        "No such tenant", NULL, NULL, NULL);
+    }
+
+    switch (r->method) {
+
+    case NGX_HTTP_POST:
+        if (ctx->ident.len) {
+            return NGX_HTTP_NOT_ALLOWED;
+        }
+
+        ctx->op = NGX_TENANT_ADMIN_CREATE;
+        break;
+
+    case NGX_HTTP_GET:
+        ctx->op = ctx->ident.len ? NGX_TENANT_ADMIN_GET
+                                 : NGX_TENANT_ADMIN_LIST;
+        break;
+
+    case NGX_HTTP_PATCH:
+    case NGX_HTTP_DELETE:
+        if (ctx->ident.len == 0) {
+            return NGX_HTTP_NOT_ALLOWED;
+        }
+
+        ctx->op = (r->method == NGX_HTTP_PATCH) ? NGX_TENANT_ADMIN_PATCH
+                                                : NGX_TENANT_ADMIN_DELETE;
+        break;
+
+    default:
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    if (ctx->op == NGX_TENANT_ADMIN_LIST) {
+        ctx->limit = 20;
+
+        if (ngx_http_arg(r, (u_char *) "limit", 5, &arg) == NGX_OK) {
+            n = ngx_atoi(arg.data, arg.len);
+
+            if (n <= 0 || n > NGX_TENANT_ADMIN_LIST_MAX) {
+                return ngx_tenant_admin_problem(r, NGX_HTTP_BAD_REQUEST,
+                           "invalid_request", "Invalid parameter",
+                           "limit must be an integer from 1 to 100",
+                           NULL, "limit");
+            }
+
+            ctx->limit = n;
+        }
+
+        ngx_str_null(&ctx->ident);
+
+        if (ngx_http_arg(r, (u_char *) "after", 5, &arg) == NGX_OK) {
+            if (arg.len > 63 || !tenant_org_id_valid(arg.data, arg.len)) {
+                return ngx_tenant_admin_problem(r, NGX_HTTP_BAD_REQUEST,
+                           "invalid_request", "Invalid parameter",
+                           "after must be a slug", NULL, "after");
+            }
+
+            ctx->ident = arg;
+        }
+    }
+
+    if (ctx->op == NGX_TENANT_ADMIN_DELETE
+        && ngx_http_arg(r, (u_char *) "purge", 5, &arg) == NGX_OK
+        && arg.len == 4 && ngx_strncmp(arg.data, "true", 4) == 0)
+    {
+        ctx->purge = 1;
+    }
+
+    tctx->admin_ctx = ctx;
+
+    if (ctx->op == NGX_TENANT_ADMIN_CREATE
+        || ctx->op == NGX_TENANT_ADMIN_PATCH)
+    {
+        r->request_body_in_single_buf = 1;
+
+        rc = ngx_http_read_client_request_body(r, ngx_tenant_admin_body);
+
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+            return rc;
+        }
+
+        return NGX_DONE;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_tenant_admin_run(r, ctx);
+}
+
+
+static void
+ngx_tenant_admin_body(ngx_http_request_t *r)
+{
+    u_char                  *p;
+    size_t                   len;
+    ngx_int_t                rc;
+    ngx_chain_t             *cl;
+    ngx_tenant_ctx_t        *tctx;
+    tenant_admin_errors_t    errs;
+    ngx_tenant_admin_ctx_t  *ctx;
+    ngx_tenant_main_conf_t  *tmcf;
+
+    tctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+    ctx = tctx->admin_ctx;
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+
+    /* tenant bodies are small: one in a temporary file is refused, which
+     * also keeps file reads off the worker */
+
+    if (r->request_body == NULL || r->request_body->temp_file) {
+        rc = ngx_tenant_admin_problem(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                 "body_too_large", "Request body too large",
+                 "the body must fit client_body_buffer_size", NULL, "body");
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        len += cl->buf->last - cl->buf->pos;
+    }
+
+    if (len > NGX_TENANT_ADMIN_BODY_MAX) {
+        rc = ngx_tenant_admin_problem(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                 "body_too_large", "Request body too large",
+                 "at most 64 KB", NULL, "body");
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
+    ctx->body = ngx_pnalloc(r->pool, len + 1);
+    if (ctx->body == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    p = ctx->body;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+    }
+
+    *p = '\0';
+    ctx->body_len = len;
+
+    ngx_memzero(&errs, sizeof(tenant_admin_errors_t));
+
+    if (ctx->op == NGX_TENANT_ADMIN_CREATE) {
+        rc = tenant_admin_parse_create(ctx->body, len, tmcf->tiers,
+                                       &ctx->create, &errs);
+    } else {
+        rc = tenant_admin_parse_patch(ctx->body, len, tmcf->tiers,
+                                      &ctx->patch, &errs);
+    }
+
+    if (rc != 0) {
+        rc = ngx_tenant_admin_problem(r, NGX_HTTP_BAD_REQUEST,
+                                      "validation_failed",
+                                      "Invalid request body", NULL, &errs,
+                                      NULL);
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
+    rc = ngx_tenant_admin_run(r, ctx);
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+/* Sends the statement: NGX_DONE, or a status to answer at once. */
+
+static ngx_int_t
+ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx)
+{
+    ngx_tenant_ctx_t        *tctx;
+    ngx_http_cleanup_t      *cln;
+    ngx_tenant_pg_req_t     *q;
+    ngx_tenant_main_conf_t  *tmcf;
+
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+    tctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+
+    q = &ctx->query;
+    q->handler = ngx_tenant_admin_done;
+    q->data = ctx;
+
+    /* the ident and the admin's sub are NUL-terminated copies */
+
+    switch (ctx->op) {
+
+    case NGX_TENANT_ADMIN_CREATE:
+        ngx_sprintf(ctx->param[0], "%d%Z", ctx->create.trial_days);
+
+        q->sql = ngx_tenant_admin_create_sql;
+        q->nparams = 8;
+        q->values[0] = ctx->create.name;
+        q->values[1] = ctx->create.slug;
+        q->values[2] = ctx->create.org_id;
+        q->values[3] = ctx->create.tier;
+        q->values[4] = ctx->create.email;
+        q->values[5] = (char *) ctx->param[0];
+        q->values[6] = tctx->claims.sub;
+        q->values[7] = (char *) ctx->body;
+        break;
+
+    case NGX_TENANT_ADMIN_GET:
+        q->sql = ngx_tenant_admin_get_sql;
+        q->nparams = 1;
+        break;
+
+    case NGX_TENANT_ADMIN_LIST:
+        /* one more than asked: whether there is a next page */
+        ngx_sprintf(ctx->param[0], "%ui%Z", ctx->limit + 1);
+
+        q->sql = ngx_tenant_admin_list_sql;
+        q->nparams = 2;
+        q->values[1] = (char *) ctx->param[0];
+        break;
+
+    case NGX_TENANT_ADMIN_PATCH:
+        if (ctx->patch.has_rate_limit && ctx->patch.rate_limit >= 0) {
+            ngx_sprintf(ctx->param[1], "%L%Z", ctx->patch.rate_limit);
+        } else {
+            ngx_sprintf(ctx->param[1], "%s%Z",
+                        ctx->patch.has_rate_limit ? "" : "keep");
+        }
+
+        q->sql = ngx_tenant_admin_patch_sql;
+        q->nparams = 7;
+        q->values[1] = ctx->patch.has_tier ? ctx->patch.tier : NULL;
+        q->values[2] = ctx->patch.has_status ? ctx->patch.status : NULL;
+        q->values[3] = ctx->patch.has_trial_ends_at
+                       ? ctx->patch.trial_ends_at : "keep";
+        q->values[4] = (char *) ctx->param[1];
+        q->values[5] = tctx->claims.sub;
+        q->values[6] = (char *) ctx->body;
+        break;
+
+    default: /* NGX_TENANT_ADMIN_DELETE */
+        q->sql = ctx->purge ? ngx_tenant_admin_purge_sql
+                            : ngx_tenant_admin_cancel_sql;
+        q->nparams = 2;
+        q->values[1] = tctx->claims.sub;
+        break;
+    }
+
+    if (ctx->op != NGX_TENANT_ADMIN_CREATE) {
+        q->values[0] = (char *) ngx_pnalloc(r->pool, ctx->ident.len + 1);
+        if (q->values[0] == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        *ngx_cpymem((u_char *) q->values[0], ctx->ident.data,
+                    ctx->ident.len) = '\0';
+    }
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_tenant_pg_query(tmcf->pg, q) != NGX_AGAIN) {
+        return ngx_tenant_admin_problem(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                        "tenant_unavailable",
+                                        "Tenant directory unavailable",
+                                        NULL, NULL, NULL);
+    }
+
+    ctx->waiting = 1;
+    cln->handler = ngx_tenant_admin_cleanup;
+    cln->data = ctx;
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_tenant_admin_done(ngx_tenant_pg_req_t *req, PGresult *res)
+{
+    ngx_int_t                rc;
+    ngx_connection_t        *c;
+    ngx_http_request_t      *r;
+    ngx_tenant_admin_ctx_t  *ctx;
+
+    ctx = req->data;
+    ctx->waiting = 0;
+
+    r = ctx->request;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    rc = ngx_tenant_admin_answer(r, ctx, res);
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
+    PGresult *res)
+{
+    int                      i, n, rows;
+    char                    *state, *constraint, *v;
+    u_char                  *body, *p, *loc;
+    size_t                   len;
+    ngx_uint_t               status;
+    ngx_table_elt_t         *h;
+    ngx_tenant_main_conf_t  *tmcf;
+
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+
+    if (res == NULL) {
+        return ngx_tenant_admin_problem(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                        "tenant_unavailable",
+                                        "Tenant directory unavailable",
+                                        NULL, NULL, NULL);
+    }
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        constraint = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
+
+        if (state && (ngx_strcmp(state, "23505") == 0
+                      || ngx_strcmp(state, "42P06") == 0))
+        {
+            /* unique violation, or the schema exists */
+            v = (constraint
+                 && ngx_strstr(constraint, "clerk_organization") != NULL)
+                ? "clerkOrganizationId" : "slug";
+
+            return ngx_tenant_admin_problem(r, NGX_HTTP_CONFLICT,
+                       "conflict", "Tenant already exists",
+                       ngx_strcmp(v, "slug") == 0
+                       ? "a tenant with this slug exists"
+                       : "a tenant of this organization exists",
+                       NULL, v);
+        }
+
+        if (state && state[0] == '2' && state[1] == '2') {
+            /* data exceptions (a timestamp out of range, ...) */
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "tenant: admin statement refused a value: %s %s",
+                          state,
+                          PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+
+            return ngx_tenant_admin_problem(r, NGX_HTTP_BAD_REQUEST,
+                       "validation_failed", "Invalid request body",
+                       "the database refused a value", NULL, NULL);
+        }
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tenant: admin statement failed: %s %s",
+                      state ? state : "", PQresStatus(PQresultStatus(res)));
+
+        return ngx_tenant_admin_problem(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                        "tenant_unavailable",
+                                        "Tenant directory unavailable",
+                                        NULL, NULL, NULL);
+    }
+
+    if (PQnfields(res) != NGX_TENANT_ADMIN_NCOLS) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rows = PQntuples(res);
+
+    if (ctx->op != NGX_TENANT_ADMIN_LIST && rows == 0) {
+        return ngx_tenant_admin_problem(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                        "No such tenant", NULL, NULL, NULL);
+    }
+
+    /* changed rows: no worker may serve the cached one */
+
+    if (ctx->op == NGX_TENANT_ADMIN_PATCH
+        || ctx->op == NGX_TENANT_ADMIN_DELETE)
+    {
+        v = PQgetvalue(res, 0, NGX_TENANT_ADMIN_COL_ORG);
+        ngx_tenant_cache_delete(tmcf->tenant_cache, (u_char *) v,
+                                ngx_strlen(v));
+    }
+
+    n = (ctx->op == NGX_TENANT_ADMIN_LIST)
+        ? ngx_min(rows, (int) ctx->limit) : 1;
+
+    len = sizeof("{\"tenants\":[],\"next\":\"\"}") + 64;
+
+    for (i = 0; i < n; i++) {
+        len += ngx_tenant_admin_row_len(res, i) + 1;
+    }
+
+    body = ngx_pnalloc(r->pool, len);
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = body;
+
+    if (ctx->op == NGX_TENANT_ADMIN_LIST) {
+        p = ngx_cpymem(p, "{\"tenants\":[", sizeof("{\"tenants\":[") - 1);
+
+        for (i = 0; i < n; i++) {
+            if (i) {
+                *p++ = ',';
+            }
+
+            p = ngx_tenant_admin_row(p, res, i);
+        }
+
+        if (rows > n) {
+            v = PQgetvalue(res, n - 1, 2);
+            p = ngx_cpymem(p, "],\"next\":\"", sizeof("],\"next\":\"") - 1);
+            p += tenant_json_escape((char *) p, v, ngx_strlen(v));
+            p = ngx_cpymem(p, "\"}", 2);
+
+        } else {
+            p = ngx_cpymem(p, "],\"next\":null}",
+                           sizeof("],\"next\":null}") - 1);
+        }
+
+    } else {
+        p = ngx_tenant_admin_row(p, res, 0);
+    }
+
+    status = NGX_HTTP_OK;
+
+    if (ctx->op == NGX_TENANT_ADMIN_CREATE) {
+        status = NGX_HTTP_CREATED;
+
+        /* Location: the collection's URI and the new id */
+
+        v = PQgetvalue(res, 0, 0);
+        len = r->uri.len + 1 + ngx_strlen(v);
+
+        loc = ngx_pnalloc(r->pool, len);
+        if (loc == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_sprintf(loc, "%V/%s", &r->uri, v);
+
+        h = ngx_tenant_header_out(r, "Location", loc, len);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        r->headers_out.location = h;
+    }
+
+    return ngx_tenant_json_send(r, status, body, p - body);
+}
+
+
+static size_t
+ngx_tenant_admin_row_len(PGresult *res, int row)
+{
+    int     j;
+    size_t  len;
+
+    len = sizeof("{}");
+
+    for (j = 0; j < NGX_TENANT_ADMIN_NCOLS; j++) {
+        len += sizeof(",\"\":\"\"") + ngx_strlen(ngx_tenant_admin_names[j])
+               + tenant_json_escape(NULL, PQgetvalue(res, row, j),
+                                    PQgetlength(res, row, j));
+    }
+
+    return len;
+}
+
+
+/* A tenant: strings, null for an empty trialEndsAt or override. */
+
+static u_char *
+ngx_tenant_admin_row(u_char *p, PGresult *res, int row)
+{
+    int     j, len;
+    char   *v;
+
+    *p++ = '{';
+
+    for (j = 0; j < NGX_TENANT_ADMIN_NCOLS; j++) {
+        v = PQgetvalue(res, row, j);
+        len = PQgetlength(res, row, j);
+
+        p = ngx_sprintf(p, "%s\"%s\":", j ? "," : "",
+                        ngx_tenant_admin_names[j]);
+
+        if (len == 0 && (j == 7 || j == 9)) {
+            p = ngx_cpymem(p, "null", 4);
+            continue;
+        }
+
+        if (j == 9) {
+            /* rateLimitOverride: an integer from the database */
+            p = ngx_cpymem(p, v, len);
+            continue;
+        }
+
+        *p++ = '"';
+        p += tenant_json_escape((char *) p, v, len);
+        *p++ = '"';
+    }
+
+    *p++ = '}';
+
+    return p;
+}
+
+
+static ngx_int_t
+ngx_tenant_admin_problem(ngx_http_request_t *r, ngx_uint_t status,
+    char *code, char *title, char *detail, tenant_admin_errors_t *errs,
+    char *field)
+{
+    char                   *json;
+    size_t                  len;
+    tenant_problem_t        pb;
+    ngx_tenant_loc_conf_t  *tlcf;
+
+    tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+
+    ngx_memzero(&pb, sizeof(tenant_problem_t));
+
+    pb.type_base = (char *) tlcf->problem_type_base.data;
+    pb.type_base_len = tlcf->problem_type_base.len;
+    pb.code = code;
+    pb.status = (int) status;
+    pb.title = title;
+    pb.detail = detail;
+    pb.detail_len = detail ? ngx_strlen(detail) : 0;
+
+    if (field) {
+        pb.members[0].name = "field";
+        pb.members[0].value = field;
+        pb.members[0].value_len = ngx_strlen(field);
+        pb.nmembers = 1;
+    }
+
+    if (errs && errs->n) {
+        len = tenant_admin_errors_json(NULL, errs);
+
+        json = ngx_pnalloc(r->pool, len);
+        if (json == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        (void) tenant_admin_errors_json(json, errs);
+
+        pb.members[pb.nmembers].name = "errors";
+        pb.members[pb.nmembers].value = json;
+        pb.members[pb.nmembers].value_len = len;
+        pb.members[pb.nmembers].raw = 1;
+        pb.nmembers++;
+    }
+
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE
+        && ngx_tenant_header_out(r, "Retry-After", (u_char *) "5", 1) == NULL)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_tenant_problem_send(r, &pb);
+}
+
+
+static void
+ngx_tenant_admin_cleanup(void *data)
+{
+    ngx_tenant_admin_ctx_t  *ctx = data;
+
+    if (ctx->waiting) {
+        ngx_tenant_pg_cancel(&ctx->query);
+        ctx->waiting = 0;
+    }
+}
