@@ -6,6 +6,7 @@
 #   make stop       stop the embedded PostgreSQL of make run
 #   make migrate    apply pending migrations to DATABASE_URL
 #   make bench      gateway vs plain proxy_pass (bench/run.sh)
+#   make smoke      the deployment guide's smoke tests against BASE_URL
 
 SHELL       := /bin/bash
 
@@ -26,7 +27,7 @@ UNIT_LIBS    = -ljansson -lcrypto
 UNIT_SRCS    = $(wildcard src/tenant_*.c)
 UNIT_TESTS   = $(patsubst t/unit/%.c,$(BUILD)/unit/%,$(wildcard t/unit/test_*.c))
 
-.PHONY: all module unit deps run stop test migrate bench clean
+.PHONY: all module unit deps run stop test migrate bench smoke clean
 
 all: module
 
@@ -65,6 +66,9 @@ migrate:
 
 bench: module
 	bench/run.sh
+
+smoke:
+	scripts/smoke.sh
 
 test: deps module unit
 	prove --exec "" $(UNIT_TESTS)

@@ -129,7 +129,7 @@ typedef struct {
 static ngx_int_t ngx_tenant_admin_handler(ngx_http_request_t *r);
 static void ngx_tenant_admin_body(ngx_http_request_t *r);
 static ngx_int_t ngx_tenant_admin_run(ngx_http_request_t *r,
-    ngx_tenant_admin_ctx_t *ctx);
+    ngx_tenant_admin_ctx_t *ctx, ngx_uint_t hold);
 static void ngx_tenant_admin_done(ngx_tenant_pg_req_t *req, PGresult *res);
 static ngx_int_t ngx_tenant_admin_answer(ngx_http_request_t *r,
     ngx_tenant_admin_ctx_t *ctx, PGresult *res);
@@ -308,7 +308,7 @@ ngx_tenant_admin_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    return ngx_tenant_admin_run(r, ctx);
+    return ngx_tenant_admin_run(r, ctx, 1);
 }
 
 
@@ -387,7 +387,10 @@ ngx_tenant_admin_body(ngx_http_request_t *r)
         return;
     }
 
-    rc = ngx_tenant_admin_run(r, ctx);
+    /* the reference ngx_http_read_client_request_body() took is the
+     * query's: its answer finalizes the request */
+
+    rc = ngx_tenant_admin_run(r, ctx, 0);
 
     if (rc != NGX_DONE) {
         ngx_http_finalize_request(r, rc);
@@ -395,10 +398,15 @@ ngx_tenant_admin_body(ngx_http_request_t *r)
 }
 
 
-/* Sends the statement: NGX_DONE, or a status to answer at once. */
+/*
+ * Sends the statement: NGX_DONE, or a status to answer at once.  hold: the
+ * request needs a reference of its own while it waits (a content handler
+ * that returns NGX_DONE), not when reading the body already took one.
+ */
 
 static ngx_int_t
-ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx)
+ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
+    ngx_uint_t hold)
 {
     ngx_tenant_ctx_t        *tctx;
     ngx_http_cleanup_t      *cln;
@@ -498,7 +506,9 @@ ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx)
     cln->handler = ngx_tenant_admin_cleanup;
     cln->data = ctx;
 
-    r->main->count++;
+    if (hold) {
+        r->main->count++;
+    }
 
     return NGX_DONE;
 }

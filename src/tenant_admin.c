@@ -148,7 +148,12 @@ tenant_admin_parse_create(const unsigned char *body, size_t len,
 
     json_decref(root);
 
-    return errs->n ? -1 : 0;
+    if (errs->n) {
+        memset(out, 0, sizeof(tenant_admin_create_t));
+        return -1;
+    }
+
+    return 0;
 }
 
 

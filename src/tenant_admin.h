@@ -105,8 +105,8 @@ typedef struct {
  * members name, slug, clerkOrganizationId, subscriptionTier, ownerEmail
  * and the optional integer trialDays.  Unknown members, duplicate names,
  * null and wrong types are errors.  Returns 0 with *out filled, or -1
- * with every problem in errs (then *out holds nothing of use).  tiers may
- * be NULL: no tier is then acceptable.
+ * with every problem in errs and *out zeroed.  tiers may be NULL: no tier
+ * is then acceptable.
  */
 int tenant_admin_parse_create(const unsigned char *body, size_t len,
     const tenant_tiers_t *tiers, tenant_admin_create_t *out,
@@ -116,7 +116,8 @@ int tenant_admin_parse_create(const unsigned char *body, size_t len,
  * The body of PATCH /api/admin/tenants/{id}: a JSON object with at least
  * one of subscriptionTier, subscriptionStatus, trialEndsAt (string or
  * null) and rateLimitOverride (integer or null).  Returns 0 with *out
- * filled (has_* set for the members present), or -1 with errs.
+ * filled (has_* set for the members present), or -1 with errs and no
+ * has_* set.
  */
 int tenant_admin_parse_patch(const unsigned char *body, size_t len,
     const tenant_tiers_t *tiers, tenant_admin_patch_t *out,
