@@ -27,7 +27,7 @@ UNIT_LIBS    = -ljansson -lcrypto
 UNIT_SRCS    = $(wildcard src/tenant_*.c)
 UNIT_TESTS   = $(patsubst t/unit/%.c,$(BUILD)/unit/%,$(wildcard t/unit/test_*.c))
 
-.PHONY: all module unit deps run stop test migrate bench smoke clean
+.PHONY: all module unit deps run stop test migrate bench bench-provision smoke clean
 
 all: module
 
@@ -66,6 +66,9 @@ migrate:
 
 bench: module
 	bench/run.sh
+
+bench-provision: module
+	bench/provision.sh
 
 smoke:
 	scripts/smoke.sh
