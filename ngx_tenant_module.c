@@ -62,6 +62,7 @@ static char *ngx_tenant_rate_params(ngx_conf_t *cf, ngx_str_t *value,
 static ngx_int_t ngx_tenant_read_file(ngx_conf_t *cf, ngx_str_t *name,
     ngx_str_t *out);
 static char *ngx_tenant_pstrdup0(ngx_pool_t *pool, const char *s);
+static ngx_uint_t ngx_tenant_is_bearer_token(ngx_str_t *s);
 static void ngx_tenant_cleanup_keys(void *data);
 static void ngx_tenant_cleanup_sign(void *data);
 static ngx_int_t ngx_tenant_init_process(ngx_cycle_t *cycle);
@@ -462,6 +463,15 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"tenant_cron_secret\" must be at least 32 "
                            "characters");
+        return NGX_CONF_ERROR;
+    }
+
+    if (tmcf->cron_secret.len
+        && !ngx_tenant_is_bearer_token(&tmcf->cron_secret))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tenant_cron_secret\" must be a bearer token: "
+                           "letters, digits and -._~+/ (trailing =)");
         return NGX_CONF_ERROR;
     }
 
@@ -1461,6 +1471,34 @@ failed:
 
     ngx_close_file(file.fd);
     return NGX_ERROR;
+}
+
+
+/* Whether "Bearer <s>" would parse: a secret clients can present. */
+
+static ngx_uint_t
+ngx_tenant_is_bearer_token(ngx_str_t *s)
+{
+    u_char               *auth;
+    size_t                len;
+    const unsigned char  *token;
+
+    auth = ngx_alloc(s->len + sizeof("Bearer "), ngx_cycle->log);
+    if (auth == NULL) {
+        return 0;
+    }
+
+    ngx_memcpy(ngx_cpymem(auth, "Bearer ", 7), s->data, s->len);
+
+    len = 0;
+
+    if (tenant_bearer_token(auth, s->len + 7, &token, &len) != 0) {
+        len = 0;
+    }
+
+    ngx_free(auth);
+
+    return len == s->len;
 }
 
 

@@ -613,8 +613,9 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
 
     /* changed rows: no worker may serve the cached one */
 
-    if (ctx->op == NGX_TENANT_ADMIN_PATCH
-        || ctx->op == NGX_TENANT_ADMIN_DELETE)
+    if (tmcf->tenant_cache
+        && (ctx->op == NGX_TENANT_ADMIN_PATCH
+            || ctx->op == NGX_TENANT_ADMIN_DELETE))
     {
         v = PQgetvalue(res, 0, NGX_TENANT_ADMIN_COL_ORG);
         ngx_tenant_cache_delete(tmcf->tenant_cache, (u_char *) v,

@@ -242,9 +242,11 @@ ngx_tenant_cron_answer(ngx_http_request_t *r, PGresult *res)
         *p++ = '}';
 
         /* the row changed: no worker may serve the old one */
-        v = PQgetvalue(res, i, 2);
-        ngx_tenant_cache_delete(tmcf->tenant_cache, (u_char *) v,
-                                ngx_strlen(v));
+        if (tmcf->tenant_cache) {
+            v = PQgetvalue(res, i, 2);
+            ngx_tenant_cache_delete(tmcf->tenant_cache, (u_char *) v,
+                                    ngx_strlen(v));
+        }
     }
 
     p = ngx_cpymem(p, "]}", 2);
