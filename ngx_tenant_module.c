@@ -54,6 +54,8 @@ static char *ngx_tenant_signing_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_tenant_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_tenant_admin_role(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_tenant_rate_limit_by(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_tenant_rate_params(ngx_conf_t *cf, ngx_str_t *value,
@@ -194,10 +196,10 @@ static ngx_command_t  ngx_tenant_commands[] = {
       &ngx_tenant_gateway_modes },
 
     { ngx_string("tenant_admin_role"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_tenant_admin_role,
       NGX_HTTP_MAIN_CONF_OFFSET,
-      offsetof(ngx_tenant_main_conf_t, admin_role),
+      0,
       NULL },
 
     { ngx_string("tenant_admin"),
@@ -440,6 +442,11 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
     crc ^= ngx_crc32_short((u_char *) &tmcf->leeway, sizeof(tmcf->leeway))
            * 7;
     crc ^= ngx_crc32_short(tmcf->issuer.data, tmcf->issuer.len) * 3;
+
+    if (tmcf->role_claim) {
+        crc ^= ngx_crc32_short((u_char *) tmcf->role_claim,
+                               ngx_strlen(tmcf->role_claim)) * 11;
+    }
 
     if (tmcf->azp) {
         azp = tmcf->azp->elts;
@@ -1361,6 +1368,84 @@ ngx_tenant_rate_params(ngx_conf_t *cf, ngx_str_t *value, ngx_uint_t n,
 
         rate->burst = burst;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * tenant_admin_role <value> [claim=<path>];
+ *
+ * The claim that makes a token an administrator's: by default
+ * metadata.role (Clerk: public_metadata through a session token template).
+ */
+
+static char *
+ngx_tenant_admin_role(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_main_conf_t *tmcf = conf;
+
+    u_char      *p;
+    ngx_str_t   *value, path;
+    ngx_uint_t   i;
+
+    if (tmcf->admin_role.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0 || value[1].len > TENANT_CLAIM_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid role \"%V\"",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    tmcf->admin_role = value[1];
+
+    if (cf->args->nelts == 2) {
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value[2].data, "claim=", 6) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    path.data = value[2].data + 6;
+    path.len = value[2].len - 6;
+
+    /* member names joined by dots: a.b.c */
+
+    for (i = 0; i < path.len; i++) {
+        if (path.data[i] == '.'
+            ? (i == 0 || i == path.len - 1 || path.data[i - 1] == '.')
+            : !(isalnum(path.data[i]) || path.data[i] == '_'
+                || path.data[i] == '-'))
+        {
+            break;
+        }
+    }
+
+    if (path.len == 0 || path.len > TENANT_JWT_ROLE_PATH_MAX
+        || i != path.len)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid claim path \"%V\", expected member "
+                           "names joined by dots", &path);
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_pnalloc(cf->pool, path.len + 1);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(p, path.data, path.len);
+    p[path.len] = '\0';
+
+    tmcf->role_claim = (char *) p;
 
     return NGX_CONF_OK;
 }

@@ -119,6 +119,7 @@ typedef struct {
     ngx_tenant_pg_pool_t     *listen_pool;     /* the first worker's */
     ngx_str_t                 cron_secret;
     ngx_str_t                 admin_role;
+    char                     *role_claim;      /* NULL: metadata.role */
 
     /* caches */
     ngx_tenant_cache_t       *tenant_cache;

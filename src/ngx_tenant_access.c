@@ -485,6 +485,7 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     policy.azp = tmcf->azp_ptrs;
     policy.azp_len = tmcf->azp_lens;
     policy.nazp = tmcf->azp ? tmcf->azp->nelts : 0;
+    policy.role_claim = tmcf->role_claim;
 
     *status = tenant_jwt_verify(token, len, tmcf->keys, &policy,
                                 &ctx->claims);

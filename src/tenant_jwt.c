@@ -33,7 +33,10 @@ static tenant_jwt_status_t tenant_jwt_verify_signature(
     const unsigned char *sig, size_t sig_len);
 static tenant_jwt_status_t tenant_jwt_es256_der(const unsigned char *raw,
     unsigned char *der, size_t *der_len);
+static tenant_jwt_status_t tenant_jwt_role(json_t *payload,
+    const char *path, tenant_jwt_claims_t *claims);
 static tenant_jwt_status_t tenant_jwt_parse_claims(json_t *payload,
+    const tenant_jwt_policy_t *policy,
     tenant_jwt_claims_t *claims, int *pending);
 static tenant_jwt_status_t tenant_jwt_check_policy(json_t *payload,
     const tenant_jwt_policy_t *policy, const tenant_jwt_claims_t *claims);
@@ -224,7 +227,7 @@ tenant_jwt_verify(const unsigned char *token, size_t len,
 
     pending = 0;
 
-    rc = tenant_jwt_parse_claims(payload, claims, &pending);
+    rc = tenant_jwt_parse_claims(payload, policy, claims, &pending);
 
     if (rc == TENANT_JWT_OK) {
         rc = tenant_jwt_check_policy(payload, policy, claims);
@@ -582,7 +585,8 @@ tenant_jwt_es256_der(const unsigned char *raw, unsigned char *der,
 
 
 static tenant_jwt_status_t
-tenant_jwt_parse_claims(json_t *payload, tenant_jwt_claims_t *claims,
+tenant_jwt_parse_claims(json_t *payload, const tenant_jwt_policy_t *policy,
+    tenant_jwt_claims_t *claims,
     int *pending)
 {
     json_t               *v, *o;
@@ -699,21 +703,14 @@ tenant_jwt_parse_claims(json_t *payload, tenant_jwt_claims_t *claims,
         }
     }
 
-    /* "metadata": {"role": ...} from a session token template */
+    /* the role, by default "metadata": {"role": ...} from a session
+     * token template */
 
-    o = json_object_get(payload, "metadata");
-
-    if (!tenant_jwt_absent(o)) {
-        if (!json_is_object(o)) {
-            return TENANT_JWT_BAD_CLAIM;
-        }
-
-        rc = tenant_jwt_copy_claim(json_object_get(o, "role"),
-                                   claims->metadata_role,
-                                   &claims->metadata_role_len);
-        if (rc != TENANT_JWT_OK) {
-            return rc;
-        }
+    rc = tenant_jwt_role(payload, policy->role_claim ? policy->role_claim
+                                                     : "metadata.role",
+                         claims);
+    if (rc != TENANT_JWT_OK) {
+        return rc;
     }
 
     /* iss, azp, sts: only their types here, their values later */
@@ -794,6 +791,55 @@ tenant_jwt_check_policy(json_t *payload, const tenant_jwt_policy_t *policy,
  * empty; anything but a short string of printable bytes is refused, so
  * that a claim can never split or forge a header line.
  */
+
+/*
+ * The claim at a dot-separated path ("metadata.role", "role"): absent
+ * when a member on the way is; an object expected on the way and found
+ * of another type is a bad claim.
+ */
+
+static tenant_jwt_status_t
+tenant_jwt_role(json_t *payload, const char *path, tenant_jwt_claims_t *claims)
+{
+    size_t       len;
+    json_t      *o, *v;
+    const char  *p, *dot;
+    char         name[TENANT_JWT_ROLE_PATH_MAX + 1];
+
+    o = payload;
+    p = path;
+
+    for ( ;; ) {
+        dot = strchr(p, '.');
+        len = dot ? (size_t) (dot - p) : strlen(p);
+
+        if (len == 0 || len > TENANT_JWT_ROLE_PATH_MAX) {
+            return TENANT_JWT_OK;
+        }
+
+        memcpy(name, p, len);
+        name[len] = '\0';
+
+        v = json_object_get(o, name);
+
+        if (dot == NULL) {
+            return tenant_jwt_copy_claim(v, claims->metadata_role,
+                                         &claims->metadata_role_len);
+        }
+
+        if (tenant_jwt_absent(v)) {
+            return TENANT_JWT_OK;
+        }
+
+        if (!json_is_object(v)) {
+            return TENANT_JWT_BAD_CLAIM;
+        }
+
+        o = v;
+        p = dot + 1;
+    }
+}
+
 
 static tenant_jwt_status_t
 tenant_jwt_copy_claim(json_t *value, char *dst, uint16_t *dst_len)

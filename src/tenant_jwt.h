@@ -19,6 +19,7 @@
 
 #define TENANT_JWT_MAX_LEN        8192    /* longer tokens are refused */
 #define TENANT_CLAIM_MAX          128     /* bytes, without the NUL */
+#define TENANT_JWT_ROLE_PATH_MAX  127     /* the role claim's path */
 
 #define TENANT_JWT_RS256          0x01
 #define TENANT_JWT_ES256          0x02
@@ -81,6 +82,10 @@ typedef struct {
     const char      **azp;            /* NULL or nazp == 0: not checked */
     size_t           *azp_len;
     size_t            nazp;
+
+    /* where claims->metadata_role comes from: a dot-separated path of
+     * object members, NUL-terminated; NULL: "metadata.role" */
+    const char       *role_claim;
 } tenant_jwt_policy_t;
 
 

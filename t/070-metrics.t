@@ -584,8 +584,10 @@ is_deeply [grep { m{/other$} } sort keys %{ requests($after->{m}) }], ['admitted
     my $a = scrape()->{m};
     is_deeply requests($a), requests($b), 'reload: tenant_requests_total kept, every series';
     my ($cb, $ca) = (counters($b), counters($a));
-    is_deeply [map { "$_=$ca->{$_}" } qw(queries errors connects count hits/token hits/tenant misses/tenant entries/tenant)],
-              [map { "$_=$cb->{$_}" } qw(queries errors connects count hits/token hits/tenant misses/tenant entries/tenant)],
+    # (not the tenant zone's entries gauge: a listener that starts drops
+    # the negative entries, since it cannot know what it missed)
+    is_deeply [map { "$_=$ca->{$_}" } qw(queries errors connects count hits/token hits/tenant misses/tenant)],
+              [map { "$_=$cb->{$_}" } qw(queries errors connects count hits/token hits/tenant misses/tenant)],
         'reload: database and cache counters kept';
 
     # The tiers in another order: the counters stay with their tier names.
