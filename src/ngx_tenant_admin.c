@@ -611,11 +611,12 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
                                         "No such tenant", NULL, NULL, NULL);
     }
 
-    /* changed rows: no worker may serve the cached one */
 
-    if (tmcf->tenant_cache
-        && (ctx->op == NGX_TENANT_ADMIN_PATCH
-            || ctx->op == NGX_TENANT_ADMIN_DELETE))
+    /* a changed row, or a new one that was a negative entry: no worker
+     * may serve what it cached */
+
+    if (tmcf->tenant_cache && ctx->op != NGX_TENANT_ADMIN_GET
+        && ctx->op != NGX_TENANT_ADMIN_LIST)
     {
         v = PQgetvalue(res, 0, NGX_TENANT_ADMIN_COL_ORG);
         ngx_tenant_cache_delete(tmcf->tenant_cache, (u_char *) v,
@@ -672,14 +673,20 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
         /* Location: the collection's URI and the new id */
 
         v = PQgetvalue(res, 0, 0);
-        len = r->uri.len + 1 + ngx_strlen(v);
+        n = r->uri.len;
+
+        while (n && r->uri.data[n - 1] == '/') {
+            n--;
+        }
+
+        len = n + 1 + ngx_strlen(v);
 
         loc = ngx_pnalloc(r->pool, len);
         if (loc == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        ngx_sprintf(loc, "%V/%s", &r->uri, v);
+        ngx_sprintf(loc, "%*s/%s", (size_t) n, r->uri.data, v);
 
         h = ngx_tenant_header_out(r, "Location", loc, len);
         if (h == NULL) {
