@@ -49,55 +49,35 @@
 #define NGX_TENANT_ADMIN_NCOLS      12
 #define NGX_TENANT_ADMIN_COL_ORG    4
 
-/* $1: an id or a slug */
-#define NGX_TENANT_ADMIN_WHERE                                              \
-    " (t.id = CASE WHEN $1 ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"        \
-    "[0-9a-f]{4}-[0-9a-f]{12}$' THEN $1::uuid END OR t.slug = $1)"
-
+/*
+ * The writes are functions of migrations/005: each runs under a
+ * lock_timeout a little under the pool's timeout (the last parameter), so
+ * a write the gateway gives up on rolls back instead of committing later.
+ */
 
 static const char  ngx_tenant_admin_create_sql[] =
-    "WITH t AS (SELECT * FROM public.create_tenant($1, $2, $3, $4, $5,"
-    " $6::integer)),"
-    " a AS (INSERT INTO public.tenant_audit_log (tenant_id, actor, action,"
-    " details) SELECT t.id, $7, 'tenant.create', $8::jsonb FROM t)"
-    " SELECT" NGX_TENANT_ADMIN_COLS " FROM t";
+    "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.admin_create_tenant($1, $2,"
+    " $3, $4, $5, $6::integer, $7, $8::jsonb, $9::integer) t";
 
 static const char  ngx_tenant_admin_get_sql[] =
     "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.tenants t"
-    " WHERE" NGX_TENANT_ADMIN_WHERE;
+    " WHERE t.id = public.admin_tenant_id($1) OR t.slug = $1";
 
 static const char  ngx_tenant_admin_list_sql[] =
     "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.tenants t"
     " WHERE t.slug > $1 ORDER BY t.slug LIMIT $2::integer";
 
 static const char  ngx_tenant_admin_patch_sql[] =
-    "WITH t AS (UPDATE public.tenants t SET"
-    " subscription_tier = coalesce($2, t.subscription_tier),"
-    " subscription_status = coalesce($3, t.subscription_status),"
-    " trial_ends_at = CASE $4 WHEN 'keep' THEN t.trial_ends_at"
-    " WHEN '' THEN NULL ELSE $4::timestamptz END,"
-    " rate_limit_override = CASE $5 WHEN 'keep' THEN t.rate_limit_override"
-    " WHEN '' THEN NULL ELSE $5::integer END"
-    " WHERE" NGX_TENANT_ADMIN_WHERE " RETURNING t.*),"
-    " a AS (INSERT INTO public.tenant_audit_log (tenant_id, actor, action,"
-    " details) SELECT t.id, $6, 'tenant.update', $7::jsonb FROM t)"
-    " SELECT" NGX_TENANT_ADMIN_COLS " FROM t";
+    "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.admin_update_tenant($1, $2,"
+    " $3, $4, $5, $6, $7::jsonb, $8::integer) t";
 
 static const char  ngx_tenant_admin_cancel_sql[] =
-    "WITH t AS (UPDATE public.tenants t SET"
-    " subscription_status = 'cancelled'"
-    " WHERE" NGX_TENANT_ADMIN_WHERE " RETURNING t.*),"
-    " a AS (INSERT INTO public.tenant_audit_log (tenant_id, actor, action)"
-    " SELECT t.id, $2, 'tenant.cancel' FROM t)"
-    " SELECT" NGX_TENANT_ADMIN_COLS " FROM t";
+    "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.admin_delete_tenant($1,"
+    " false, $2, $3::integer) t";
 
 static const char  ngx_tenant_admin_purge_sql[] =
-    "WITH t AS (SELECT * FROM public.tenants t WHERE" NGX_TENANT_ADMIN_WHERE
-    "), d AS (SELECT public.drop_tenant_schema(t.id) AS dropped FROM t),"
-    " a AS (INSERT INTO public.tenant_audit_log (tenant_id, actor, action,"
-    " details) SELECT t.id, $2, 'tenant.purge',"
-    " jsonb_build_object('slug', t.slug) FROM t)"
-    " SELECT" NGX_TENANT_ADMIN_COLS " FROM t, d";
+    "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.admin_delete_tenant($1,"
+    " true, $2, $3::integer) t";
 
 
 typedef enum {
@@ -123,6 +103,7 @@ typedef struct {
     u_char                   *body;           /* NUL-terminated */
     size_t                    body_len;
     u_char                    param[3][32];
+    u_char                    lock_ms[NGX_INT_T_LEN + 1];
 } ngx_tenant_admin_ctx_t;
 
 
@@ -420,6 +401,12 @@ ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     q->handler = ngx_tenant_admin_done;
     q->data = ctx;
 
+    /* a write waits for locks a little less long than the pool for it */
+
+    ngx_sprintf(ctx->lock_ms, "%M%Z",
+                tmcf->db_timeout > 1000 ? tmcf->db_timeout - 500
+                                        : tmcf->db_timeout / 2);
+
     /* the ident and the admin's sub are NUL-terminated copies */
 
     switch (ctx->op) {
@@ -428,7 +415,8 @@ ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
         ngx_sprintf(ctx->param[0], "%d%Z", ctx->create.trial_days);
 
         q->sql = ngx_tenant_admin_create_sql;
-        q->nparams = 8;
+        q->nparams = 9;
+        q->values[8] = (char *) ctx->lock_ms;
         q->values[0] = ctx->create.name;
         q->values[1] = ctx->create.slug;
         q->values[2] = ctx->create.org_id;
@@ -462,7 +450,8 @@ ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
         }
 
         q->sql = ngx_tenant_admin_patch_sql;
-        q->nparams = 7;
+        q->nparams = 8;
+        q->values[7] = (char *) ctx->lock_ms;
         q->values[1] = ctx->patch.has_tier ? ctx->patch.tier : NULL;
         q->values[2] = ctx->patch.has_status ? ctx->patch.status : NULL;
         q->values[3] = ctx->patch.has_trial_ends_at
@@ -475,8 +464,9 @@ ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     default: /* NGX_TENANT_ADMIN_DELETE */
         q->sql = ctx->purge ? ngx_tenant_admin_purge_sql
                             : ngx_tenant_admin_cancel_sql;
-        q->nparams = 2;
+        q->nparams = 3;
         q->values[1] = tctx->claims.sub;
+        q->values[2] = (char *) ctx->lock_ms;
         break;
     }
 

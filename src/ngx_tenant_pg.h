@@ -18,7 +18,7 @@
 #include "ngx_tenant.h"
 
 
-#define NGX_TENANT_PG_MAX_PARAMS   8
+#define NGX_TENANT_PG_MAX_PARAMS   10
 
 
 typedef struct ngx_tenant_pg_conn_s  ngx_tenant_pg_conn_t;
