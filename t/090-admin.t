@@ -870,4 +870,37 @@ SQL
 }
 
 
+
+# --- 11. the admin claim's path and value -----------------------------------
+
+# tenant_admin_role owner claim=perms.gateway: another claim, another value
+{
+    nginx_reload(http => http_conf() =~ s/(tenant_signing_key[^\n]*\n)/$1    tenant_admin_role   owner claim=perms.gateway;\n/r);
+
+    my $owner = mint_token(sub => 'user_owner', perms => { gateway => 'owner' });
+    my $r = api(GET => "$COLL?limit=1", token => $owner);
+    is $r->{status}, 200, 'claim=perms.gateway: a token with perms.gateway "owner" is admitted';
+
+    $r = api(GET => "$COLL?limit=1");     # metadata.role admin
+    is $r->{status}, 403, 'claim=perms.gateway: metadata.role "admin" no longer is';
+    is $r->{json}{code}, 'admin_required', '... admin_required';
+
+    $r = api(GET => "$COLL?limit=1",
+             token => mint_token(sub => 'user_x', perms => { gateway => 'admin' }));
+    is $r->{status}, 403, 'claim=perms.gateway: another value is refused';
+
+    $r = api(GET => "$COLL?limit=1",
+             token => mint_token(sub => 'user_y', perms => 'owner'));
+    is $r->{status}, 401, 'claim=perms.gateway: "perms" not an object: 401 bad_claim';
+    is $r->{json}{reason}, 'bad_claim', '... reason bad_claim';
+
+    for my $bad ('perms..gateway', '.perms', 'perms.', 'perms gateway', 'pérms') {
+        my $t = nginx_conf_test(http => http_conf() =~ s/(tenant_signing_key[^\n]*\n)/$1    tenant_admin_role   owner "claim=$bad";\n/r);
+        ok !$t->{ok}, "tenant_admin_role claim=\"$bad\": nginx -t fails";
+        like $t->{output}, qr/invalid claim path/, '... invalid claim path';
+    }
+
+    nginx_reload(http => http_conf());
+}
+
 done_testing();
