@@ -38,6 +38,8 @@ static char *ngx_tenant_database_listen(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_tenant_pg_conn_info_t *ngx_tenant_conninfo(ngx_conf_t *cf,
     ngx_str_t *conninfo);
+static ngx_tenant_pg_conn_info_t *ngx_tenant_conninfo_keepalive(
+    ngx_conf_t *cf, ngx_tenant_pg_conn_info_t *info);
 static char *ngx_tenant_cache(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_tenant_token_cache(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -460,6 +462,14 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
 
     if (!tmcf->listen_set) {
         tmcf->listen_info = tmcf->db_info;
+    }
+
+    if (tmcf->listen_info) {
+        tmcf->listen_info = ngx_tenant_conninfo_keepalive(cf,
+                                                          tmcf->listen_info);
+        if (tmcf->listen_info == NULL) {
+            return NGX_CONF_ERROR;
+        }
     }
 
     if (tmcf->admin_role.data == NULL) {
@@ -915,6 +925,64 @@ failed:
 }
 
 
+
+
+/*
+ * The listener's connection sits idle for hours: TCP keepalives make a
+ * peer that vanished without closing (a NAT or load balancer forgetting
+ * it, a failover) show up as an error, and the listener reconnects.  The
+ * connection string's own keepalives settings win.
+ */
+
+static ngx_tenant_pg_conn_info_t *
+ngx_tenant_conninfo_keepalive(ngx_conf_t *cf, ngx_tenant_pg_conn_info_t *info)
+{
+    ngx_uint_t                  n, i, k, j;
+    ngx_tenant_pg_conn_info_t  *ka;
+
+    static const char  *keys[] = {
+        "keepalives", "keepalives_idle", "keepalives_interval",
+        "keepalives_count"
+    };
+
+    static const char  *vals[] = { "1", "60", "10", "3" };
+
+    for (n = 0; info->keywords[n]; n++) { /* void */ }
+
+    ka = ngx_palloc(cf->pool, sizeof(ngx_tenant_pg_conn_info_t));
+    if (ka == NULL) {
+        return NULL;
+    }
+
+    ka->keywords = ngx_pcalloc(cf->pool, (n + 5) * sizeof(char *));
+    ka->values = ngx_pcalloc(cf->pool, (n + 5) * sizeof(char *));
+    if (ka->keywords == NULL || ka->values == NULL) {
+        return NULL;
+    }
+
+    for (i = 0; i < n; i++) {
+        ka->keywords[i] = info->keywords[i];
+        ka->values[i] = info->values[i];
+    }
+
+    k = n;
+
+    for (j = 0; j < 4; j++) {
+        for (i = 0; i < n; i++) {
+            if (ngx_strcmp(info->keywords[i], keys[j]) == 0) {
+                break;
+            }
+        }
+
+        if (i == n) {
+            ka->keywords[k] = keys[j];
+            ka->values[k] = vals[j];
+            k++;
+        }
+    }
+
+    return ka;
+}
 
 
 /* tenant_cache zone=name:size [ttl=30s] [negative_ttl=5s] [stale=5m]; */

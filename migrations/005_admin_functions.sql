@@ -4,8 +4,13 @@
 -- transaction) with its audit row, under a lock_timeout the gateway
 -- passes a little under its own timeout (p_lock_ms): a write that waits
 -- for a lock longer than the gateway waits for its answer fails and rolls
--- back instead of committing after the client was told 503.  The
--- functions return the tenant rows they touched.
+-- back instead of committing after the client was told 503.  (Only lock
+-- waits are bounded so: a write slow for another reason can still commit
+-- after the gateway gave up.)  The functions return the tenant rows they
+-- touched.
+--
+-- A tenant is named by its id or, when the text is not a uuid, its slug:
+-- a slug shaped like another tenant's id never selects two rows.
 
 
 -- An id given as text, or NULL when it is not a canonical uuid.
@@ -17,6 +22,18 @@ IMMUTABLE
 AS $$
     SELECT CASE WHEN p_ident ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
                 THEN p_ident::uuid END;
+$$;
+
+
+CREATE OR REPLACE FUNCTION public.admin_tenant_match(t public.tenants,
+                                                    p_ident text)
+RETURNS boolean
+LANGUAGE sql
+IMMUTABLE
+AS $$
+    SELECT CASE WHEN public.admin_tenant_id(p_ident) IS NOT NULL
+                THEN t.id = public.admin_tenant_id(p_ident)
+                ELSE t.slug = p_ident END;
 $$;
 
 
@@ -75,7 +92,7 @@ BEGIN
         rate_limit_override = CASE p_rate WHEN 'keep' THEN t.rate_limit_override
                                           WHEN '' THEN NULL
                                           ELSE p_rate::integer END
-     WHERE t.id = public.admin_tenant_id(p_ident) OR t.slug = p_ident
+     WHERE public.admin_tenant_match(t, p_ident)
     RETURNING t.* INTO v_tenant;
 
     IF FOUND THEN
@@ -104,7 +121,7 @@ BEGIN
 
     IF p_purge THEN
         SELECT * INTO v_tenant FROM public.tenants t
-         WHERE t.id = public.admin_tenant_id(p_ident) OR t.slug = p_ident
+         WHERE public.admin_tenant_match(t, p_ident)
            FOR UPDATE;
 
         IF NOT FOUND THEN
@@ -119,7 +136,7 @@ BEGIN
                 jsonb_build_object('slug', v_tenant.slug));
     ELSE
         UPDATE public.tenants t SET subscription_status = 'cancelled'
-         WHERE t.id = public.admin_tenant_id(p_ident) OR t.slug = p_ident
+         WHERE public.admin_tenant_match(t, p_ident)
         RETURNING t.* INTO v_tenant;
 
         IF NOT FOUND THEN

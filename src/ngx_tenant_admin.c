@@ -52,7 +52,8 @@
 /*
  * The writes are functions of migrations/005: each runs under a
  * lock_timeout a little under the pool's timeout (the last parameter), so
- * a write the gateway gives up on rolls back instead of committing later.
+ * a write the gateway gives up on while it waits for a lock rolls back
+ * instead of committing later.
  */
 
 static const char  ngx_tenant_admin_create_sql[] =
@@ -61,7 +62,8 @@ static const char  ngx_tenant_admin_create_sql[] =
 
 static const char  ngx_tenant_admin_get_sql[] =
     "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.tenants t"
-    " WHERE t.id = public.admin_tenant_id($1) OR t.slug = $1";
+    " WHERE CASE WHEN public.admin_tenant_id($1) IS NOT NULL"
+    " THEN t.id = public.admin_tenant_id($1) ELSE t.slug = $1 END";
 
 static const char  ngx_tenant_admin_list_sql[] =
     "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.tenants t"

@@ -903,4 +903,33 @@ SQL
     nginx_reload(http => http_conf());
 }
 
+
+# --- 12. a slug shaped like another tenant's id -------------------------------
+
+# A lowercase uuid is a valid slug: B's slug is A's id.  An identifier
+# that is a uuid names the tenant with that id only, never a slug.
+{
+    my $a = create(body_for())->{json};
+    my $b = create(body_for(slug => $a->{id}))->{json};
+    is $b->{slug}, $a->{id}, 'a tenant whose slug is another tenant\'s id';
+
+    my $r = api(GET => "$COLL/$a->{id}");
+    is $r->{json}{clerkOrganizationId}, $a->{clerkOrganizationId},
+        'GET by that text: the tenant with that id';
+
+    $r = api(PATCH => "$COLL/$a->{id}", body => { subscriptionTier => 'enterprise' });
+    is $r->{status}, 200, 'PATCH by that text: 200 (one row, not an error)';
+    is sql_value('SELECT subscription_tier FROM public.tenants WHERE id = $1', $a->{id}),
+        'enterprise', '... the tenant with that id changed';
+    is sql_value('SELECT subscription_tier FROM public.tenants WHERE id = $1', $b->{id}),
+        'starter', '... the one with that slug did not';
+
+    $r = api(DELETE => "$COLL/$a->{id}?purge=true");
+    is $r->{status}, 200, 'purge by that text: 200';
+    is sql_value('SELECT count(*) FROM public.tenants WHERE id = $1', $a->{id}), 0,
+        '... the tenant with that id is gone';
+    is sql_value('SELECT count(*) FROM public.tenants WHERE id = $1', $b->{id}), 1,
+        '... the one with that slug is not';
+}
+
 done_testing();
