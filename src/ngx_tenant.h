@@ -255,6 +255,9 @@ ngx_int_t ngx_tenant_problem_send(ngx_http_request_t *r,
 ngx_int_t ngx_tenant_json_send(ngx_http_request_t *r, ngx_uint_t status,
     u_char *body, size_t len);
 ngx_int_t ngx_tenant_empty_send(ngx_http_request_t *r, ngx_uint_t status);
+ngx_int_t ngx_tenant_problem_answer(ngx_http_request_t *r,
+    tenant_problem_t *pb, ngx_uint_t status, char *code, char *title,
+    char *detail);
 ngx_int_t ngx_tenant_body_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *type, u_char *body, size_t len);
 ngx_table_elt_t *ngx_tenant_header_out(ngx_http_request_t *r, char *name,

@@ -754,22 +754,11 @@ ngx_tenant_admin_problem(ngx_http_request_t *r, ngx_uint_t status,
     char *code, char *title, char *detail, tenant_admin_errors_t *errs,
     char *field)
 {
-    char                   *json;
-    size_t                  len;
-    tenant_problem_t        pb;
-    ngx_tenant_loc_conf_t  *tlcf;
-
-    tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+    char              *json;
+    size_t             len;
+    tenant_problem_t   pb;
 
     ngx_memzero(&pb, sizeof(tenant_problem_t));
-
-    pb.type_base = (char *) tlcf->problem_type_base.data;
-    pb.type_base_len = tlcf->problem_type_base.len;
-    pb.code = code;
-    pb.status = (int) status;
-    pb.title = title;
-    pb.detail = detail;
-    pb.detail_len = detail ? ngx_strlen(detail) : 0;
 
     if (field) {
         pb.members[0].name = "field";
@@ -795,13 +784,7 @@ ngx_tenant_admin_problem(ngx_http_request_t *r, ngx_uint_t status,
         pb.nmembers++;
     }
 
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE
-        && ngx_tenant_header_out(r, "Retry-After", (u_char *) "5", 1) == NULL)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_tenant_problem_send(r, &pb);
+    return ngx_tenant_problem_answer(r, &pb, status, code, title, detail);
 }
 
 

@@ -262,34 +262,11 @@ static ngx_int_t
 ngx_tenant_cron_refuse(ngx_http_request_t *r, ngx_uint_t status, char *code,
     char *title)
 {
-    tenant_problem_t        pb;
-    ngx_tenant_loc_conf_t  *tlcf;
-
-    tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+    tenant_problem_t  pb;
 
     ngx_memzero(&pb, sizeof(tenant_problem_t));
 
-    pb.type_base = (char *) tlcf->problem_type_base.data;
-    pb.type_base_len = tlcf->problem_type_base.len;
-    pb.code = code;
-    pb.status = (int) status;
-    pb.title = title;
-
-    if (status == NGX_HTTP_UNAUTHORIZED) {
-        if (ngx_tenant_header_out(r, "WWW-Authenticate", (u_char *) "Bearer",
-                                  sizeof("Bearer") - 1)
-            == NULL)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-    } else if (ngx_tenant_header_out(r, "Retry-After", (u_char *) "5", 1)
-               == NULL)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_tenant_problem_send(r, &pb);
+    return ngx_tenant_problem_answer(r, &pb, status, code, title, NULL);
 }
 
 

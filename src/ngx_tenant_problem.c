@@ -34,6 +34,47 @@ ngx_tenant_problem_send(ngx_http_request_t *r, tenant_problem_t *p)
 }
 
 
+/*
+ * The problem answer of a content handler (admin API, cron job): its type
+ * under the location's tenant_problem_type_base; a 401 gets
+ * "WWW-Authenticate: Bearer", a 503 "Retry-After: 5".  pb may carry
+ * members already.
+ */
+
+ngx_int_t
+ngx_tenant_problem_answer(ngx_http_request_t *r, tenant_problem_t *pb,
+    ngx_uint_t status, char *code, char *title, char *detail)
+{
+    ngx_tenant_loc_conf_t  *tlcf;
+
+    tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+
+    pb->type_base = (char *) tlcf->problem_type_base.data;
+    pb->type_base_len = tlcf->problem_type_base.len;
+    pb->code = code;
+    pb->status = (int) status;
+    pb->title = title;
+    pb->detail = detail;
+    pb->detail_len = detail ? ngx_strlen(detail) : 0;
+
+    if (status == NGX_HTTP_UNAUTHORIZED
+        && ngx_tenant_header_out(r, "WWW-Authenticate", (u_char *) "Bearer",
+                                 sizeof("Bearer") - 1)
+           == NULL)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE
+        && ngx_tenant_header_out(r, "Retry-After", (u_char *) "5", 1) == NULL)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_tenant_problem_send(r, pb);
+}
+
+
 ngx_int_t
 ngx_tenant_empty_send(ngx_http_request_t *r, ngx_uint_t status)
 {
