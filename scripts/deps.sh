@@ -7,7 +7,7 @@ set -euo pipefail
 pkgs=(
     build-essential nginx-core nginx-dev libpq-dev libjansson-dev libssl-dev
     zlib1g-dev libpcre3-dev
-    postgresql postgresql-client
+    postgresql postgresql-client pgbouncer
     libcrypt-jwt-perl libdbd-pg-perl libjson-xs-perl libcryptx-perl
     python3 python3-prometheus-client
     curl wrk openssl ca-certificates
