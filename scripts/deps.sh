@@ -9,8 +9,10 @@ pkgs=(
     zlib1g-dev libpcre3-dev
     postgresql postgresql-client pgbouncer
     libcrypt-jwt-perl libdbd-pg-perl libjson-xs-perl libcryptx-perl
+    libyaml-libyaml-perl
     python3 python3-prometheus-client
     curl wrk openssl ca-certificates
+    prometheus
 )
 
 missing=()

@@ -1,0 +1,331 @@
+#!/usr/bin/env perl
+# The container: scripts/entrypoint.sh (validation, nginx -t, migrations,
+# nginx in the foreground), scripts/build-module.sh, the Dockerfile's
+# consistency with them, and render.yaml.  No Docker engine needed: every
+# step the Dockerfile runs is one of these scripts.
+
+use strict;
+use warnings;
+
+use FindBin      qw($Bin);
+use lib          "$Bin/lib";
+use TenantTest;
+use File::Path   qw(make_path);
+use File::Copy   qw(copy);
+use HTTP::Tiny   ();
+use POSIX        qw(WNOHANG);
+use Time::HiRes  qw(sleep time);
+use Test::More;
+
+my $root   = project_root();
+my $entry  = "$root/scripts/entrypoint.sh";
+my $module = $ENV{TENANT_MODULE} || "$root/build/nginx/objs/ngx_tenant_module.so";
+my $tmp    = TenantTest::tmpdir();
+
+plan skip_all => "$module not built (make module)" unless -f $module;
+
+sub slurp {
+    my ($path) = @_;
+    open my $f, '<', $path or die "$path: $!";
+    local $/;
+    return scalar <$f>;
+}
+
+my $pg   = pg_start(migrate => 0);           # a fresh, bare database
+my $keys = jwt_keys();
+my $port = free_port();
+my $enc  = 'ab' x 32;
+my $cron = 'c' x 40;
+
+my %good = (
+    DATABASE_URL   => $pg->{url},
+    CLERK_JWT_KEY  => slurp($keys->{rsa_pub}),
+    ENCRYPTION_KEY => $enc,
+    CRON_SECRET    => $cron,
+    TENANT_MODULE  => $module,
+    PORT           => $port,
+    DEMO_PORT      => free_port(),
+    BACKEND_URL    => "http://127.0.0.1:" . free_port(),
+    MCP_URL        => "http://127.0.0.1:" . free_port(),
+);
+
+# Variables of the guide that must not leak in from the caller.
+my @ours = qw(DATABASE_URL CLERK_JWT_KEY CLERK_JWKS_FILE CLERK_ISSUER
+              CLERK_AUTHORIZED_PARTIES ENCRYPTION_KEY CRON_SECRET BACKEND_URL
+              MCP_URL DEMO_PORT CORS_ORIGIN RATE_LIMIT_MAX RATE_LIMIT_WINDOW
+              MAX_REQUEST_SIZE LOG_LEVEL UPGRADE_URL METRICS_ALLOW PORT
+              RUN_DIR TENANT_MODULE UPSTREAM_CA_FILE NODE_ENV MIGRATE_ON_START
+              NGINX);
+
+my $seq = 0;
+
+# The environment for a run: %good plus %set, minus keys set to undef.
+sub env_for {
+    my (%set) = @_;
+    my %env = (%good, RUN_DIR => "$tmp/run" . ++$seq, %set);
+    delete @env{ grep { !defined $env{$_} } keys %env };
+    return \%env;
+}
+
+sub spawn {
+    my ($env, $out, @cmd) = @_;
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        delete @ENV{@ours};
+        @ENV{keys %$env} = values %$env;
+        open STDIN,  '<', '/dev/null';
+        open STDOUT, '>', "$out.out" or die;
+        open STDERR, '>', "$out.err" or die;
+        exec @cmd or POSIX::_exit(127);
+    }
+    return $pid;
+}
+
+# Runs a command to completion: (exit status, stdout, stderr).
+sub run {
+    my ($env, @cmd) = @_;
+    my $out = "$tmp/cmd" . ++$seq;
+    waitpid spawn($env, $out, @cmd), 0;
+    my $rc = $? >> 8;
+    return ($rc, slurp("$out.out"), slurp("$out.err"));
+}
+
+
+# ---- (a) --check with a complete environment -----------------------------
+
+{
+    my $env = env_for();
+    my ($rc, $out, $err) = run($env, $entry, '--check');
+    is $rc, 0, 'entrypoint --check: exit 0 with a complete environment'
+        or diag $err;
+    ok -s "$env->{RUN_DIR}/nginx.conf", 'the conf is rendered into RUN_DIR';
+    like slurp("$env->{RUN_DIR}/nginx.conf"), qr/listen\s+$port;/,
+        'on PORT';
+    ok !-s "$env->{RUN_DIR}/nginx.pid", '--check starts no nginx (nginx -t leaves an empty pid file)';
+    for my $secret ($enc, $cron, $pg->{url}) {
+        unlike "$out$err", qr/\Q$secret\E/, 'no secret in the output';
+    }
+}
+
+
+# ---- (b) missing or malformed variables: one line naming it ---------------
+
+my @bad = (
+    [DATABASE_URL   => undef],
+    [DATABASE_URL   => 'mysql://u:p@h/db'],
+    [CLERK_JWT_KEY  => undef],
+    [CLERK_JWT_KEY  => 'not a key'],
+    [ENCRYPTION_KEY => undef],
+    [ENCRYPTION_KEY => 'zz' x 32],
+    [CRON_SECRET    => undef],
+    [CRON_SECRET    => 'short'],
+    [PORT           => 'http'],
+    [TENANT_MODULE  => "$tmp/missing.so"],
+    [MIGRATE_ON_START => 'yes'],
+);
+for my $case (@bad) {
+    my ($name, $value) = @$case;
+    my $what = defined $value ? 'malformed' : 'missing';
+    my ($rc, $out, $err) = run(env_for($name => $value), $entry, '--check');
+    is $rc, 1, "$name $what: exit 1";
+    my @lines = split /\n/, $err;
+    is scalar @lines, 1, "$name $what: one line" or diag $err;
+    like $lines[0] // '', qr/\b$name\b/, "$name $what: the line names it";
+    unlike $err, qr/\Q$enc\E|\Q$cron\E/, "$name $what: no secret printed";
+}
+
+# nginx -t refusing the rendered file: one line too.
+{
+    my $bogus = "$tmp/bogus.so";
+    open my $f, '>', $bogus or die; print $f "not an ELF\n"; close $f;
+    my ($rc, $out, $err) = run(env_for(TENANT_MODULE => $bogus), $entry, '--check');
+    is $rc, 1, 'nginx -t refuses: exit 1';
+    like $err, qr/\Aentrypoint: nginx -t refused [^\n]*\n\z/,
+        'nginx -t refuses: one line' or diag $err;
+}
+
+
+# ---- (c), (d) nginx in the foreground, MIGRATE_ON_START --------------------
+
+my $http = HTTP::Tiny->new(timeout => 2);
+
+# Starts the entrypoint, waits for /api/health, stops nginx with SIGQUIT.
+sub serve {
+    my ($label, %set) = @_;
+    my $env = env_for(%set);
+    my $out = "$tmp/serve" . ++$seq;
+    my $pid = spawn($env, $out, $entry);
+
+    my ($status, $exited) = (0);
+    my $deadline = time + 30;
+    while (time < $deadline) {
+        if (waitpid($pid, WNOHANG) == $pid) { $exited = 1; last }
+        my $res = $http->get("http://127.0.0.1:$env->{PORT}/api/health");
+        $status = $res->{status};
+        last if $status == 200;
+        sleep 0.2;
+    }
+    is $status, 200, "$label: /api/health answers 200"
+        or diag slurp("$out.err");
+
+    my $master = -s "$env->{RUN_DIR}/nginx.pid"
+        ? slurp("$env->{RUN_DIR}/nginx.pid") =~ s/\s+//gr : '';
+    is $master, $pid, "$label: the nginx master is the entrypoint's process (exec)"
+        unless $exited;
+    kill 'QUIT', $master if $master =~ /^\d+$/;
+    kill 'QUIT', $pid unless $exited;
+    my $done = $exited;
+    for (1 .. 150) {
+        last if $done;
+        $done = waitpid($pid, WNOHANG) == $pid;
+        sleep 0.1 unless $done;
+    }
+    if (!$done) { kill 'KILL', $pid; waitpid $pid, 0 }
+    ok $done && !$exited, "$label: SIGQUIT stops it";
+    is $? >> 8, 0, "$label: exit status 0" if $done && !$exited;
+    return (slurp("$out.out"), slurp("$out.err"));
+}
+
+my $migrated = "SELECT to_regclass('public.schema_migrations') IS NOT NULL";
+
+{
+    my ($out, $err) = serve('MIGRATE_ON_START unset');
+    unlike "$out$err", qr/\Q$enc\E|\Q$cron\E/, 'no secret in the output';
+    ok !sql_value($migrated), 'MIGRATE_ON_START unset: no migration applied';
+}
+
+{
+    my ($out, $err) = serve('MIGRATE_ON_START=1', MIGRATE_ON_START => 1);
+    my @files = glob "$root/migrations/*.sql";
+    ok sql_value($migrated), 'MIGRATE_ON_START=1: schema_migrations exists';
+    is sql_value('SELECT count(*) FROM public.schema_migrations'),
+        scalar @files, 'MIGRATE_ON_START=1: every migration applied';
+    ok sql_value("SELECT to_regclass('public.tenants') IS NOT NULL"),
+        'MIGRATE_ON_START=1: public.tenants exists';
+}
+
+
+# ---- (e) the Dockerfile ---------------------------------------------------
+
+my $dockerfile = slurp("$root/Dockerfile") =~ s/\\\n/ /gr;
+my (@stages, $stage);
+for (split /\n/, $dockerfile) {
+    next if /^\s*(#|$)/;
+    my ($ins, $args) = /^\s*(\w+)\s+(.*?)\s*$/ or next;
+    $ins = uc $ins;
+    if ($ins eq 'FROM') {
+        push @stages, $stage = { from => $args, lines => [] };
+        next;
+    }
+    push @{ $stage->{lines} }, [$ins, $args];
+}
+is scalar @stages, 2, 'Dockerfile: two stages';
+my ($build, $runtime) = @stages;
+like $build->{from},   qr/^debian:bookworm\s+AS\s+build$/i, 'build stage: FROM debian:bookworm';
+like $runtime->{from}, qr/^debian:bookworm-slim\b/, 'runtime stage: FROM debian:bookworm-slim';
+
+my %exercised = ('build-module.sh' => 1, 'entrypoint.sh' => 1);
+for my $s (@stages) {
+    for (@{ $s->{lines} }) {
+        my ($ins, $args) = @$_;
+        next unless $ins =~ /^(RUN|ENTRYPOINT|HEALTHCHECK|CMD)$/;
+        for my $script ($args =~ m{scripts/([\w.-]+\.sh)}g) {
+            ok -x "$root/scripts/$script", "Dockerfile $ins: scripts/$script exists";
+            ok $exercised{$script}, "Dockerfile $ins: scripts/$script is exercised here";
+        }
+    }
+}
+
+my %rt;
+push @{ $rt{$_->[0]} }, $_->[1] for @{ $runtime->{lines} };
+my ($user) = @{ $rt{USER} || [] };
+ok defined $user && $user !~ /^(root|0)(:|$)/, 'runtime: USER is not root';
+ok $rt{EXPOSE}, 'runtime: EXPOSE';
+like "@{ $rt{HEALTHCHECK} || [] }", qr{CMD .*/api/health}, 'runtime: HEALTHCHECK on /api/health';
+my ($ep) = @{ $rt{ENTRYPOINT} || [] };
+like $ep // '', qr{^\["/srv/gateway/scripts/entrypoint\.sh"\]$}, 'runtime: ENTRYPOINT';
+
+# build-module.sh as the build stage runs it (but building nothing: the
+# module must already be up to date), into the directory the runtime
+# stage copies from.
+{
+    my ($run) = map { $_->[1] } grep { $_->[0] eq 'RUN' } @{ $build->{lines} };
+    my ($dest) = ($run // '') =~ m{scripts/build-module\.sh\s+(\S+)};
+    ok $dest, 'build stage: RUN scripts/build-module.sh DEST';
+    my ($copy) = grep { m{^--from=build\s} } @{ $rt{COPY} || [] };
+    like $copy // '', qr{^--from=build\s+\Q$dest\E/ngx_tenant_module\.so\s+/usr/lib/nginx/modules/},
+        'runtime: copies the module from the build stage\'s DEST';
+
+    my $out_dir = "$tmp/out";
+    my ($rc, $out, $err) = run({}, "$root/scripts/build-module.sh",
+                               '--no-deps', '--if-up-to-date', $out_dir);
+    is $rc, 0, 'build-module.sh: exit 0' or diag $err;
+    my $last = (split /\n/, $out)[-1] // '';
+    is $last, "$out_dir/ngx_tenant_module.so", 'build-module.sh: prints the module path';
+    ok -s $last, 'build-module.sh: the module is there';
+}
+
+# The runtime layout: the runtime stage's COPY lines (from the context)
+# into a fake root, then entrypoint --check from there, the module at the
+# image's path.
+{
+    my $fake = "$tmp/image";
+    for my $args (@{ $rt{COPY} || [] }) {
+        next if $args =~ /^--from/;
+        my @w = split ' ', $args;
+        my $dest = pop @w;
+        for my $src (@w) {
+            if (-d "$root/$src") {
+                make_path("$fake$dest");
+                copy($_, "$fake$dest/") or die "$_: $!" for glob "$root/$src/*";
+            } else {
+                make_path("$fake$dest");
+                copy("$root/$src", "$fake$dest/") or die "$src: $!";
+                chmod 0755, "$fake$dest/" . ($src =~ s{.*/}{}r);
+            }
+        }
+    }
+    my $env = env_for(TENANT_MODULE => $module);
+    my ($rc, $out, $err) = run($env, "$fake/srv/gateway/scripts/entrypoint.sh", '--check');
+    is $rc, 0, 'the image layout: entrypoint --check passes' or diag $err;
+    ok -x "$fake/srv/gateway/scripts/migrate.sh", 'the image layout: migrate.sh';
+    my @files = glob "$fake/srv/gateway/migrations/*.sql";
+    ok scalar @files, 'the image layout: migrations';
+}
+
+
+# ---- (f) render.yaml ------------------------------------------------------
+
+SKIP: {
+    eval { require YAML::XS; 1 }
+        or skip 'YAML::XS missing (libyaml-libyaml-perl; make deps)', 1;
+    my $y = eval { YAML::XS::LoadFile("$root/render.yaml") };
+    ok ref $y eq 'HASH', 'render.yaml parses' or diag $@;
+    my @svc = @{ $y->{services} || [] };
+    my ($web)  = grep { ($_->{type} // '') eq 'web' } @svc;
+    my ($cronj) = grep { ($_->{type} // '') eq 'cron' } @svc;
+    ok $web, 'render.yaml: a web service';
+    is $web->{runtime}, 'docker', 'web: runtime docker';
+    is $web->{dockerfilePath}, './Dockerfile', 'web: the Dockerfile';
+    is $web->{healthCheckPath}, '/api/health', 'web: healthCheckPath /api/health';
+    my %ev = map { $_->{key} => $_ } @{ $web->{envVars} || [] };
+    for my $k (qw(CLERK_JWT_KEY ENCRYPTION_KEY)) {
+        ok exists $ev{$k}{sync} && !$ev{$k}{sync}, "web: $k sync: false";
+    }
+    ok $ev{CRON_SECRET}{generateValue}, 'web: CRON_SECRET generated';
+    my ($db) = @{ $y->{databases} || [] };
+    ok $db && $db->{name}, 'render.yaml: a database';
+    is $ev{DATABASE_URL}{fromDatabase}{name}, $db->{name},
+        'web: DATABASE_URL from that database';
+    is $ev{DATABASE_URL}{fromDatabase}{property}, 'connectionString',
+        'web: its connection string';
+    ok $cronj, 'render.yaml: a cron job';
+    like $cronj->{dockerCommand} // $cronj->{startCommand} // '',
+        qr{POST.*Authorization: Bearer \$CRON_SECRET.*/api/cron/expire-trials}s,
+        'cron: POSTs /api/cron/expire-trials with the bearer CRON_SECRET';
+    my ($cs) = grep { $_->{key} eq 'CRON_SECRET' } @{ $cronj->{envVars} || [] };
+    is $cs->{fromService}{envVarKey}, 'CRON_SECRET', 'cron: CRON_SECRET from the gateway';
+    is $cs->{fromService}{name}, $web->{name}, 'cron: that gateway';
+}
+
+done_testing;
