@@ -49,11 +49,18 @@ typedef enum {
 
 
 #define NGX_TENANT_PG_BUCKETS     12
+#define NGX_TENANT_PG_WORKERS     64      /* gauges kept per worker */
 
 
-/* The database pool's counters, in the metrics zone. */
+/*
+ * The database pool's counters, in the metrics zone; the connection
+ * gauges have a slot per worker (ngx_worker), zeroed when a worker
+ * starts, so that a worker that died leaves nothing behind.
+ */
 
 typedef struct {
+    ngx_atomic_t              open[NGX_TENANT_PG_WORKERS];
+    ngx_atomic_t              busy[NGX_TENANT_PG_WORKERS];
     ngx_atomic_t              queries;
     ngx_atomic_t              errors;
     ngx_atomic_t              connects;

@@ -203,7 +203,8 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
     u_char                   *body, *p;
     size_t                    len;
     ngx_str_t                 type = ngx_string("text/plain; version=0.0.4");
-    ngx_uint_t                s, o, i, cum;
+    ngx_uint_t                s, o, i, cum, open, busy, workers;
+    ngx_core_conf_t          *ccf;
     ngx_tenant_metrics_sh_t  *m;
     ngx_tenant_main_conf_t   *tmcf;
 
@@ -222,7 +223,7 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
           + NGX_TENANT_METRIC_TIERS * NGX_TENANT_NOUTCOMES
             * (sizeof("tenant_requests_total{outcome=\"\",tier=\"\"} \n")
                + 16 + TENANT_NAME_MAX + NGX_ATOMIC_T_LEN)
-          + 3 * 1024
+          + 4 * 1024
           + NGX_TENANT_PG_BUCKETS * 96;
 
     body = ngx_pnalloc(r->pool, len);
@@ -291,6 +292,31 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
     p = ngx_tenant_metrics_family(p, "tenant_db_connects_total", "counter",
             "Connections opened to PostgreSQL (reconnects included).");
     p = ngx_sprintf(p, "tenant_db_connects_total %uA\n", m->db.connects);
+
+    open = 0;
+    busy = 0;
+    ccf = (ngx_core_conf_t *) ngx_get_conf(ngx_cycle->conf_ctx,
+                                           ngx_core_module);
+    workers = ngx_min((ngx_uint_t) ccf->worker_processes,
+                      NGX_TENANT_PG_WORKERS);
+
+    for (i = 0; i < workers; i++) {
+        open += m->db.open[i];
+        busy += m->db.busy[i];
+    }
+
+    p = ngx_tenant_metrics_family(p, "tenant_db_connections", "gauge",
+            "Connections of the workers' pools to PostgreSQL, open and "
+            "busy with a query.");
+    p = ngx_sprintf(p, "tenant_db_connections{state=\"open\"} %ui\n"
+                    "tenant_db_connections{state=\"busy\"} %ui\n",
+                    open, busy);
+
+    p = ngx_tenant_metrics_family(p, "tenant_db_pool_capacity", "gauge",
+            "Connections the workers' pools may open (pool= times the "
+            "workers).");
+    p = ngx_sprintf(p, "tenant_db_pool_capacity %ui\n",
+                    tmcf->db_pool_size * workers);
 
     p = ngx_tenant_metrics_family(p, "tenant_db_query_duration_seconds",
             "histogram", "Time from sending a query to its result.");

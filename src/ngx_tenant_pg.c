@@ -46,6 +46,7 @@ struct ngx_tenant_pg_pool_s {
     ngx_uint_t                 down;
 
     ngx_tenant_pg_stats_t     *stats;        /* in shared memory */
+    ngx_uint_t                 slot;         /* this worker's gauges */
 
     ngx_tenant_pg_notify_pt    notify;
     ngx_tenant_pg_closed_pt    closed;
@@ -71,6 +72,8 @@ static void ngx_tenant_pg_down(ngx_tenant_pg_pool_t *pool);
 static u_char *ngx_tenant_pg_error(ngx_tenant_pg_conn_t *conn,
     size_t *len);
 static void ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn);
+static void ngx_tenant_pg_state(ngx_tenant_pg_conn_t *conn,
+    ngx_tenant_pg_state_e state);
 static void ngx_tenant_pg_dispatch(ngx_tenant_pg_pool_t *pool);
 static void ngx_tenant_pg_latency(ngx_tenant_pg_pool_t *pool,
     ngx_tenant_pg_req_t *req);
@@ -110,6 +113,11 @@ ngx_tenant_pg_pool_create(ngx_cycle_t *cycle, const char *const *keywords,
     pool->timeout = timeout;
     pool->log = cycle->log;
     pool->stats = stats;
+    pool->slot = (ngx_process == NGX_PROCESS_WORKER)
+                 ? ngx_min(ngx_worker, NGX_TENANT_PG_WORKERS - 1) : 0;
+
+    stats->open[pool->slot] = 0;
+    stats->busy[pool->slot] = 0;
 
     ngx_queue_init(&pool->waiting);
 
@@ -500,7 +508,7 @@ ngx_tenant_pg_poll(ngx_tenant_pg_conn_t *conn)
 
     conn->log.action = "talking to PostgreSQL";
     conn->pool->down = 0;
-    conn->state = NGX_TENANT_PG_IDLE;
+    ngx_tenant_pg_state(conn, NGX_TENANT_PG_IDLE);
 
     if (conn->req) {
         ngx_tenant_pg_send(conn);
@@ -541,7 +549,7 @@ ngx_tenant_pg_send(ngx_tenant_pg_conn_t *conn)
             return;
         }
 
-        conn->state = NGX_TENANT_PG_BUSY;
+        ngx_tenant_pg_state(conn, NGX_TENANT_PG_BUSY);
         req->sent_at = ngx_current_msec;
 
         (void) ngx_atomic_fetch_add(&conn->pool->stats->queries, 1);
@@ -598,7 +606,7 @@ done:
 
     req = conn->req;
     conn->req = NULL;
-    conn->state = NGX_TENANT_PG_IDLE;
+    ngx_tenant_pg_state(conn, NGX_TENANT_PG_IDLE);
 
     if (PQstatus(conn->pgconn) != CONNECTION_OK) {
         ngx_tenant_pg_close(conn);
@@ -782,7 +790,35 @@ ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn)
         conn->pgconn = NULL;
     }
 
-    conn->state = NGX_TENANT_PG_FREE;
+    ngx_tenant_pg_state(conn, NGX_TENANT_PG_FREE);
+}
+
+
+/* Moves a connection to another state, keeping the gauges in step. */
+
+static void
+ngx_tenant_pg_state(ngx_tenant_pg_conn_t *conn, ngx_tenant_pg_state_e state)
+{
+    ngx_uint_t              was_open, is_open;
+    ngx_tenant_pg_stats_t  *st;
+
+    st = conn->pool->stats;
+
+    was_open = (conn->state == NGX_TENANT_PG_IDLE
+                || conn->state == NGX_TENANT_PG_BUSY);
+    is_open = (state == NGX_TENANT_PG_IDLE || state == NGX_TENANT_PG_BUSY);
+
+    if (was_open != is_open) {
+        (void) ngx_atomic_fetch_add(&st->open[conn->pool->slot],
+                                    is_open ? 1 : -1);
+    }
+
+    if ((conn->state == NGX_TENANT_PG_BUSY) != (state == NGX_TENANT_PG_BUSY)) {
+        (void) ngx_atomic_fetch_add(&st->busy[conn->pool->slot],
+                                    state == NGX_TENANT_PG_BUSY ? 1 : -1);
+    }
+
+    conn->state = state;
 }
 
 

@@ -383,8 +383,18 @@ is scalar(nginx_workers()), 2, 'two workers';
         tenant_db_queries                => 'counter',
         tenant_db_errors                 => 'counter',
         tenant_db_connects               => 'counter',
+        tenant_db_connections            => 'gauge',
+        tenant_db_pool_capacity          => 'gauge',
         tenant_db_query_duration_seconds => 'histogram',
     }, 'metric families and their types';
+
+    # pool use: pool=2 times 2 workers; at rest, nothing busy
+    my %conn = map { $_->[0]{state} => $_->[1] } samples($m, 'tenant_db_connections');
+    is_deeply [sort keys %conn], [qw(busy open)], 'tenant_db_connections: open and busy';
+    is $conn{busy}, 0, 'tenant_db_connections{state="busy"}: 0 at rest';
+    cmp_ok $conn{open}, '<=', 4, 'open connections within the pools';
+    is((samples($m, 'tenant_db_pool_capacity'))[0][1], 4,
+       'tenant_db_pool_capacity: pool=2 x 2 workers');
 
     my @outcomes = qw(admitted preflight unauthorized bad_request forbidden
                       feature_denied trial_expired rate_limited unavailable error);
