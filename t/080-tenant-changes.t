@@ -588,32 +588,6 @@ sub cron {
                 (defined $o{body} ? (body => $o{body}) : ()));
 }
 
-# A request in a child process; wait_http() collects the answer.  The
-# child leaves with _exit: no END blocks, no harness cleanup.
-sub async_http {
-    my (%req) = @_;
-    pipe my $rd, my $wr or die "pipe: $!";
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        close $rd;
-        my $r = eval { http(%req) } || { status => 0, error => "$@" };
-        delete @$r{qw(raw)};
-        print $wr JSON::XS->new->encode($r);
-        close $wr;
-        POSIX::_exit(0);
-    }
-    close $wr;
-    return { pid => $pid, fh => $rd };
-}
-
-sub wait_http {
-    my ($h) = @_;
-    my $json = do { local $/; readline $h->{fh} };
-    close $h->{fh};
-    waitpid $h->{pid}, 0;
-    return JSON::XS->new->decode($json || '{"status":0,"error":"child died"}');
-}
-
 sub trial_status {
     my ($id) = @_;
     return sql_value('SELECT subscription_status FROM public.tenants WHERE id = $1', $id);

@@ -235,34 +235,6 @@ sub gw_outcomes {
     return \@o;
 }
 
-# A request in a child process; wait_http() collects the answer.  The
-# child leaves with _exit: no END blocks, no harness cleanup.
-sub async_http {
-    my (%req) = @_;
-    pipe my $rd, my $wr or die "pipe: $!";
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        close $rd;
-        my $r = eval { http(%req) } || { status => 0, error => "$@" };
-        delete @$r{qw(raw)};
-        print $wr JSON::XS->new->encode($r);
-        close $wr;
-        POSIX::_exit(0);
-    }
-    close $wr;
-    return { pid => $pid, fh => $rd, start => time };
-}
-
-sub http_done { my ($h) = @_; return IO::Select->new($h->{fh})->can_read(0) ? 1 : 0 }
-
-sub wait_http {
-    my ($h) = @_;
-    my $json = do { local $/; readline $h->{fh} };
-    close $h->{fh};
-    waitpid $h->{pid}, 0;
-    return JSON::XS->new->decode($json || '{"status":0,"error":"child died"}');
-}
-
 # Repeats $try every 20 ms until it returns true or $secs pass.
 sub wait_for {
     my ($secs, $try) = @_;

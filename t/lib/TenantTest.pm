@@ -71,7 +71,7 @@ our @EXPORT = qw(
     echo_start echo_stop
     nginx_start nginx_reload nginx_stop nginx_conf_test nginx_workers
     error_log log_mark error_log_allow
-    http free_port project_root
+    http async_http wait_http http_done free_port project_root
 );
 
 our $ROOT   = abs_path(dirname(__FILE__) . '/../..');
@@ -1016,6 +1016,39 @@ Test2::API::test2_add_callback_testing_done(sub {
                           . 'report or crash')
         or Test::More::diag(join "\n", 'bad lines:', @bad);
 });
+
+# A request in a child process (for concurrent requests); wait_http()
+# collects its answer, http_done() tells whether it has one.  The child
+# leaves with _exit: no END blocks, no harness cleanup.
+sub async_http {
+    my (%req) = @_;
+    pipe my $rd, my $wr or die "pipe: $!";
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        close $rd;
+        my $r = eval { http(%req) } || { status => 0, error => "$@" };
+        delete @$r{qw(raw)};
+        print $wr JSON::XS->new->encode($r);
+        close $wr;
+        POSIX::_exit(0);
+    }
+    close $wr;
+    return { pid => $pid, fh => $rd, start => time };
+}
+
+sub http_done {
+    my ($h) = @_;
+    return IO::Select->new($h->{fh})->can_read(0) ? 1 : 0;
+}
+
+sub wait_http {
+    my ($h) = @_;
+    my $json = do { local $/; readline $h->{fh} };
+    close $h->{fh};
+    waitpid $h->{pid}, 0;
+    return JSON::XS->new->decode($json || '{"status":0,"error":"child died"}');
+}
+
 
 sub _cleanup {
     my ($status) = @_;
