@@ -293,6 +293,33 @@ tenant_keyset_find(const tenant_keyset_t *ks, const char *kid,
 }
 
 
+int
+tenant_keyset_copy(tenant_keyset_t *dst, const tenant_keyset_t *src)
+{
+    size_t  i;
+
+    if (dst->nkeys + src->nkeys > TENANT_JWKS_MAX_KEYS) {
+        return -1;
+    }
+
+    for (i = 0; i < src->nkeys; i++) {
+        if (EVP_PKEY_up_ref(src->keys[i].pkey) != 1) {
+            while (i--) {
+                dst->nkeys--;
+                EVP_PKEY_free(dst->keys[dst->nkeys].pkey);
+                memset(&dst->keys[dst->nkeys], 0, sizeof(tenant_key_t));
+            }
+
+            return -1;
+        }
+
+        dst->keys[dst->nkeys++] = src->keys[i];
+    }
+
+    return 0;
+}
+
+
 void
 tenant_keyset_free(tenant_keyset_t *ks)
 {

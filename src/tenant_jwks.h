@@ -76,6 +76,13 @@ const tenant_key_t *tenant_keyset_next(const tenant_keyset_t *ks,
 const tenant_key_t *tenant_keyset_find(const tenant_keyset_t *ks,
     const char *kid, size_t kid_len);
 
+/*
+ * Appends src's keys to dst, sharing their EVP_PKEYs (reference counted):
+ * the keys of the configuration and those of a fetched JWKS in one set.
+ * Returns 0, or -1 when dst cannot hold them all (dst is then unchanged).
+ */
+int tenant_keyset_copy(tenant_keyset_t *dst, const tenant_keyset_t *src);
+
 /* Frees every EVP_PKEY and empties the set. */
 void tenant_keyset_free(tenant_keyset_t *ks);
 

@@ -602,6 +602,64 @@ test_find(void)
 }
 
 
+/*
+ * The configuration's keys copied into a set of their own, then a fetched
+ * JWKS added: both verify; the copy outlives the original (shared
+ * EVP_PKEYs are reference counted); a set that would overflow is refused
+ * and left as it was.
+ */
+
+static void
+test_copy(void)
+{
+    char             pem[4096];
+    size_t           i;
+    tenant_keyset_t  conf, live, full;
+
+    memset(&conf, 0, sizeof(conf));
+    memset(&live, 0, sizeof(live));
+    memset(&full, 0, sizeof(full));
+
+    pem_of(rsa, pem, sizeof(pem));
+    add_pem(&conf, pem, NULL);
+
+    is_int(tenant_keyset_copy(&live, &conf), 0, "copy: the PEM key");
+    is_int(add_jwks(&live, jwks2(ec, "\"kid\":\"ec-1\"", rsa2,
+                                 "\"kid\":\"rsa-2\"")), 0,
+           "  plus a fetched JWKS of two keys");
+    is_int(live.nkeys, 3, "  three keys");
+    is_int(conf.nkeys, 1, "  the configuration's set is unchanged");
+
+    tenant_keyset_free(&conf);
+
+    is_int(verify_with(&live, rsa, "{\"alg\":\"RS256\"}"), TENANT_JWT_OK,
+           "  the copied key verifies after the original set is freed");
+    is_int(verify_with(&live, ec, "{\"alg\":\"ES256\",\"kid\":\"ec-1\"}"),
+           TENANT_JWT_OK, "  the fetched EC key verifies");
+    is_int(verify_with(&live, rsa2,
+                       "{\"alg\":\"RS256\",\"kid\":\"rsa-2\"}"),
+           TENANT_JWT_OK, "  the fetched RSA key verifies");
+    is_int(verify_with(&live, rsa2,
+                       "{\"alg\":\"RS256\",\"kid\":\"rsa-9\"}"),
+           TENANT_JWT_BAD_SIGNATURE,
+           "  an unknown kid falls back to the kid-less PEM key only");
+
+    /* room for two keys, three to copy */
+
+    for (i = 0; i < TENANT_JWKS_MAX_KEYS - 2; i++) {
+        pem_of(ec2, pem, sizeof(pem));
+        add_pem(&full, pem, NULL);
+    }
+
+    is_int(tenant_keyset_copy(&full, &live), -1,
+           "copy into a set without room: refused");
+    is_int(full.nkeys, TENANT_JWKS_MAX_KEYS - 2, "  and the set unchanged");
+
+    tenant_keyset_free(&full);
+    tenant_keyset_free(&live);
+}
+
+
 int
 main(void)
 {
@@ -615,6 +673,7 @@ main(void)
     test_jwks();
     test_find();
     test_rotation();
+    test_copy();
 
     EVP_PKEY_free(rsa);
     EVP_PKEY_free(rsa2);
