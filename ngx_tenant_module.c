@@ -148,6 +148,13 @@ static ngx_command_t  ngx_tenant_commands[] = {
       1,
       NULL },
 
+    { ngx_string("tenant_jwks_request"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_tenant_jwks_request,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("tenant_jwt_algorithms"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_tenant_jwt_algorithms,
@@ -618,10 +625,10 @@ ngx_tenant_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_OK;
     }
 
-    if (tmcf->keys->nkeys == 0) {
+    if (tmcf->keys->nkeys == 0 && tmcf->jwks == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"tenant_gateway\" needs \"tenant_jwt_key\" or "
-                           "\"tenant_jwks_file\"");
+                           "\"tenant_gateway\" needs \"tenant_jwt_key\", "
+                           "\"tenant_jwks_file\" or \"tenant_jwks_request\"");
         return NGX_CONF_ERROR;
     }
 
@@ -1740,6 +1747,10 @@ ngx_tenant_exit_process(ngx_cycle_t *cycle)
     ngx_tenant_main_conf_t  *tmcf;
 
     tmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_tenant_module);
+
+    if (tmcf) {
+        ngx_tenant_jwks_exit(tmcf);
+    }
 
     if (tmcf && tmcf->pg) {
         ngx_tenant_pg_pool_destroy(tmcf->pg);

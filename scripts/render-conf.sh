@@ -14,7 +14,16 @@
 #                            key=value string
 #   CLERK_JWT_KEY            PEM public key text (RSA >= 2048 or EC P-256),
 #                            written to RUN_DIR/clerk-jwt-key.pem (0600);
-#   CLERK_JWKS_FILE          or a JWKS JSON file; at least one is required
+#   CLERK_JWKS_FILE          or a JWKS JSON file;
+#   CLERK_JWKS_URL           or a JWKS URL fetched at run time (https://;
+#                            http:// only for localhost); default
+#                            https://api.clerk.com/v1/jwks when
+#                            CLERK_SECRET_KEY is set.  At least one of
+#                            the four is required.
+#   CLERK_SECRET_KEY         optional: sent as "Authorization: Bearer" to
+#                            CLERK_JWKS_URL (Clerk's Backend API needs it)
+#   RESOLVER                 DNS servers for CLERK_JWKS_URL (nginx's
+#                            resolver); default: /etc/resolv.conf's
 #   CLERK_ISSUER             optional: https:// URL (http:// for localhost)
 #   CLERK_AUTHORIZED_PARTIES optional: comma-separated origins
 #   ENCRYPTION_KEY           required: 64 hex digits (signs tenant headers)
@@ -229,10 +238,62 @@ unsafe_path "$module" \
 
 get jwt_key CLERK_JWT_KEY
 get jwks_file CLERK_JWKS_FILE
+get clerk_secret CLERK_SECRET_KEY
+jwks_url_default=
+[ -n "$clerk_secret" ] && jwks_url_default=https://api.clerk.com/v1/jwks
+get jwks_url CLERK_JWKS_URL "$jwks_url_default"
 key_file=
+jwks_tls=
+resolver=
 
-[ -n "$jwt_key$jwks_file" ] \
-    || die "CLERK_JWT_KEY: required (Clerk's PEM public key), or set CLERK_JWKS_FILE"
+[ -n "$jwt_key$jwks_file$jwks_url" ] \
+    || die "CLERK_JWT_KEY: required (Clerk's PEM public key), or set CLERK_SECRET_KEY (keys fetched from Clerk), CLERK_JWKS_URL or CLERK_JWKS_FILE"
+
+if [ -n "$clerk_secret" ]; then
+    # it goes into the configuration inside "...": token68 only
+    [[ $clerk_secret =~ ^[A-Za-z0-9._~+/-]+=*$ ]] \
+        || die "CLERK_SECRET_KEY: must be letters, digits and -._~+/ (Clerk's sk_live_... or sk_test_...)"
+    [[ $clerk_secret == sk_* ]] \
+        || warn "CLERK_SECRET_KEY does not start with sk_: is it Clerk's secret key?"
+fi
+
+if [ -n "$jwks_url" ]; then
+    [[ $jwks_url =~ ^(https?)://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~/%+=-]*)?$ ]] \
+        || die "CLERK_JWKS_URL: must be an https:// URL of a JWKS, e.g. https://api.clerk.com/v1/jwks$(got "$jwks_url")"
+    jwks_host=${BASH_REMATCH[2]}
+    if [ "${BASH_REMATCH[1]}" = https ]; then
+        jwks_tls=1
+    elif ! [[ $jwks_host =~ ^(localhost|127\.0\.0\.1|\[::1\])$ ]]; then
+        die "CLERK_JWKS_URL: must be https:// (http:// only for localhost)$(got "$jwks_url")"
+    fi
+
+    # A host name is resolved when the keys are fetched, by nginx's
+    # resolver: RESOLVER, else the name servers of /etc/resolv.conf.
+    get resolver RESOLVER
+    if [ -z "$resolver" ] && [ -r /etc/resolv.conf ]; then
+        while read -r word addr _; do
+            [ "$word" = nameserver ] && [ -n "$addr" ] || continue
+            [[ $addr == *%* ]] && continue          # link-local with a zone
+            [[ $addr == *:* ]] && addr="[$addr]"
+            resolver+="${resolver:+ }$addr"
+        done < /etc/resolv.conf
+    fi
+    for a in $resolver; do
+        [[ $a =~ ^([0-9]{1,3}(\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$ ]] \
+            || die "RESOLVER: \"$a\" is not an address (IPv4, [IPv6] or a name, optional :port)"
+    done
+    if [ -z "$resolver" ] \
+        && ! [[ $jwks_host =~ ^([0-9.]+|\[[0-9A-Fa-f:.]+\]|localhost)$ ]]
+    then
+        die "RESOLVER: required to resolve $jwks_host (CLERK_JWKS_URL): no nameserver in /etc/resolv.conf"
+    fi
+    [ "$jwks_host" = localhost ] \
+        && jwks_url=${jwks_url/\/\/localhost/\/\/127.0.0.1}
+fi
+
+if [ -n "$clerk_secret" ] && [ -z "$jwks_url" ]; then
+    warn "CLERK_SECRET_KEY is set but not used (CLERK_JWKS_URL is empty)"
+fi
 
 if [ -n "$jwt_key" ]; then
     # Dashboards and .env files often hold the PEM on one line with "\n".
@@ -364,13 +425,15 @@ if [ -n "$demo" ]; then
         || warn "MCP_URL unset: /mcp/ goes to the demo upstream on 127.0.0.1:$demo_port"
 fi
 
+[ -n "$jwks_tls" ] && ca_file=1
+
 if [ -n "$ca_file" ]; then
     get ca_file UPSTREAM_CA_FILE /etc/ssl/certs/ca-certificates.crt
     abs ca_file "$ca_file"
     unsafe_path "$ca_file" \
         && die "UPSTREAM_CA_FILE: must be a path without spaces, quotes or any of ;{}\$#\\"
     [ -r "$ca_file" ] \
-        || die "UPSTREAM_CA_FILE: $ca_file is not readable (needed for https upstreams)"
+        || die "UPSTREAM_CA_FILE: $ca_file is not readable (needed for https upstreams and CLERK_JWKS_URL)"
 fi
 
 
@@ -402,6 +465,9 @@ export RC_MAX_REQUEST_SIZE=$max_request_size
 export RC_DATABASE_URL=$(nginx_quote "$database_url")
 export RC_TENANT_JWT_KEY_FILE=$key_file
 export RC_CLERK_JWKS_FILE=$jwks_file
+export RC_CLERK_JWKS_URL=$jwks_url
+export RC_CLERK_SECRET_KEY=$clerk_secret
+export RC_RESOLVER=$resolver
 export RC_CLERK_ISSUER=$issuer
 export RC_CLERK_AUTHORIZED_PARTIES=$parties
 export RC_ENCRYPTION_KEY=$encryption_key

@@ -9,6 +9,8 @@
 #   JWT_KEY        instead of the three tokens: the private key that signs
 #                  them (default .local/demo/jwt-private.pem, make run's
 #                  demo key, when it exists)
+#   JWT_KID        the kid of the tokens minted with JWT_KEY (default none;
+#                  needed when the gateway's keys come from a JWKS)
 #
 # Creating the tenants is idempotent (409: they exist already); exit 0
 # only when every step passed.
@@ -19,7 +21,8 @@ base=${BASE_URL:-http://127.0.0.1:8080}
 key=${JWT_KEY:-$root/.local/demo/jwt-private.pem}
 
 mint() {
-    "$root/scripts/mint-token.pl" --key "$key" --ttl 600 "$@"
+    "$root/scripts/mint-token.pl" --key "$key" --ttl 600 \
+        ${JWT_KID:+--kid "$JWT_KID"} "$@"
 }
 
 if [ -z "${ADMIN_TOKEN:-}${TENANT_TOKEN:-}${STARTER_TOKEN:-}" ] && [ -f "$key" ]; then

@@ -29,6 +29,16 @@
 
 typedef struct ngx_tenant_pg_pool_s  ngx_tenant_pg_pool_t;
 typedef struct ngx_tenant_cache_s    ngx_tenant_cache_t;
+typedef struct ngx_tenant_jwks_s     ngx_tenant_jwks_t;
+
+
+typedef struct {
+    ngx_uint_t                configured;
+    ngx_uint_t                keys;            /* the document's */
+    time_t                    age;             /* -1: never fetched */
+    ngx_atomic_uint_t         ok;
+    ngx_atomic_uint_t         failed;
+} ngx_tenant_jwks_stats_t;
 
 
 /* What became of a request on a gateway location, for metrics. */
@@ -136,7 +146,8 @@ typedef struct {
     ngx_tenant_cache_t       *token_cache;
 
     /* JWT */
-    tenant_keyset_t          *keys;
+    tenant_keyset_t          *keys;            /* the configuration's */
+    ngx_tenant_jwks_t        *jwks;            /* tenant_jwks_request */
     ngx_uint_t                algorithms;
     time_t                    leeway;
     ngx_str_t                 issuer;
@@ -185,6 +196,7 @@ typedef struct {
 
 typedef enum {
     NGX_TENANT_STATE_START = 0,
+    NGX_TENANT_STATE_WAIT_KEYS,
     NGX_TENANT_STATE_WAIT_DB,
     NGX_TENANT_STATE_RESOLVED,
     NGX_TENANT_STATE_DONE
@@ -207,6 +219,16 @@ typedef struct {
     ngx_tenant_state_e        state;
     ngx_tenant_db_result_e    db_result;
     ngx_tenant_pg_req_t      *query;
+
+    /* what the client said, read before its tenant headers are removed */
+    ngx_str_t                 org;
+    ngx_uint_t                norg;
+
+    /* waiting for keys (tenant_jwks_request) */
+    void                     *jwks_fetch;      /* our own subrequest */
+    ngx_uint_t                jwks_generation;
+    ngx_msec_t                jwks_deadline;
+    unsigned                  jwks_waited:1;
 
     tenant_jwt_claims_t       claims;
     u_char                    org_id[TENANT_ORG_ID_MAX + 1];
@@ -272,6 +294,21 @@ ngx_table_elt_t *ngx_tenant_header_out(ngx_http_request_t *r, char *name,
 
 /* ngx_tenant_health.c */
 char *ngx_tenant_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+/* ngx_tenant_jwks.c */
+char *ngx_tenant_jwks_request(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+tenant_keyset_t *ngx_tenant_jwks_keys(ngx_tenant_main_conf_t *tmcf,
+    ngx_log_t *log, uint32_t *policy);
+void ngx_tenant_jwks_refresh(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf);
+ngx_int_t ngx_tenant_jwks_wait(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+ngx_int_t ngx_tenant_jwks_waiting(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+void ngx_tenant_jwks_exit(ngx_tenant_main_conf_t *tmcf);
+void ngx_tenant_jwks_stats(ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_jwks_stats_t *st);
 
 /* ngx_tenant_listen.c */
 ngx_int_t ngx_tenant_listen_init(ngx_cycle_t *cycle,

@@ -67,7 +67,8 @@ typedef enum {
     NGX_TENANT_R_FEATURE,
     NGX_TENANT_R_UNAVAILABLE,
     NGX_TENANT_R_RATE_LIMITED,
-    NGX_TENANT_R_ADMIN_REQUIRED
+    NGX_TENANT_R_ADMIN_REQUIRED,
+    NGX_TENANT_R_KEYS_UNAVAILABLE
 } ngx_tenant_refusal_e;
 
 
@@ -97,11 +98,16 @@ static ngx_tenant_refusal_t  ngx_tenant_refusals[] = {
     { "rate_limited", NGX_HTTP_TOO_MANY_REQUESTS,
       "Too many requests", NGX_TENANT_OUT_RATE_LIMITED },
     { "admin_required", NGX_HTTP_FORBIDDEN,
-      "Administrator token required", NGX_TENANT_OUT_FORBIDDEN }
+      "Administrator token required", NGX_TENANT_OUT_FORBIDDEN },
+    { "keys_unavailable", NGX_HTTP_SERVICE_UNAVAILABLE,
+      "Signing keys unavailable", NGX_TENANT_OUT_UNAVAILABLE }
 };
 
 
 static ngx_int_t ngx_tenant_access_start(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx);
+static ngx_int_t ngx_tenant_access_verify(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
     ngx_tenant_ctx_t *ctx);
 static ngx_int_t ngx_tenant_access_resolved(ngx_http_request_t *r,
@@ -191,6 +197,16 @@ ngx_tenant_access_handler(ngx_http_request_t *r)
 
     switch (ctx->state) {
 
+    case NGX_TENANT_STATE_WAIT_KEYS:
+        if (ngx_tenant_jwks_waiting(r, tmcf, ctx) == NGX_AGAIN) {
+            return NGX_AGAIN;
+        }
+
+        ctx->state = NGX_TENANT_STATE_START;
+        ctx->jwks_waited = 1;
+
+        return ngx_tenant_access_verify(r, tmcf, tlcf, ctx);
+
     case NGX_TENANT_STATE_WAIT_DB:
         return NGX_AGAIN;
 
@@ -248,14 +264,9 @@ static ngx_int_t
 ngx_tenant_access_start(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx)
 {
-    ngx_int_t             rc;
-    ngx_str_t             org;
-    ngx_uint_t            norg;
-    tenant_jwt_status_t   status;
-
     /* what the client says, before its tenant headers are removed */
 
-    if (ngx_tenant_headers_read_org(r, &org, &norg) != NGX_OK
+    if (ngx_tenant_headers_read_org(r, &ctx->org, &ctx->norg) != NGX_OK
         || ngx_tenant_headers_strip(r) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -275,6 +286,29 @@ ngx_tenant_access_start(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         return NGX_DONE;
     }
 
+    return ngx_tenant_access_verify(r, tmcf, tlcf, ctx);
+}
+
+
+/*
+ * The token, then the organization and the tenant.  Again after a wait
+ * for keys: a kid that named no key is looked up once more.
+ */
+
+static ngx_int_t
+ngx_tenant_access_verify(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx)
+{
+    uint32_t              policy;
+    ngx_int_t             rc;
+    ngx_str_t             org;
+    ngx_uint_t            norg;
+    tenant_keyset_t      *keys;
+    tenant_jwt_status_t   status;
+
+    org = ctx->org;
+    norg = ctx->norg;
+
     rc = ngx_tenant_access_token(r, tmcf, ctx, &status);
 
     if (rc == NGX_DECLINED) {
@@ -284,6 +318,35 @@ ngx_tenant_access_start(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 
     if (rc == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (tmcf->jwks) {
+
+        if (status == TENANT_JWT_OK) {
+            /* past the TTL: a fetch in the background */
+            ngx_tenant_jwks_refresh(r, tmcf);
+
+        } else if (status == TENANT_JWT_UNKNOWN_KID) {
+
+            if (!ctx->jwks_waited) {
+                rc = ngx_tenant_jwks_wait(r, tmcf, ctx);
+
+                if (rc == NGX_AGAIN) {
+                    return NGX_AGAIN;
+                }
+            }
+
+            keys = ngx_tenant_jwks_keys(tmcf, r->connection->log, &policy);
+
+            if (keys->nkeys == 0) {
+                return ngx_tenant_refuse(r, tlcf, ctx,
+                                         NGX_TENANT_R_KEYS_UNAVAILABLE,
+                                         "no signing key has been fetched "
+                                         "yet",
+                                         sizeof("no signing key has been "
+                                                "fetched yet") - 1);
+            }
+        }
     }
 
     if (status != TENANT_JWT_OK) {
@@ -422,8 +485,10 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     time_t                now;
     ngx_int_t             n;
     ngx_str_t             cookie;
+    uint32_t              policy_crc;
     const u_char         *token;
     ngx_table_elt_t      *h;
+    tenant_keyset_t      *keys;
     tenant_jwt_policy_t   policy;
     ngx_tenant_token_t    cached;
     u_char                key[TENANT_SHA256_LEN];
@@ -458,6 +523,9 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 
     now = ngx_time();
 
+    /* the configuration's keys, and those of tenant_jwks_request */
+    keys = ngx_tenant_jwks_keys(tmcf, r->connection->log, &policy_crc);
+
     if (tmcf->token_cache) {
         if (tenant_sha256(tmcf->sign, token, len, key) != 0) {
             return NGX_ERROR;
@@ -466,7 +534,7 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         if (ngx_tenant_cache_get(tmcf->token_cache, key, sizeof(key),
                                  &cached)
             == NGX_OK
-            && cached.policy == tmcf->policy
+            && cached.policy == policy_crc
             && now <= cached.claims.exp + tmcf->leeway
             && now >= cached.claims.nbf - tmcf->leeway)
         {
@@ -487,7 +555,7 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     policy.nazp = tmcf->azp ? tmcf->azp->nelts : 0;
     policy.role_claim = tmcf->role_claim;
 
-    *status = tenant_jwt_verify(token, len, tmcf->keys, &policy,
+    *status = tenant_jwt_verify(token, len, keys, &policy,
                                 &ctx->claims);
 
     if (*status != TENANT_JWT_OK) {
@@ -497,7 +565,7 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     }
 
     if (tmcf->token_cache) {
-        cached.policy = tmcf->policy;
+        cached.policy = policy_crc;
         cached.claims = ctx->claims;
 
         (void) ngx_tenant_cache_put(tmcf->token_cache, key, sizeof(key),
@@ -1101,7 +1169,9 @@ ngx_tenant_refuse(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
         }
     }
 
-    if (reason == NGX_TENANT_R_UNAVAILABLE) {
+    if (reason == NGX_TENANT_R_UNAVAILABLE
+        || reason == NGX_TENANT_R_KEYS_UNAVAILABLE)
+    {
         if (ngx_tenant_set_header(r, "Retry-After",
                                   (u_char *) NGX_TENANT_RETRY_AFTER,
                                   sizeof(NGX_TENANT_RETRY_AFTER) - 1)

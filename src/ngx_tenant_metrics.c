@@ -207,6 +207,7 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
     ngx_core_conf_t          *ccf;
     ngx_tenant_metrics_sh_t  *m;
     ngx_tenant_main_conf_t   *tmcf;
+    ngx_tenant_jwks_stats_t   jwks;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -338,6 +339,25 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
                     "tenant_db_query_duration_seconds_count %ui\n",
                     cum, m->db.latency_ms / 1000, m->db.latency_ms % 1000,
                     cum);
+
+    ngx_tenant_jwks_stats(tmcf, &jwks);
+
+    if (jwks.configured) {
+        p = ngx_tenant_metrics_family(p, "tenant_jwks_fetches_total",
+                "counter", "JWKS fetches (tenant_jwks_request), by result: "
+                "\"error\" kept the last good keys.");
+        p = ngx_sprintf(p, "tenant_jwks_fetches_total{result=\"ok\"} %uA\n"
+                        "tenant_jwks_fetches_total{result=\"error\"} %uA\n",
+                        jwks.ok, jwks.failed);
+
+        p = ngx_tenant_metrics_family(p, "tenant_jwks_keys", "gauge",
+                "Keys of the fetched JWKS in use.");
+        p = ngx_sprintf(p, "tenant_jwks_keys %ui\n", jwks.keys);
+
+        p = ngx_tenant_metrics_family(p, "tenant_jwks_age_seconds", "gauge",
+                "Time since the JWKS was last fetched well (-1: never).");
+        p = ngx_sprintf(p, "tenant_jwks_age_seconds %T\n", jwks.age);
+    }
 
     return ngx_tenant_body_send(r, NGX_HTTP_OK, &type, body, p - body);
 }

@@ -560,7 +560,7 @@ my @config_cases = (
     ['gateway without signing key', { signing => '' },
      qr/\[emerg\].*"tenant_gateway" needs "tenant_signing_key"/],
     ['gateway without tenant_jwt_key', { jwt_key => '' },
-     qr/\[emerg\].*"tenant_gateway" needs "tenant_jwt_key" or "tenant_jwks_file"/, $SIGNING_KEY],
+     qr/\[emerg\].*"tenant_gateway" needs "tenant_jwt_key", "tenant_jwks_file" or "tenant_jwks_request"/, $SIGNING_KEY],
     ['tier name with capitals', { extra => 'tenant_tier Gold features=sso;' },
      qr/\[emerg\].*invalid tier "Gold": invalid tier name "Gold"/],
     ['tier name with a dot', { extra => 'tenant_tier gold.plus;' },

@@ -235,6 +235,42 @@ sub render {
     is $r->{rc}, 0, 'CLERK_JWKS_FILE alone is enough';
     unlike $r->{conf} // '', qr/tenant_jwt_key/, '... no tenant_jwt_key line';
 
+    # Keys fetched from Clerk: CLERK_SECRET_KEY alone is enough (the
+    # deployment guide's variable), CLERK_JWKS_URL defaults to the
+    # Backend API; the secret goes to the internal location only.
+    my $sk = 'sk_test_' . ('Ab9' x 12);
+    $r = render(CLERK_JWT_KEY => undef, CLERK_SECRET_KEY => $sk,
+                RESOLVER => '10.0.0.2 [fd00::53]:5353');
+    is $r->{rc}, 0, 'CLERK_SECRET_KEY alone is enough';
+    my $c = $r->{conf} // '';
+    like $c, qr{^\s*tenant_jwks_request\s+/_tenant/jwks ttl=10m interval=30s;}m,
+        '... tenant_jwks_request';
+    like $c, qr{location = /_tenant/jwks \{\s*internal;}, '... internal location';
+    like $c, qr{set \$gw_jwks_url\s+"https://api\.clerk\.com/v1/jwks";},
+        '... Backend API URL by default';
+    like $c, qr{proxy_set_header\s+Authorization "Bearer \Q$sk\E";},
+        '... the secret as bearer';
+    like $c, qr{^\s*resolver\s+10\.0\.0\.2 \[fd00::53\]:5353 valid=300s;}m,
+        '... RESOLVER';
+    like $c, qr{^\s*proxy_ssl_trusted_certificate\s+/\S+;}m,
+        '... https verified with the CA file';
+    unlike $c, qr/tenant_jwt_key/, '... no tenant_jwt_key line';
+    unlike join("\n", @{$r->{err}}, @{$r->{warn}}), qr/\Q$sk\E/,
+        '... the secret is not printed';
+
+    $r = render(CLERK_JWT_KEY => undef, RESOLVER => '10.0.0.2',
+                CLERK_JWKS_URL => 'https://clerk.app.example/.well-known/jwks.json');
+    is $r->{rc}, 0, 'CLERK_JWKS_URL without secret (Frontend API)';
+    $c = $r->{conf} // '';
+    like $c, qr{set \$gw_jwks_url\s+"https://clerk\.app\.example/\.well-known/jwks\.json";},
+        '... that URL';
+    unlike $c, qr/Authorization "Bearer/, '... no Authorization line';
+
+    $r = render(CLERK_SECRET_KEY => $sk, CLERK_JWKS_URL => 'http://127.0.0.1:9/jwks',
+                RESOLVER => undef);
+    is $r->{rc}, 0, 'http:// JWKS URL on 127.0.0.1, besides the PEM key';
+    like $r->{conf} // '', qr/tenant_jwt_key/, '... the PEM key stays';
+
     $r = render(ENCRYPTION_KEY => "  $enc_key\n");
     is $r->{rc}, 0, 'surrounding blanks are ignored';
 
@@ -275,6 +311,12 @@ my @bad = (
                                                         'CLERK_JWKS_FILE'],
     [{ CLERK_JWT_KEY => undef, CLERK_JWKS_FILE => "$tmp/notjson.json" },
                                                         'CLERK_JWKS_FILE'],
+    [{ CLERK_JWKS_URL => 'http://clerk.example.com/jwks' }, 'CLERK_JWKS_URL'],
+    [{ CLERK_JWKS_URL => 'ftp://clerk.example.com/jwks' }, 'CLERK_JWKS_URL'],
+    [{ CLERK_JWKS_URL => 'https://clerk.example.com/$uri' }, 'CLERK_JWKS_URL'],
+    [{ CLERK_SECRET_KEY => 'sk_test_' . ('a' x 20) . '";x' }, 'CLERK_SECRET_KEY'],
+    [{ CLERK_SECRET_KEY => 'sk_test_' . ('a' x 20), RESOLVER => '10.0.0.2;' },
+                                                        'RESOLVER'],
     [{ CLERK_ISSUER => 'http://clerk.example.com' },    'CLERK_ISSUER'],
     [{ CLERK_ISSUER => 'clerk.example.com' },           'CLERK_ISSUER'],
     [{ CLERK_AUTHORIZED_PARTIES => 'https://a.example/' }, 'CLERK_AUTHORIZED_PARTIES'],
@@ -389,6 +431,14 @@ sub nginx_t {
                    CLERK_JWKS_FILE => $jwks);
     my ($rc, $out) = nginx_t($r->{out}, $r->{run});
     is $rc, 0, 'nginx -t accepts the rendered configuration with the module'
+        or diag $out;
+
+    $r = render(PORT => 18000 + $n, DEMO_PORT => 19000 + $n,
+                DATABASE_URL => 'postgresql://postgres@127.0.0.1:1/none',
+                CLERK_JWT_KEY => undef, RESOLVER => '127.0.0.1',
+                CLERK_SECRET_KEY => 'sk_test_' . ('x' x 30));
+    ($rc, $out) = nginx_t($r->{out}, $r->{run});
+    is $rc, 0, '... and with keys from CLERK_SECRET_KEY (JWKS URL)'
         or diag $out;
 }
 
