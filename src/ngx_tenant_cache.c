@@ -23,6 +23,16 @@ typedef struct {
 } ngx_tenant_cache_node_t;
 
 
+/*
+ * The value starts key_max bytes into data, key_max being aligned: the
+ * handlers of apply/update/walk get a pointer to a struct in place, which
+ * must be aligned for its type (data is: the node comes from the slab
+ * allocator and data is 32 bytes into it).
+ */
+
+#define ngx_tenant_cache_value(cache, cn)  ((cn)->data + (cache)->key_max)
+
+
 static ngx_uint_t  ngx_tenant_cache_tag;
 
 
@@ -83,7 +93,7 @@ ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec, size_t key_max,
     }
 
     cache->value_size = value_size;
-    cache->key_max = key_max;
+    cache->key_max = ngx_align(key_max, NGX_ALIGNMENT);
     cache->name = name;
 
     cache->shm_zone = ngx_shared_memory_add(cf, &name, size,
@@ -192,7 +202,8 @@ ngx_tenant_cache_get(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
             ngx_queue_remove(&cn->queue);
             ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
 
-            ngx_memcpy(value, cn->data + cn->key_len, cache->value_size);
+            ngx_memcpy(value, ngx_tenant_cache_value(cache, cn),
+                       cache->value_size);
             rc = NGX_OK;
 
         } else {
@@ -228,7 +239,7 @@ ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
         return NGX_ERROR;
     }
 
-    ngx_memcpy(cn->data + cn->key_len, value, cache->value_size);
+    ngx_memcpy(ngx_tenant_cache_value(cache, cn), value, cache->value_size);
     cn->expire = expire;
 
     ngx_shmtx_unlock(&cache->shpool->mutex);
@@ -259,10 +270,10 @@ ngx_tenant_cache_apply(ngx_tenant_cache_t *cache, u_char *key,
     }
 
     if (cn->expire <= ngx_time()) {
-        ngx_memzero(cn->data + cn->key_len, cache->value_size);
+        ngx_memzero(ngx_tenant_cache_value(cache, cn), cache->value_size);
     }
 
-    rc = handler(cn->data + cn->key_len, data);
+    rc = handler(ngx_tenant_cache_value(cache, cn), data);
     cn->expire = expire;
 
     ngx_shmtx_unlock(&cache->shpool->mutex);
@@ -332,7 +343,7 @@ ngx_tenant_cache_find_or_add(ngx_tenant_cache_t *cache, u_char *key,
     cn->key_len = (u_short) key_len;
     cn->expire = 0;
     ngx_memcpy(cn->data, key, key_len);
-    ngx_memzero(cn->data + key_len, cache->value_size);
+    ngx_memzero(ngx_tenant_cache_value(cache, cn), cache->value_size);
 
     ngx_rbtree_insert(&cache->sh->rbtree, node);
     ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
@@ -360,7 +371,7 @@ ngx_tenant_cache_update(ngx_tenant_cache_t *cache, u_char *key,
         cn = (ngx_tenant_cache_node_t *) &node->color;
 
         if (cn->expire > ngx_time()) {
-            rc = handler(cn->data + cn->key_len, data);
+            rc = handler(ngx_tenant_cache_value(cache, cn), data);
         }
     }
 
@@ -410,7 +421,8 @@ ngx_tenant_cache_walk(ngx_tenant_cache_t *cache,
         cn = ngx_queue_data(q, ngx_tenant_cache_node_t, queue);
 
         if (cn->expire > now
-            && handler(cn->data + cn->key_len, data) != NGX_DECLINED)
+            && handler(ngx_tenant_cache_value(cache, cn), data)
+               != NGX_DECLINED)
         {
             continue;
         }
