@@ -7,8 +7,10 @@ set -euo pipefail
 pkgs=(
     build-essential nginx-core nginx-dev libpq-dev libjansson-dev libssl-dev
     zlib1g-dev libpcre3-dev
+    clang libclang-rt-14-dev valgrind lcov
     postgresql postgresql-client pgbouncer
     libcrypt-jwt-perl libdbd-pg-perl libjson-xs-perl libcryptx-perl
+    libcrypt-openssl-rsa-perl
     libyaml-libyaml-perl
     python3 python3-prometheus-client
     curl wrk openssl ca-certificates

@@ -95,7 +95,6 @@ tenant_admin_parse_create(const unsigned char *body, size_t len,
     const char  *s;
 
     memset(out, 0, sizeof(tenant_admin_create_t));
-    out->trial_days = TENANT_ADMIN_TRIAL_DAYS;
 
     errs->n = 0;
 
@@ -103,6 +102,8 @@ tenant_admin_parse_create(const unsigned char *body, size_t len,
     if (root == NULL) {
         return -1;
     }
+
+    out->trial_days = TENANT_ADMIN_TRIAL_DAYS;
 
     if (tenant_admin_string(root, "name", &s, &n, errs)) {
         tenant_admin_set(errs, "name", tenant_admin_check_name(s, n),

@@ -42,6 +42,12 @@ tenant_bearer_token(const unsigned char *auth, size_t len,
         i++;
     }
 
+    /* 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=" */
+
+    if (i == start) {
+        return -1;
+    }
+
     while (i < len && auth[i] == '=') {
         i++;
     }
@@ -52,7 +58,7 @@ tenant_bearer_token(const unsigned char *auth, size_t len,
         i++;
     }
 
-    if (i != len || end == start) {
+    if (i != len) {
         return -1;
     }
 

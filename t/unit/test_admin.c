@@ -72,6 +72,7 @@ static int only(const tenant_admin_errors_t *errs, const char *field,
     const char *reason);
 static char *errors_json(const tenant_admin_errors_t *errs);
 static char *repeat(int c, size_t n);
+static int zeroed(const void *p, size_t len);
 static void test_create_valid(void);
 static void test_create_missing(void);
 static void test_create_types(void);
@@ -307,6 +308,26 @@ repeat(int c, size_t n)
     s[n] = '\0';
 
     return s;
+}
+
+
+/* 1 if the len bytes at p are all zero. */
+
+static int
+zeroed(const void *p, size_t len)
+{
+    size_t                i;
+    const unsigned char  *c;
+
+    c = p;
+
+    for (i = 0; i < len; i++) {
+        if (c[i] != 0) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 
@@ -901,6 +922,31 @@ test_create_body(void)
 
     parse_create(L("null"), &out, &errs);
     ok(only(&errs, "body", NOT_OBJECT), "body: null");
+
+    /*
+     * a refused body leaves *out zeroed, the default trialDays too, be it
+     * empty, not JSON, not an object or an object with a bad member
+     * (fuzz_admin: t/fuzz/corpus/admin/regress-create-empty-body)
+     */
+
+    memset(&out, 0xa5, sizeof(tenant_admin_create_t));
+    parse_create(L(""), &out, &errs);
+    ok(zeroed(&out, sizeof(tenant_admin_create_t)), "body: empty: zeroed");
+
+    memset(&out, 0xa5, sizeof(tenant_admin_create_t));
+    parse_create(L("{"), &out, &errs);
+    ok(zeroed(&out, sizeof(tenant_admin_create_t)),
+       "body: not JSON: zeroed");
+
+    memset(&out, 0xa5, sizeof(tenant_admin_create_t));
+    parse_create(L("[{\"name\":\"A\"}]"), &out, &errs);
+    ok(zeroed(&out, sizeof(tenant_admin_create_t)),
+       "body: not an object: zeroed");
+
+    memset(&out, 0xa5, sizeof(tenant_admin_create_t));
+    parse_create(L("{\"name\":\"A\"}"), &out, &errs);
+    ok(zeroed(&out, sizeof(tenant_admin_create_t)),
+       "body: members missing: zeroed");
 
     parse_create(L("{\"name\":\"A\",\"slug\":\"abc\",\"name\":\"B\"}"), &out,
                  &errs);

@@ -73,6 +73,13 @@ main(void)
     ok(bearer("", NULL), "empty header");
     ok(bearer("Bear abc", NULL), "short scheme");
 
+    /* token68 has a character before its '=' padding (fuzz_request:
+     * t/fuzz/corpus/request/regress-bearer-only-padding) */
+
+    ok(bearer("Bearer =", NULL), "token of one '='");
+    ok(bearer("bEaReR ==    ", NULL), "token of '=' only, then spaces");
+    ok(bearer("Bearer a=", "a="), "one character and '='");
+
     /* Cookie */
 
     ok(cookie("__session=tok", "__session", "tok"), "the only cookie");
