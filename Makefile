@@ -7,6 +7,8 @@
 #   make migrate    apply pending migrations to DATABASE_URL
 #   make bench      gateway vs plain proxy_pass (bench/run.sh)
 #   make smoke      the deployment guide's smoke tests against BASE_URL
+#
+# Hardening targets (fuzz, sanitizers, coverage, soak) live in mk/*.mk.
 
 SHELL       := /bin/bash
 
@@ -79,3 +81,6 @@ test: deps module unit
 
 clean:
 	rm -rf $(BUILD)
+
+# Hardening: one file per concern (mk/fuzz.mk, mk/asan.mk, ...).
+include $(wildcard mk/*.mk)

@@ -37,6 +37,8 @@ case $RUN_DIR in /*) ;; *) RUN_DIR=$PWD/$RUN_DIR ;; esac
 RUN_DIR=${RUN_DIR%/}
 export TENANT_MODULE=${TENANT_MODULE:-/usr/lib/nginx/modules/ngx_tenant_module.so}
 nginx=${NGINX:-nginx}
+# nginx itself reads NGINX: inherited listening sockets (binary upgrade)
+unset NGINX
 conf=$RUN_DIR/nginx.conf
 
 case ${MIGRATE_ON_START:-0} in

@@ -96,43 +96,8 @@ sub retry_until {
     return ($r, time - $start);
 }
 
-# The postmaster of the test cluster and all its children (backends,
-# checkpointer, ...), from postmaster.pid and /proc.
-sub pg_pids {
-    my ($pg) = @_;
-    open my $fh, '<', "$pg->{dir}/data/postmaster.pid" or die "postmaster.pid: $!";
-    my ($pm) = <$fh> =~ /(\d+)/ or die "postmaster.pid: no pid";
-    my @kids;
-    for my $stat (glob '/proc/[0-9]*/stat') {
-        open my $s, '<', $stat or next;
-        my ($pid, $ppid) = (scalar <$s> // '') =~ /^(\d+) \(.*\) \S+ (\d+)/s or next;
-        push @kids, $pid if $ppid == $pm;
-    }
-    return ($pm, @kids);
-}
-
-# SIGSTOP / SIGCONT the whole cluster.  Whatever happens, the cluster is
-# continued before the harness stops it (this END block runs before the
-# harness's: END blocks run in reverse order of compilation).
-my @STOPPED;
-
-sub pg_stall {
-    my ($pg) = @_;
-    my ($pm, @kids) = pg_pids($pg);
-    @STOPPED = ($pm, @kids);
-    kill 'STOP', $pm;                   # first: it must not fork new ones
-    kill 'STOP', @kids;
-    return scalar @STOPPED;
-}
-
-sub pg_unstall {
-    return unless @STOPPED;
-    kill 'CONT', @STOPPED;
-    @STOPPED = ();
-}
-
-END { eval { pg_unstall() } }
-$SIG{__DIE__} = sub { eval { pg_unstall() } unless $^S; };
+# pg_stall() (SIGSTOP to the cluster) and pg_unstall() (SIGCONT) are the
+# harness's: it continues a stalled cluster before stopping it at exit.
 
 
 # --- setup ----------------------------------------------------------------
@@ -278,7 +243,7 @@ my %sorg = map { $_ => $s{$_}{clerk_organization_id} } keys %s;
 sleep 1.1;      # no worker is in its fail-fast second after the restart
 
 {
-    my $n = pg_stall($pg);
+    my $n = pg_stall();
     ok $n >= 2, "database stalled: SIGSTOP to the postmaster and its children ($n processes)";
 
     # More uncached lookups than the pools have connections (2 workers x
@@ -352,7 +317,7 @@ is scalar(nginx_workers()), 2, 'reloaded with ttl=1s stale=5m';
     # Stalled: a tenant past its TTL is served at once while a background
     # lookup refreshes it; the stall slows no request whose tenant is
     # cached, stale or not.
-    pg_stall($pg);
+    pg_stall();
     sleep 1.5;
     for my $i (1 .. 3) {
         $r = get($org{D}, timeout => 5);

@@ -43,6 +43,7 @@ my %good = (
     ENCRYPTION_KEY => $enc,
     CRON_SECRET    => $cron,
     TENANT_MODULE  => $module,
+    NGINX          => $TenantTest::NGINX,   # the pair make test-asan sets
     PORT           => $port,
     DEMO_PORT      => free_port(),
     BACKEND_URL    => "http://127.0.0.1:" . free_port(),

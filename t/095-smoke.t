@@ -22,7 +22,9 @@ my %base = (
     ENCRYPTION_KEY => '0123456789abcdef' x 4,
     CRON_SECRET    => 'c' x 40,
     LOG_LEVEL      => $ENV{SMOKE_LOG_LEVEL} || 'info',
+    TENANT_MODULE  => $TenantTest::MODULE,
 );
+my $nginx = $TenantTest::NGINX;     # NGINX and TENANT_MODULE: make test-asan
 
 # Clerk's keys fetched at run time (CLERK_SECRET_KEY + CLERK_JWKS_URL):
 # a JWKS endpoint of our own that wants the secret as bearer.
@@ -67,8 +69,8 @@ sub shipped {
     ok -s $conf, 'the shipped configuration renders';
 
     # stdout and stderr of the daemonized nginx go to files of the test dir
-    TenantTest::run_cmd({}, '/usr/sbin/nginx', '-p', $dir, '-c', $conf, '-t');
-    system("/usr/sbin/nginx -p '$dir' -c '$conf' -g 'daemon on;' "
+    TenantTest::run_cmd({}, $nginx, '-p', $dir, '-c', $conf, '-t');
+    system("$nginx -p '$dir' -c '$conf' -g 'daemon on;' "
            . ">'$dir/stdout.log' 2>'$dir/stderr.log'") == 0
         or BAIL_OUT("nginx with the shipped configuration did not start");
 

@@ -66,7 +66,8 @@ use Crypt::PK::ECC   ();
 use Crypt::PK::RSA   ();
 
 our @EXPORT = qw(
-    pg_start pg_stop pg_kill pg_restart dbh sql sql_value create_tenant
+    pg_start pg_stop pg_kill pg_restart pg_pids pg_stall pg_unstall
+    dbh sql sql_value create_tenant
     jwt_keys mint_token jwt_raw
     echo_start echo_stop
     nginx_start nginx_reload nginx_stop nginx_conf_test nginx_workers
@@ -75,7 +76,8 @@ our @EXPORT = qw(
 );
 
 our $ROOT   = abs_path(dirname(__FILE__) . '/../..');
-our $NGINX  = $ENV{NGINX} || '/usr/sbin/nginx';
+# TENANT_NGINX, not NGINX: nginx reads NGINX as inherited sockets
+our $NGINX  = $ENV{TENANT_NGINX} || '/usr/sbin/nginx';
 our $MODULE = $ENV{TENANT_MODULE}
               || "$ROOT/build/nginx/objs/ngx_tenant_module.so";
 
@@ -216,6 +218,7 @@ sub _pg_local {
 # Fast shutdown.
 sub pg_stop {
     return unless $PG && $PG->{running};
+    pg_unstall();
     _pg_local('stop');
     $PG->{running} = 0;
 }
@@ -223,6 +226,7 @@ sub pg_stop {
 # Immediate shutdown: connections drop, as in an outage.
 sub pg_kill {
     return unless $PG && $PG->{running};
+    pg_unstall();
     _pg_local('kill');
     $PG->{running} = 0;
 }
@@ -230,10 +234,48 @@ sub pg_kill {
 # Starts the same cluster again (same dir, socket and port).
 sub pg_restart {
     die "pg_restart: pg_start() first\n" unless $PG;
+    pg_unstall();
     _pg_local('stop') if $PG->{running};
     _pg_local('start');
     $PG->{running} = 1;
     return $PG;
+}
+
+# The postmaster of the running cluster and all its children (backends,
+# checkpointer, ...), from postmaster.pid and /proc.
+sub pg_pids {
+    die "pg_pids: pg_start() first\n" unless $PG && $PG->{running};
+    my ($pm) = _slurp("$PG->{dir}/data/postmaster.pid") =~ /^(\d+)/
+        or die "pg_pids: no pid in $PG->{dir}/data/postmaster.pid\n";
+    my @kids;
+    for my $stat (glob '/proc/[0-9]*/stat') {
+        my ($pid, $ppid) = _slurp($stat) =~ /^(\d+) \(.*\) \S+ (\d+)/s or next;
+        push @kids, $pid if $ppid == $pm;
+    }
+    return ($pm, @kids);
+}
+
+# The database stalls: SIGSTOP to the postmaster (first: it must not fork
+# new children meanwhile) and its children.  Connections stay open and
+# nothing answers.  pg_unstall() (SIGCONT) ends it; pg_stop, pg_kill,
+# pg_restart and the cleanup at exit call it first.  Returns how many
+# processes were stopped.
+my @STOPPED;
+
+sub pg_stall {
+    my ($pm) = pg_pids();
+    kill 'STOP', $pm;
+    push @STOPPED, $pm;
+    my (undef, @kids) = pg_pids();
+    kill 'STOP', @kids;
+    push @STOPPED, @kids;
+    return scalar @STOPPED;
+}
+
+sub pg_unstall {
+    return unless @STOPPED;
+    kill 'CONT', @STOPPED;
+    @STOPPED = ();
 }
 
 # A DBI handle to the test database (reconnects after a restart).
@@ -1055,6 +1097,7 @@ sub _cleanup {
 
     return unless $$ == $OWNER;
 
+    eval { pg_unstall() };      # a stalled database could not be stopped
     eval { nginx_stop() };
     if (@LOGS && ($status || !Test::More->builder->is_passing)) {
         my @tail = (split /\n/, _slurp($LOGS[-1][0], $LOGS[-1][1]))[-30 .. -1];

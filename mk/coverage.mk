@@ -1,0 +1,52 @@
+# Coverage: line and branch coverage of src/ and ngx_tenant_module.c by
+# the unit tests and the whole prove suite (gcov, lcov).
+#
+#   make coverage       build/cov/summary.txt and build/cov/html/index.html
+#
+# The module is built with --coverage into build/cov/nginx and loaded by
+# Debian's nginx (TENANT_MODULE); every nginx process writes its counts
+# when it exits (nginx -s quit, as the tests stop it), the master's
+# configuration parsing included.
+
+COV_DIR      = $(BUILD)/cov
+COV_BUILD    = $(COV_DIR)/nginx
+COV_MODULE   = $(COV_BUILD)/objs/ngx_tenant_module.so
+COV_CC_OPT   = -g -O0 --coverage $(NGX_CC_OPT)
+COV_UNITS    = $(patsubst t/unit/%.c,$(COV_DIR)/unit/%,$(wildcard t/unit/test_*.c))
+LCOV         = lcov --quiet --rc lcov_branch_coverage=1
+
+.PHONY: coverage coverage-module
+
+coverage-module: $(COV_MODULE)
+
+$(COV_BUILD)/objs/Makefile: config
+	rm -rf $(COV_BUILD)
+	mkdir -p $(COV_DIR)
+	cp -r $(NGX_SRC) $(COV_BUILD)
+	cd $(COV_BUILD) && . ./conf_flags && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" \
+	        --with-cc-opt="$(COV_CC_OPT)" --with-ld-opt="--coverage" \
+	        --add-dynamic-module=$(CURDIR) > configure.log 2>&1 \
+	    || { tail -20 configure.log; exit 1; }
+
+$(COV_MODULE): $(COV_BUILD)/objs/Makefile $(MODULE_SRCS)
+	$(MAKE) -C $(COV_BUILD) -f objs/Makefile modules
+
+# one directory per unit test: their objects (and .gcda) do not collide
+$(COV_DIR)/unit/%: t/unit/%.c $(UNIT_SRCS) $(wildcard src/tenant_*.h) t/unit/tap.h
+	@mkdir -p $@.d
+	cd $@.d && $(CC) $(UNIT_CFLAGS:-Isrc=-I$(CURDIR)/src) -O0 --coverage \
+	    -I$(CURDIR)/t/unit -o $(CURDIR)/$@ $(CURDIR)/$< \
+	    $(addprefix $(CURDIR)/,$(UNIT_SRCS)) $(UNIT_LIBS)
+
+coverage: deps module coverage-module $(COV_UNITS)
+	find $(COV_DIR) -name '*.gcda' -delete
+	prove --exec "" $(COV_UNITS)
+	TENANT_MODULE=$(CURDIR)/$(COV_MODULE) prove -j1 t/
+	$(LCOV) --capture --directory $(COV_DIR) --output-file $(COV_DIR)/all.info
+	$(LCOV) --extract $(COV_DIR)/all.info '$(CURDIR)/src/*' \
+	    '$(CURDIR)/ngx_tenant_module.c' --output-file $(COV_DIR)/tenant.info
+	$(LCOV) --summary $(COV_DIR)/tenant.info 2>&1 | tee $(COV_DIR)/summary.txt
+	genhtml --quiet --branch-coverage --output-directory $(COV_DIR)/html \
+	    $(COV_DIR)/tenant.info
+	@echo "coverage: $(COV_DIR)/summary.txt, $(COV_DIR)/html/index.html"
