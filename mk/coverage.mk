@@ -6,7 +6,9 @@
 # The module is built with --coverage into build/cov/nginx and loaded by
 # Debian's nginx (TENANT_MODULE); every nginx process writes its counts
 # when it exits (nginx -s quit, as the tests stop it), the master's
-# configuration parsing included.
+# configuration parsing included.  The workers run as nginx's unprivileged
+# user: the object directory is made writable for them, and the suite runs
+# with umask 000 so that a count file the master creates stays writable.
 
 COV_DIR      = $(BUILD)/cov
 COV_BUILD    = $(COV_DIR)/nginx
@@ -42,11 +44,15 @@ $(COV_DIR)/unit/%: t/unit/%.c $(UNIT_SRCS) $(wildcard src/tenant_*.h) t/unit/tap
 coverage: deps module coverage-module $(COV_UNITS)
 	find $(COV_DIR) -name '*.gcda' -delete
 	prove --exec "" $(COV_UNITS)
-	TENANT_MODULE=$(CURDIR)/$(COV_MODULE) prove -j1 t/
+	chmod -R a+rwX $(COV_BUILD)/objs/addon
+	umask 000 && TENANT_MODULE=$(CURDIR)/$(COV_MODULE) prove -j1 t/
 	$(LCOV) --capture --directory $(COV_DIR) --output-file $(COV_DIR)/all.info
 	$(LCOV) --extract $(COV_DIR)/all.info '$(CURDIR)/src/*' \
 	    '$(CURDIR)/ngx_tenant_module.c' --output-file $(COV_DIR)/tenant.info
-	$(LCOV) --summary $(COV_DIR)/tenant.info 2>&1 | tee $(COV_DIR)/summary.txt
+	lcov --rc lcov_branch_coverage=1 --list $(COV_DIR)/tenant.info \
+	    > $(COV_DIR)/summary.txt
+	lcov --rc lcov_branch_coverage=1 --summary $(COV_DIR)/tenant.info \
+	    2>&1 | grep -v '^Reading' | tee -a $(COV_DIR)/summary.txt
 	genhtml --quiet --branch-coverage --output-directory $(COV_DIR)/html \
 	    $(COV_DIR)/tenant.info
 	@echo "coverage: $(COV_DIR)/summary.txt, $(COV_DIR)/html/index.html"

@@ -15,10 +15,12 @@ VALGRIND     = valgrind --quiet --error-exitcode=1 --leak-check=full \
 .PHONY: test-valgrind
 
 test-valgrind: unit
-	@fail=0; for t in $(UNIT_TESTS); do \
+	@pass=0; fail=0; for t in $(UNIT_TESTS); do \
 	    if $(VALGRIND) $$t > $$t.valgrind.log 2>&1; then \
 	        echo "valgrind: $$t: no error, no definite leak"; \
+	        pass=$$((pass + 1)); \
 	    else \
-	        echo "valgrind: $$t: FAILED"; cat $$t.valgrind.log; fail=1; \
+	        echo "valgrind: $$t: FAILED"; cat $$t.valgrind.log; \
+	        fail=$$((fail + 1)); \
 	    fi; \
-	done; exit $$fail
+	done; echo "valgrind: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
