@@ -483,10 +483,18 @@ my $STALE_ORG;   # a tenant not asked for after part 3: stale after a reconnect
     my $w = wait_log($STOPPED, $warns, 2);
     ok defined $w, sprintf('terminate: [warn] stopped listening (%.2f s)', $w // -1);
 
-    # Nobody listens: this notification is lost.
+    # Nobody listens: this notification is lost.  Only while the listener
+    # is still away, also once the answer is in: its LISTEN may be
+    # registered on the server (and get this notification) before it
+    # logs "listening", which it does before it handles notifications.
     sql(q{UPDATE public.tenants SET subscription_tier = 'professional' WHERE id = $1}, $t->{id});
-    is outcome(ai($o)), '403 feature_not_available', 'terminate: the upgrade made meanwhile: not seen yet'
-        if count_of($LISTENING) == $notices;
+    my $meanwhile = ai($o);
+    if (count_of($LISTENING) == $notices) {
+        is outcome($meanwhile), '403 feature_not_available',
+            'terminate: the upgrade made meanwhile: not seen yet';
+    } else {
+        note 'terminate: the listener came back before the answer; not checked';
+    }
 
     my $back = wait_log($LISTENING, $notices, 4);
     my $gap = time - $start;
