@@ -82,19 +82,6 @@ sub worker { my ($r) = @_; return ($r->{headers}{'x-worker'} || [])->[0] // '?' 
 sub brief  { my ($r) = @_; return sprintf '%s %s (%.2fs) %s', $r->{status},
                  code($r), $r->{elapsed} // 0, $r->{error} // '' }
 
-# Repeats $try (a sub returning a response) until $done->($r) or $secs
-# pass; returns the last response and the seconds it took.
-sub retry_until {
-    my ($secs, $try, $done) = @_;
-    my $start = time;
-    my $r;
-    while (1) {
-        $r = $try->();
-        last if $done->($r) || time - $start > $secs;
-        sleep 0.1;
-    }
-    return ($r, time - $start);
-}
 
 # pg_stall() (SIGSTOP to the cluster) and pg_unstall() (SIGCONT) are the
 # harness's: it continues a stalled cluster before stopping it at exit.

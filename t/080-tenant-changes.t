@@ -130,19 +130,8 @@ sub brief    { my ($r) = @_; return sprintf '%s %s (%.2fs, worker %s) %s', $r->{
 # "200" or "403 feature_not_available": what a response says, in one word.
 sub outcome { my ($r) = @_; return $r->{status} == 200 ? '200' : "$r->{status} " . code($r) }
 
-# Repeats $try every 50 ms until $done->($r) or $secs pass; returns the
-# last response and the seconds since the call.
-sub poll {
-    my ($secs, $try, $done) = @_;
-    my $start = time;
-    my $r;
-    while (1) {
-        $r = $try->();
-        last if $done->($r) || time - $start > $secs;
-        sleep 0.05;
-    }
-    return ($r, time - $start);
-}
+# retry_until (the harness's), every 50 ms.
+sub poll { my ($secs, $try, $done) = @_; return retry_until($secs, $try, $done, 0.05) }
 
 # n requests on new connections; { outcomes => [...], workers => {pid => n} }.
 sub burst {

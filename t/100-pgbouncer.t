@@ -158,18 +158,8 @@ sub api {
                 (defined $body ? (body => $JSON->encode($body)) : ()));
 }
 
-# Repeats $try every 50 ms until $done->($r) or $secs pass; ($r, seconds).
-sub poll {
-    my ($secs, $try, $done) = @_;
-    my $start = time;
-    my $r;
-    while (1) {
-        $r = $try->();
-        last if $done->($r) || time - $start > $secs;
-        sleep 0.05;
-    }
-    return ($r, time - $start);
-}
+# retry_until (the harness's), every 50 ms.
+sub poll { my ($secs, $try, $done) = @_; return retry_until($secs, $try, $done, 0.05) }
 
 my $LISTENING = qr/\[notice\].*tenant: listening for tenant changes/;
 

@@ -174,19 +174,6 @@ sub metrics_after {
     return $m;
 }
 
-# Repeats $try until $done->($r) or $secs pass; returns the last answer
-# and the seconds it took.
-sub retry_until {
-    my ($secs, $try, $done) = @_;
-    my $start = time;
-    my $r;
-    while (1) {
-        $r = $try->();
-        last if $done->($r) || time - $start > $secs;
-        sleep 0.1;
-    }
-    return ($r, time - $start);
-}
 
 # Client loops in forked processes: each sends one request after the
 # other, a new connection each (reuseport spreads them over both

@@ -72,7 +72,7 @@ our @EXPORT = qw(
     echo_start echo_stop
     nginx_start nginx_reload nginx_stop nginx_conf_test nginx_workers
     error_log log_mark error_log_allow
-    http async_http wait_http http_done free_port project_root
+    http async_http wait_http http_done retry_until free_port project_root
 );
 
 our $ROOT   = abs_path(dirname(__FILE__) . '/../..');
@@ -276,6 +276,20 @@ sub pg_unstall {
     return unless @STOPPED;
     kill 'CONT', @STOPPED;
     @STOPPED = ();
+}
+
+# Repeats $try every $every seconds (default 0.1) until $done->($r) or
+# $secs pass; returns the last answer and the seconds it took.
+sub retry_until {
+    my ($secs, $try, $done, $every) = @_;
+    my $start = time;
+    my $r;
+    while (1) {
+        $r = $try->();
+        last if $done->($r) || time - $start > $secs;
+        sleep($every // 0.1);
+    }
+    return ($r, time - $start);
 }
 
 # A DBI handle to the test database (reconnects after a restart).
