@@ -61,7 +61,8 @@ static char *ngx_tenant_admin_role(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_tenant_rate_limit_by(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_tenant_rate_params(ngx_conf_t *cf, ngx_str_t *value,
-    ngx_uint_t n, ngx_uint_t first, tenant_rate_t *rate, ngx_str_t *zone);
+    ngx_uint_t n, ngx_uint_t first, tenant_rate_t *rate, ngx_str_t *zone,
+    ngx_uint_t features);
 
 static ngx_int_t ngx_tenant_read_file(ngx_conf_t *cf, ngx_str_t *name,
     ngx_str_t *out);
@@ -1268,7 +1269,9 @@ ngx_tenant_tier(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_memzero(&rate, sizeof(tenant_rate_t));
 
-    if (ngx_tenant_rate_params(cf, value, n, 2, &rate, NULL) != NGX_CONF_OK) {
+    if (ngx_tenant_rate_params(cf, value, n, 2, &rate, NULL, 1)
+        != NGX_CONF_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
@@ -1299,7 +1302,7 @@ ngx_tenant_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_str_null(&zone);
 
     if (ngx_tenant_rate_params(cf, cf->args->elts, cf->args->nelts, 1,
-                               &tmcf->rl_default, &zone)
+                               &tmcf->rl_default, &zone, 0)
         != NGX_CONF_OK)
     {
         return NGX_CONF_ERROR;
@@ -1356,7 +1359,7 @@ ngx_tenant_rate_limit_by(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     if (ngx_tenant_rate_params(cf, value, cf->args->nelts, 2,
-                               &tlcf->rl_by_rate, NULL)
+                               &tlcf->rl_by_rate, NULL, 0)
         != NGX_CONF_OK)
     {
         return NGX_CONF_ERROR;
@@ -1375,13 +1378,14 @@ ngx_tenant_rate_limit_by(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 /*
  * The rate=, burst= (and, when zone is not NULL, zone=) parameters of
- * value[first .. n - 1]; others are left to the caller (features=) when
- * zone is NULL and first is 2 for a tier, refused otherwise.
+ * value[first .. n - 1]; features= is left to the caller (a tier's) when
+ * "features" is set, refused otherwise, as is anything else.
  */
 
 static char *
 ngx_tenant_rate_params(ngx_conf_t *cf, ngx_str_t *value, ngx_uint_t n,
-    ngx_uint_t first, tenant_rate_t *rate, ngx_str_t *zone)
+    ngx_uint_t first, tenant_rate_t *rate, ngx_str_t *zone,
+    ngx_uint_t features)
 {
     char        err[256];
     ngx_int_t   burst;
@@ -1423,9 +1427,7 @@ ngx_tenant_rate_params(ngx_conf_t *cf, ngx_str_t *value, ngx_uint_t n,
             continue;
         }
 
-        if (zone == NULL && first == 2
-            && ngx_strncmp(value[i].data, "features=", 9) == 0)
-        {
+        if (features && ngx_strncmp(value[i].data, "features=", 9) == 0) {
             continue;
         }
 

@@ -628,6 +628,14 @@ my @config_cases = (
     ['tenant_rate_limit_by, unknown parameter',
      { location => 'tenant_gateway on; tenant_rate_limit_by $tenant_user_id x=1;' },
      qr/\[emerg\].*invalid parameter "x=1"/],
+    # a tier's features= is not a parameter of these (it was taken and
+    # ignored by tenant_rate_limit_by)
+    ['tenant_rate_limit_by, features=',
+     { location => 'tenant_gateway on; tenant_rate_limit_by $tenant_user_id rate=2/10s features=api;' },
+     qr/\[emerg\].*invalid parameter "features=api"/],
+    ['tenant_rate_limit, features=',
+     { ratelimit => 'tenant_rate_limit zone=rl:1m rate=5r/s features=api;' },
+     qr/\[emerg\].*invalid parameter "features=api"/],
     ['tenant_rate_limit_by without rate=, only the key',
      { location => 'tenant_gateway on; tenant_rate_limit_by $tenant_user_id;' },
      qr/\[emerg\].*invalid number of arguments in "tenant_rate_limit_by"/],
