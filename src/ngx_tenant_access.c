@@ -375,6 +375,12 @@ ngx_tenant_access_verify(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
             && (org.len != ctx->claims.org_id_len
                 || ngx_memcmp(org.data, ctx->claims.org_id, org.len) != 0))
         {
+            /* organizationId: the session's, never the header's */
+            ngx_memcpy(ctx->org_id, ctx->claims.org_id,
+                       ctx->claims.org_id_len);
+            ctx->org_id[ctx->claims.org_id_len] = '\0';
+            ctx->org_id_len = ctx->claims.org_id_len;
+
             return ngx_tenant_refuse(r, tlcf, ctx,
                                      NGX_TENANT_R_ORG_MISMATCH,
                                      "X-Organization-ID is not the "

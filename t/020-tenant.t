@@ -133,11 +133,15 @@ nginx_start(http => http_conf('30s'));
     expect get(token => mint_token(v => 2, org => { id => $A, role => 'org:admin' })),
         200, undef, 'v2 token (o.id)', tenant => $t{active};
 
-    expect get(org => $A, org_header => $org{other}), 403, 'organization_mismatch',
+    $r = expect get(org => $A, org_header => $org{other}), 403, 'organization_mismatch',
         'header names another (existing) organization';
+    is $r->{json}{organizationId}, $A,
+        'organization_mismatch: organizationId is the session\'s, not the header\'s';
 
-    expect get(org_header => $A), 403, 'organization_mismatch',
+    $r = expect get(org_header => $A), 403, 'organization_mismatch',
         'token without org + header: no picking an organization by header';
+    ok !exists $r->{json}{organizationId},
+        'organization_mismatch without a session org: no organizationId (the header is not echoed)';
 
     expect get(), 400, 'organization_required', 'token without org, no header';
 
