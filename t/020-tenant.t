@@ -349,6 +349,62 @@ nginx_reload(http => http_conf('1s'));
     expect $r, 403, 'tenant_suspended', 'ttl=1s: suspension seen after the TTL';
 }
 
+# --- a tenants row out of the module's bounds -------------------------------
+
+# ngx_tenant_access.c, ngx_tenant_record_from_row (via ngx_tenant_store):
+# rows the schema's CHECKs allow but the module does not accept (a rate
+# above TENANT_RATE_MAX_LIMIT = 100000000, a trial end before 1970 whose
+# epoch is negative) -> 503 tenant_unavailable with Retry-After and one
+# [error] "has a value out of bounds"; nothing of the row reaches the
+# upstream, and the bad row is not cached (fixing it is seen at once).
+{
+    my @bad = (
+        ['rate_limit_override 200000000', {status => 'active', rate_limit => 200_000_000}],
+        ['rate_limit_override 2147483647', {status => 'active', rate_limit => 2_147_483_647}],
+        ['trial_ends_at 1960-01-01 (negative epoch)',
+         {status => 'trial', trial_ends_at => '1960-01-01 00:00:00+00'}],
+    );
+    for my $c (@bad) {
+        my ($name, $set) = @$c;
+        my $t = create_tenant(%$set);
+        my $o = $t->{clerk_organization_id};
+
+        my $mark = log_mark();
+        for my $i (1 .. 2) {
+            my $r = expect get(org => $o), 503, 'tenant_unavailable', "row out of bounds, $name, try $i";
+            like $r->{headers}{'retry-after'}[0] // '', qr/^\d+$/,
+                "row out of bounds, $name, try $i: Retry-After";
+            ok !grep({ /^x-tenant-/ } keys %{ $r->{json}{headers} || {} }),
+                "row out of bounds, $name, try $i: the upstream was not reached (no X-Tenant-* seen)";
+            ok !exists $r->{headers}{'x-tenant-id'},
+                "row out of bounds, $name, try $i: no X-Tenant-ID in the answer";
+        }
+        my @err = error_log(since => $mark)
+            =~ /^(.*\[error\].*tenants row of organization "\Q$o\E" has a value out of bounds.*)$/mg;
+        is scalar(@err), 2, "row out of bounds, $name: one [error] per lookup (not cached)"
+            or diag error_log(since => $mark);
+
+        # repaired in SQL: looked up again at once
+        sql(q{UPDATE public.tenants SET rate_limit_override = NULL,
+                     subscription_status = 'active', trial_ends_at = NULL WHERE id = $1}, $t->{id});
+        expect get(org => $o), 200, undef, "row out of bounds, $name: repaired: 200", tenant => $t;
+    }
+}
+
+# The bounds' other side: the largest rate the module accepts, and a
+# trial end far in the future (its epoch fits time_t; slug, schema and
+# tier cannot exceed the record's buffers: the CHECKs are tighter), are
+# served.
+{
+    my $t = create_tenant(status => 'active', rate_limit => 100_000_000);
+    expect get(org => $t->{clerk_organization_id}), 200, undef,
+        'rate_limit_override 100000000 (the maximum): 200', tenant => $t;
+
+    $t = create_tenant(status => 'trial', trial_ends_at => '4000-01-01 00:00:00+00');
+    expect get(org => $t->{clerk_organization_id}), 200, undef,
+        'trial_ends_at 4000-01-01: within bounds, trial admitted', tenant => $t;
+}
+
 unlike error_log(), qr/\[crit\]/, 'error log: no [crit]';
 
 done_testing();

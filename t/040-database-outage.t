@@ -61,6 +61,7 @@ error_log_allow(
     qr/\[error\].*tenant: PostgreSQL did not answer within /,
     qr/\[warn\].*tenant: database unavailable, serving the cached tenant/,
     qr/\[info\].*tenant: idle PostgreSQL connection closed/,
+    qr/\[error\].*tenant: tenant lookup failed: /,
 );
 
 
@@ -296,6 +297,90 @@ sleep 1.1;      # no worker is in its fail-fast second after the restart
 
 nginx_reload(http => http_conf('1s'));
 is scalar(nginx_workers()), 2, 'reloaded with ttl=1s stale=5m';
+
+# --- the lookup gets an SQL error -------------------------------------------
+
+# ngx_tenant_access.c, ngx_tenant_store: the lookup statement fails with an
+# SQL error while the database is up (a renamed column): uncached tenants
+# get 503 tenant_unavailable with Retry-After and one [error] "tenant
+# lookup failed: <the server's message>"; a cached tenant past its TTL is
+# still served (stale=5m); undoing the rename makes lookups work again.
+my $renamed;        # undone at exit too, if the block dies halfway
+END {
+    if ($renamed) {
+        eval { pg_unstall(); sql('ALTER TABLE public.tenants RENAME COLUMN subscription_tier_x TO subscription_tier') };
+    }
+}
+{
+    my %q = map { $_ => create_tenant(status => 'active') } qw(Q1 Q2 Q3);
+    my %qorg = map { $_ => $q{$_}{clerk_organization_id} } keys %q;
+
+    my $r = get($qorg{Q1});
+    is $r->{status}, 200, 'SQL error: Q1 warm (ttl=1s)';
+
+    sql('ALTER TABLE public.tenants RENAME COLUMN subscription_tier TO subscription_tier_x');
+    $renamed = 1;
+
+    my $mark = log_mark();
+    $r = get($qorg{Q2}, timeout => 5);
+    push @all, $r;
+    is $r->{status}, 503, 'SQL error: uncached Q2: 503' or diag brief($r);
+    is code($r), 'tenant_unavailable', 'SQL error: uncached Q2: tenant_unavailable';
+    like $r->{headers}{'content-type'}[0] // '', qr{^application/problem\+json},
+        'SQL error: uncached Q2: problem+json';
+    like $r->{headers}{'retry-after'}[0] // '', qr/^\d+$/, 'SQL error: uncached Q2: Retry-After';
+    ok $r->{elapsed} < 0.5, sprintf('SQL error: answered at once (%.2f s)', $r->{elapsed});
+    ok !exists $r->{json}{headers}, 'SQL error: the upstream was not reached';
+
+    my @err = error_log(since => $mark) =~ /^(.*\[error\].*tenant: tenant lookup failed: .*)$/mg;
+    is scalar(@err), 1, 'SQL error: one [error] line for the failed lookup'
+        or diag error_log(since => $mark);
+    like $err[0] // '', qr/tenant lookup failed: ERROR:\s+column "subscription_tier" does not exist/,
+        'SQL error: ... naming the failure (the server\'s message, first line)';
+
+    # Q1 past its TTL: served from the cache while its refresh fails.
+    sleep 1.5;
+    my @bad;
+    for my $i (1 .. 4) {
+        $r = get($qorg{Q1}, timeout => 5);
+        push @all, $r;
+        push @bad, "try $i: " . brief($r)
+            unless $r->{status} == 200 && $r->{elapsed} < 0.5
+                   && ($r->{json}{headers}{'x-tenant-id'} || [])->[0] eq $q{Q1}{id};
+    }
+    is_deeply \@bad, [], 'SQL error: stale Q1 served (200, at once, its tenant id) x 4';
+    # (the refresh runs in the background: its warn may come a moment later)
+    my ($log) = retry_until(2, sub { error_log(since => $mark) },
+        sub { $_[0] =~ /serving the cached tenant of organization "\Q$qorg{Q1}\E"/ });
+    like $log,
+        qr/\[warn\].*serving the cached tenant of organization "\Q$qorg{Q1}\E" past its TTL/,
+        'SQL error: ... its background refresh failed (warn "serving the cached tenant")';
+
+    $r = get($qorg{Q3}, timeout => 5);
+    push @all, $r;
+    is $r->{status}, 503, 'SQL error: another uncached tenant: 503' or diag brief($r);
+
+    sql('ALTER TABLE public.tenants RENAME COLUMN subscription_tier_x TO subscription_tier');
+    $renamed = 0;
+
+    my $secs;
+    ($r, $secs) = retry_until(5, sub { get($qorg{Q2}) }, sub { $_[0]{status} == 200 });
+    push @all, $r;
+    is $r->{status}, 200, sprintf('SQL error undone: Q2 looked up %.1f s later', $secs)
+        or diag brief($r);
+    is_deeply $r->{json}{headers}{'x-tenant-id'}, [$q{Q2}{id}], 'SQL error undone: upstream saw Q2';
+    ($r) = retry_until(5, sub { get($qorg{Q3}) }, sub { $_[0]{status} == 200 });
+    is $r->{status}, 200, 'SQL error undone: Q3 200 (both workers\' connections recovered)';
+    my @w;
+    for (1 .. 6) {
+        my $t = create_tenant(status => 'active');
+        my $x = get($t->{clerk_organization_id});
+        push @w, brief($x) unless $x->{status} == 200;
+    }
+    is_deeply \@w, [], 'SQL error undone: 6 new tenants on new connections, all 200';
+    unlike error_log(since => $mark), qr/\[(alert|crit)\]/, 'SQL error: no [alert] or [crit]';
+}
+
 
 {
     my $r = get($org{D});

@@ -174,4 +174,60 @@ for my $case (@refused) {
         or diag $t->{output};
 }
 
+
+# --- the server refuses the connection during the handshake ---------------
+
+# ngx_tenant_pg.c, ngx_tenant_pg_poll: PQconnectPoll() fails after the
+# socket connected (the server's FATAL in the startup handshake).  The test
+# cluster uses trust auth, so a wrong password cannot fail: an unknown
+# database and an unknown role do.  Expected: 503 tenant_unavailable with
+# Retry-After well within timeout=2s (a second one at once), one [error]
+# naming the server's reason (not the password), health 503, no crash;
+# the next nginx with a good conninfo works.
+for my $case (
+    [ 'unknown database', "dbname=no_such_db_045 user=postgres",
+      qr/database "no_such_db_045" does not exist/ ],
+    [ 'unknown role',     "dbname=capliquify user=no_such_role_045",
+      qr/role "no_such_role_045" does not exist/ ],
+) {
+    my ($name, $rest, $why) = @$case;
+    nginx_start(http => http_block(
+        pool => 2,
+        db   => "host=localhost port=$pg->{port} $rest password=s3cr3t-pw"));
+    my $mark = log_mark();
+
+    my $t = create_tenant(status => 'active', tier => 'starter');
+    my @r = map { get($t->{clerk_organization_id}) } 1 .. 3;
+    for my $i (0 .. $#r) {
+        my $x = $r[$i];
+        my $n = $i + 1;
+        is $x->{status}, 503, "$name, lookup $n: 503" or diag $x->{body};
+        like $x->{body}, qr/"code":"tenant_unavailable"/, "$name, lookup $n: tenant_unavailable";
+        like $x->{headers}{'retry-after'}[0] // '', qr/^\d+$/, "$name, lookup $n: Retry-After";
+        ok $x->{elapsed} < 1.5, sprintf("$name, lookup $n: answered in %.2f s (timeout=2s)", $x->{elapsed});
+    }
+
+    my $h = http(path => '/api/health', timeout => 5);
+    is $h->{status}, 503, "$name: health 503";
+    like $h->{body}, qr/"database":"disconnected"/, "$name: health: disconnected";
+
+    my $log = error_log(since => $mark);
+    my @err = $log =~ /^(.*\[error\].*tenant: PostgreSQL failed while connecting to PostgreSQL: .*)$/mg;
+    ok @err >= 1, "$name: an [error] for the failed connection" or diag $log;
+    like $err[0] // '', $why, "$name: ... naming the server's reason";
+    unlike $log, qr/s3cr3t-pw/, "$name: ... without the password";
+    unlike $log, qr/\[alert\]|\[crit\]|exited on signal/, "$name: no crash, no [alert]/[crit]";
+    is scalar(nginx_workers()), 1, "$name: the worker is still there";
+
+    nginx_stop();
+}
+
+nginx_start(http => http_block(pool => 2));
+{
+    my $t = create_tenant(status => 'active', tier => 'starter');
+    my $x = get($t->{clerk_organization_id});
+    is $x->{status}, 200, 'a good conninfo again: 200' or diag $x->{body};
+}
+nginx_stop();
+
 done_testing();

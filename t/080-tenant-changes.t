@@ -857,6 +857,57 @@ EOF2
 }
 
 
+# --- 6c. the job without tenant_cron_secret ---------------------------------
+
+# ngx_tenant_cron.c, ngx_tenant_cron_handler: tenant_cron_expire_trials in a
+# configuration without tenant_cron_secret.  nginx -t accepts it; the job
+# must fail closed: 503 cron_unavailable (problem+json) whatever the
+# Authorization header says, one [error] per call, and no trial expired.
+{
+    my $no_secret = http_conf() =~ s/^[ \t]*tenant_cron_secret[^\n]*\n//mr;
+    unlike $no_secret, qr/tenant_cron_secret/, 'no secret: the directive is gone from the configuration';
+    my $c = nginx_conf_test(http => $no_secret);
+    ok $c->{ok}, 'no secret: nginx -t accepts tenant_cron_expire_trials without tenant_cron_secret'
+        or diag $c->{output};
+
+    SKIP: {
+        skip 'nginx -t refuses it: the handler\'s check cannot be reached', 1 unless $c->{ok};
+
+        nginx_reload(http => $no_secret);
+        my $t = create_tenant(status => 'trial', trial_ends_at => -50);
+        my $audit = scalar audit_rows();
+        my $mark = log_mark();
+
+        my @auth = (['the old secret', "Bearer $CRON_SECRET"], ['no Authorization', undef],
+                    ['an empty bearer token', 'Bearer '], ['any token', 'Bearer x']);
+        for my $a (@auth) {
+            my ($name, $auth) = @$a;
+            my $r = cron(auth => $auth, body => '{}');
+            my $ok = is $r->{status}, 503, "no secret, $name: 503";
+            $ok &&= is code($r), 'cron_unavailable', "no secret, $name: cron_unavailable";
+            $ok &&= like $r->{headers}{'content-type'}[0] // '', qr{^application/problem\+json},
+                "no secret, $name: problem+json";
+            ok !exists $r->{json}{expired}, "no secret, $name: no job answer";
+            diag brief($r), ' ', $r->{body} unless $ok;
+        }
+        my $r = cron(method => 'GET');
+        is $r->{status}, 405, 'no secret: GET still 405';
+
+        is trial_status($t->{id}), 'trial', 'no secret: the ended trial was not expired';
+        is scalar(audit_rows()), $audit, 'no secret: no audit row';
+        my @err = error_log(since => $mark)
+            =~ /^(.*\[error\].*tenant_cron_expire_trials needs tenant_database and tenant_cron_secret.*)$/mg;
+        is scalar(@err), scalar(@auth), 'no secret: one [error] per refused call'
+            or diag error_log(since => $mark);
+
+        nginx_reload(http => http_conf());
+        $r = cron();
+        is $r->{status}, 200, 'no secret: with the secret back, the job runs: 200';
+        is trial_status($t->{id}), 'expired', 'no secret: ... and expires that trial';
+    }
+}
+
+
 # --- 7. the job while the database is down ----------------------------------
 
 {

@@ -904,4 +904,76 @@ SQL
         '... the one with that slug is not';
 }
 
+# --- 13. tenant_admin where the gateway admits no admin ------------------------
+
+# ngx_tenant_admin.c, ngx_tenant_admin_handler: tenant_admin in a location
+# whose access phase did not admit an admin ("tenant_gateway on", or no
+# tenant_gateway at all).  nginx -t accepts both; the handler must fail
+# closed: 403 admin_required, one [error], and no SQL (nothing written).
+{
+    my $extra = <<'EOC';
+        location /gw-on/tenants {
+            tenant_gateway on;
+            tenant_admin;
+        }
+
+        location /no-gw/tenants {
+            tenant_admin;
+        }
+
+EOC
+    my $conf = http_conf() =~ s/(        location \/api\/ \{)/$extra$1/r;
+    my $t = nginx_conf_test(http => $conf);
+    ok $t->{ok}, 'no admin gateway: nginx -t accepts tenant_admin without "tenant_gateway admin"'
+        or diag $t->{output};
+    nginx_reload(http => $conf);
+
+    # a member of an active tenant (passes "tenant_gateway on") whose token
+    # also carries the admin role
+    my $member = create_tenant(status => 'active', tier => 'enterprise');
+    my $tok = mint_token(org => $member->{clerk_organization_id}, sub => 'user_gw_on',
+                         metadata => { role => 'admin' });
+
+    my $mark   = log_mark();
+    my $before = db_state();
+    my $rows   = sql_value('SELECT count(*) FROM public.tenants');
+
+    my $nb = body_for();
+    problem api(POST => '/gw-on/tenants', body => $nb, token => $tok), 403,
+        'admin_required', 'tenant_gateway on + tenant_admin: POST (member token with admin role)';
+    problem api(GET => '/gw-on/tenants?limit=1', token => $tok), 403,
+        'admin_required', 'tenant_gateway on + tenant_admin: GET list';
+    problem api(GET => "/gw-on/tenants/$member->{id}", token => $tok), 403,
+        'admin_required', 'tenant_gateway on + tenant_admin: GET one';
+
+    my $nb2 = body_for();
+    problem api(POST => '/no-gw/tenants', body => $nb2), 403,
+        'admin_required', 'no tenant_gateway + tenant_admin: POST (admin token)';
+    problem api(POST => '/no-gw/tenants', body => body_for(), token => undef), 403,
+        'admin_required', 'no tenant_gateway + tenant_admin: POST without a token';
+    problem api(GET => '/no-gw/tenants?limit=1'), 403,
+        'admin_required', 'no tenant_gateway + tenant_admin: GET list (admin token)';
+    problem api(DELETE => "/no-gw/tenants/$member->{id}?purge=true"), 403,
+        'admin_required', 'no tenant_gateway + tenant_admin: DELETE ?purge=true (admin token)';
+
+    is sql_value('SELECT count(*) FROM public.tenants'), $rows,
+        'no admin gateway: the POSTs wrote no tenant row';
+    is sql_value('SELECT count(*) FROM public.tenants WHERE slug IN ($1, $2)',
+                 $nb->{slug}, $nb2->{slug}), 0, 'no admin gateway: ... neither slug exists';
+    is_deeply db_state(), $before, 'no admin gateway: rows, schemas, audit unchanged';
+    is row($member->{id})->{subscription_status}, 'active',
+        'no admin gateway: the DELETE cancelled nothing';
+
+    my @err = error_log(since => $mark)
+        =~ /^(.*\[error\].*tenant_admin needs "tenant_gateway admin".*)$/mg;
+    is scalar(@err), 7, 'no admin gateway: one [error] per refused request'
+        or diag explain [error_log(since => $mark)];
+
+    # the admin location itself still works
+    is api(GET => "$COLL?limit=1")->{status}, 200,
+        'no admin gateway: "tenant_gateway admin" location still 200';
+
+    nginx_reload(http => http_conf());
+}
+
 done_testing();

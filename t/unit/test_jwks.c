@@ -9,6 +9,9 @@
 #include "tap.h"
 #include "jwt_util.h"
 
+#include <limits.h>
+#include <stdint.h>
+
 #include <openssl/encoder.h>
 
 #include "tenant_jwks.h"
@@ -660,6 +663,451 @@ test_copy(void)
 }
 
 
+/*
+ * Size bounds and malformed members (docs/coverage-gaps.md, C rows for
+ * tenant_jwks.c): every refusal returns -1 with a reason that quotes no
+ * key material, and leaves the set exactly as it was.
+ */
+
+static tenant_keyset_t  before;
+
+
+/* a set holding one PEM key, and a snapshot of it */
+
+static void
+bounds_set(tenant_keyset_t *ks)
+{
+    char  pem[4096];
+
+    memset(ks, 0, sizeof(tenant_keyset_t));
+    pem_of(rsa2, pem, sizeof(pem));
+
+    if (add_pem(ks, pem, "base") != 0) {
+        bail("bounds_set");
+    }
+
+    before = *ks;
+}
+
+
+/* refused, set unchanged, reason contains want, does not contain secret */
+
+static void
+refused(tenant_keyset_t *ks, const char *json, const char *want,
+    const char *secret, const char *name)
+{
+    int  rc;
+
+    rc = add_jwks(ks, json);
+
+    is_int(rc, -1, "%s: refused", name);
+    ok(memcmp(ks, &before, sizeof(tenant_keyset_t)) == 0,
+       "  set unchanged");
+    ok(want == NULL || strstr(err, want) != NULL, "  reason: %s", err);
+    ok(secret == NULL || err_has_no(secret), "  reason quotes no material");
+}
+
+
+/* the base64url of len bytes: first byte first, the others fill, last */
+
+static void
+fake_b64(char *dst, size_t len, unsigned char first, unsigned char fill,
+    unsigned char last)
+{
+    static unsigned char  bin[4096];
+
+    if (len > sizeof(bin)) {
+        bail("fake_b64");
+    }
+
+    memset(bin, fill, len);
+    bin[0] = first;
+    bin[len - 1] = last;
+    b64url(dst, bin, len);
+}
+
+
+static void
+test_pem_bounds(void)
+{
+    char             pem[4096], kid[301];
+    tenant_keyset_t  ks;
+
+    bounds_set(&ks);
+
+    /* a PUBLIC KEY block that decodes (3 zero bytes) but is no SPKI */
+
+    is_int(add_pem(&ks, "-----BEGIN PUBLIC KEY-----\nAAAA\n"
+                        "-----END PUBLIC KEY-----\n", NULL),
+           -1, "PEM block that is not DER SubjectPublicKeyInfo refused");
+    ok(strstr(err, "no valid PEM") != NULL, "  reason: %s", err);
+
+    /* an "encrypted" public key: the password callback declines */
+
+    is_int(add_pem(&ks, "-----BEGIN PUBLIC KEY-----\n"
+                        "Proc-Type: 4,ENCRYPTED\n"
+                        "DEK-Info: AES-128-CBC,"
+                        "00112233445566778899AABBCCDDEEFF\n"
+                        "\n"
+                        "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n"
+                        "-----END PUBLIC KEY-----\n", NULL),
+           -1, "encrypted PEM refused without a password prompt");
+    ok(err[0] != '\0' && err_has_no("MIIBIj") && err_has_no("0011223344"),
+       "  reason without material: %s", err);
+
+    /* a kid of 300 bytes: refused (PEM keys are refused, not skipped) */
+
+    memset(kid, 'K', 300);
+    memcpy(kid, "secretkid", 9);
+    kid[300] = '\0';
+    pem_of(ec, pem, sizeof(pem));
+    is_int(add_pem(&ks, pem, kid), -1, "PEM with a 300-byte kid refused");
+    ok(strstr(err, "kid") != NULL && err_has_no("secretkid")
+       && err_has_no("KKKKKKKK"), "  reason: %s", err);
+
+    kid[TENANT_KID_MAX] = '\0';
+    is_int(add_pem(&ks, pem, kid), 0, "PEM with a 128-byte kid accepted");
+    ok(tenant_keyset_find(&ks, kid, TENANT_KID_MAX) == &ks.keys[1],
+       "  found by its 128-byte kid");
+    EVP_PKEY_free(ks.keys[1].pkey);
+    memset(&ks.keys[1], 0, sizeof(tenant_key_t));
+    ks.nkeys--;
+
+    /* a length above INT_MAX is refused before the buffer is read */
+
+#if SIZE_MAX > INT_MAX
+    err[0] = '\0';
+    is_int(tenant_keyset_add_pem(&ks, (const unsigned char *) pem,
+                                 (size_t) INT_MAX + 1, NULL, err,
+                                 sizeof(err)),
+           -1, "PEM length > INT_MAX refused");
+    ok(strstr(err, "oversized") != NULL, "  reason: %s", err);
+#endif
+
+    /* errlen 0: err is not written */
+
+    strcpy(err, "untouched");
+    is_int(tenant_keyset_add_pem(&ks, (const unsigned char *) "x", 1, NULL,
+                                 err, 0),
+           -1, "errlen 0: refused");
+    is_str(err, "untouched", "  err not written");
+
+    strcpy(err, "untouched");
+    is_int(tenant_keyset_add_jwks(&ks, (const unsigned char *) "{}", 2, err,
+                                  0),
+           -1, "JWKS errlen 0: refused");
+    is_str(err, "untouched", "  err not written");
+
+    is_int(tenant_keyset_add_jwks(&ks, (const unsigned char *) "{}", 2, err,
+                                  8),
+           -1, "JWKS errlen 8: refused");
+    is_int(strlen(err), 7, "  reason truncated and terminated");
+
+    ok(memcmp(&ks, &before, sizeof(ks)) == 0, "PEM refusals: set unchanged");
+
+    tenant_keyset_free(&ks);
+}
+
+
+static void
+test_jwks_kid_bounds(void)
+{
+    char             kid[301], extra[400], jwk[4096], good[4096];
+    tenant_keyset_t  ks;
+
+    bounds_set(&ks);
+
+    memset(kid, 'K', 300);
+    memcpy(kid, "secretkid", 9);
+    kid[300] = '\0';
+
+    snprintf(doc, sizeof(doc),
+             "{\"keys\":[{\"kid\":\"%s\",\"kty\":\"EC\",\"crv\":\"P-256\"}]}",
+             kid);
+    refused(&ks, doc, "longer than 128", "secretkid",
+            "JWKS key with a 300-byte kid");
+
+    kid[TENANT_KID_MAX + 1] = '\0';
+    snprintf(jwk, sizeof(jwk), "\"kid\":\"%s\"", kid);
+    refused(&ks, jwks2(ec, jwk, NULL, NULL), "kid", "secretkid",
+            "JWKS key with a 129-byte kid");
+
+    /* next to a usable key, the long-kid key is skipped */
+
+    kid[300] = '\0';
+    snprintf(extra, sizeof(extra), "\"kid\":\"%s\"", kid);
+    jwk_of(ec, extra, jwk, sizeof(jwk));
+    jwk_of(rsa, "\"kid\":\"ok\"", good, sizeof(good));
+    snprintf(doc, sizeof(doc), "{\"keys\":[%s,%s]}", jwk, good);
+
+    is_int(add_jwks(&ks, doc), 0,
+           "300-byte kid next to a good key: document accepted");
+    is_int(ks.nkeys, 2, "  only the good key added");
+    is_str(ks.keys[1].kid, "ok", "  the good one");
+    ok(tenant_keyset_find(&ks, kid, 300) == NULL,
+       "  the 300-byte kid names no key");
+    EVP_PKEY_free(ks.keys[1].pkey);
+    memset(&ks.keys[1], 0, sizeof(tenant_key_t));
+    ks.nkeys--;
+
+    /* exactly TENANT_KID_MAX is fine */
+
+    kid[TENANT_KID_MAX] = '\0';
+    snprintf(jwk, sizeof(jwk), "\"kid\":\"%s\"", kid);
+    is_int(add_jwks(&ks, jwks2(ec, jwk, NULL, NULL)), 0,
+           "JWKS key with a 128-byte kid accepted");
+    is_int(ks.keys[1].kid_len, TENANT_KID_MAX, "  kid_len 128");
+    ok(tenant_keyset_find(&ks, kid, TENANT_KID_MAX) == &ks.keys[1],
+       "  found by its kid");
+
+    tenant_keyset_free(&ks);
+}
+
+
+static void
+test_jwks_rsa_bounds(void)
+{
+    char             n64[3000], e64[64], big[3000], ee[64];
+    tenant_keyset_t  ks;
+
+    bounds_set(&ks);
+
+    bn_b64url(rsa, OSSL_PKEY_PARAM_RSA_N, 0, n64);
+    bn_b64url(rsa, OSSL_PKEY_PARAM_RSA_E, 0, e64);
+
+#define RSA_DOC(n, e)                                                        \
+    (snprintf(doc, sizeof(doc),                                              \
+              "{\"keys\":[{\"kty\":\"RSA\",\"kid\":\"r\",\"n\":\"%s\","      \
+              "\"e\":\"%s\"}]}", (n), (e)), doc)
+
+    /* n longer than its buffer: refused by length before decoding */
+
+    fake_b64(big, 2048, 0xc3, 0x5a, 0x01);          /* 16384 bits */
+    is_int(strlen(big), 2731, "n of a 16384-bit modulus: 2731 chars");
+    big[16] = '\0';
+    strcpy(ee, big);
+    fake_b64(big, 2048, 0xc3, 0x5a, 0x01);
+    refused(&ks, RSA_DOC(big, e64), "\"n\"", ee,
+            "RSA n of 16384 bits (2731 chars)");
+
+    fake_b64(big, 1030, 0xc3, 0x5a, 0x01);          /* 8240 bits */
+    is_int(strlen(big), 1374, "n of 1030 bytes: 1374 chars");
+    refused(&ks, RSA_DOC(big, e64), "\"n\"", NULL,
+            "RSA n of 1030 bytes (over the n buffer)");
+
+    /* n that fits the buffer but is over 8192 bits: refused by size */
+
+    fake_b64(big, 1029, 0xc3, 0x5a, 0x01);          /* 8232 bits */
+    refused(&ks, RSA_DOC(big, e64), "8232 bits", "w1pa",
+            "RSA n of 8232 bits");
+
+    fake_b64(big, 1025, 0x01, 0x5a, 0x01);          /* 8193 bits */
+    refused(&ks, RSA_DOC(big, e64), "8193 bits", "w1pa",
+            "RSA n of 8193 bits");
+
+    fake_b64(big, 256, 0x7f, 0x5a, 0x01);           /* 2047 bits */
+    refused(&ks, RSA_DOC(big, e64), "2047 bits", NULL,
+            "RSA n of 2047 bits");
+
+    /* an even 2048-bit n: the size is right, the validation refuses it */
+
+    fake_b64(big, 256, 0xc3, 0x5a, 0x02);
+    refused(&ks, RSA_DOC(big, e64), "validation", NULL,
+            "RSA even n of 2048 bits");
+
+    /* n not base64url */
+
+    strcpy(big, n64);
+    big[100] = '+';
+    refused(&ks, RSA_DOC(big, e64), "base64url", NULL,
+            "RSA n with a '+'");
+    strcpy(big, n64);
+    big[100] = '/';
+    refused(&ks, RSA_DOC(big, e64), "base64url", NULL,
+            "RSA n with a '/'");
+    refused(&ks, RSA_DOC("", e64), "base64url", NULL, "RSA empty n");
+
+    /* e: at most 8 bytes, odd, > 1 */
+
+    fake_b64(ee, 9, 0x01, 0x00, 0x01);
+    refused(&ks, RSA_DOC(n64, ee), "\"e\"", NULL, "RSA e of 9 bytes");
+
+    fake_b64(ee, 12, 0x01, 0x00, 0x01);
+    refused(&ks, RSA_DOC(n64, ee), "\"e\"", NULL, "RSA e of 12 bytes");
+
+    fake_b64(ee, 30, 0x01, 0x00, 0x01);             /* over the e buffer */
+    refused(&ks, RSA_DOC(n64, ee), "\"e\"", NULL, "RSA e of 30 bytes");
+
+    refused(&ks, RSA_DOC(n64, "AQAA"), "validation", NULL,
+            "RSA even e (65536)");
+    refused(&ks, RSA_DOC(n64, "AQ"), "validation", NULL, "RSA e = 1");
+    refused(&ks, RSA_DOC(n64, ""), "\"e\"", NULL, "RSA empty e");
+    refused(&ks, RSA_DOC(n64, "AQ*B"), "\"e\"", NULL, "RSA e not base64url");
+    refused(&ks, RSA_DOC(n64, "AQAB="), "\"e\"", NULL, "RSA e with padding");
+
+    fake_b64(ee, 8, 0x01, 0x00, 0x01);              /* 2^56 + 1 */
+    is_int(add_jwks(&ks, RSA_DOC(n64, ee)), 0, "RSA e of 8 bytes accepted");
+    is_int(ks.nkeys, 2, "  added");
+
+#undef RSA_DOC
+
+    tenant_keyset_free(&ks);
+}
+
+
+static void
+test_jwks_ec_bounds(void)
+{
+    char             x64[200], y64[200], bad[200], jwk[4096];
+    tenant_keyset_t  ks;
+
+    bounds_set(&ks);
+
+    bn_b64url(ec, OSSL_PKEY_PARAM_EC_PUB_X, 32, x64);
+    bn_b64url(ec, OSSL_PKEY_PARAM_EC_PUB_Y, 32, y64);
+
+#define EC_DOC(crv, x, y)                                                    \
+    (snprintf(doc, sizeof(doc),                                              \
+              "{\"keys\":[{\"kty\":\"EC\",\"kid\":\"e\",%s"                  \
+              "\"x\":\"%s\",\"y\":\"%s\"}]}", (crv), (x), (y)), doc)
+#define P256  "\"crv\":\"P-256\","
+
+    is_int(add_jwks(&ks, EC_DOC(P256, x64, y64)), 0,
+           "EC control: the real point accepted");
+    EVP_PKEY_free(ks.keys[1].pkey);
+    memset(&ks.keys[1], 0, sizeof(tenant_key_t));
+    ks.nkeys--;
+
+    /* coordinates of the wrong length, or longer than their buffer */
+
+    fake_b64(bad, 75, 0x11, 0x22, 0x33);            /* 100 chars */
+    is_int(strlen(bad), 100, "x of 100 chars");
+    refused(&ks, EC_DOC(P256, bad, y64), "32-byte", "ESIi", "EC x of 75 bytes");
+    refused(&ks, EC_DOC(P256, x64, bad), "32-byte", "ESIi", "EC y of 75 bytes");
+
+    fake_b64(bad, 33, 0x00, 0x22, 0x33);            /* 44 chars */
+    refused(&ks, EC_DOC(P256, bad, y64), "32-byte", NULL, "EC x of 33 bytes");
+
+    fake_b64(bad, 31, 0x11, 0x22, 0x33);
+    refused(&ks, EC_DOC(P256, x64, bad), "32-byte", NULL,
+            "EC x right, y of 31 bytes");
+
+    fake_b64(bad, 34, 0x11, 0x22, 0x33);            /* 46 chars */
+    refused(&ks, EC_DOC(P256, x64, bad), "32-byte", NULL,
+            "EC x right, y of 34 bytes (over the buffer)");
+
+    /* not base64url */
+
+    strcpy(bad, x64);
+    bad[5] = '*';
+    refused(&ks, EC_DOC(P256, bad, y64), "32-byte", NULL, "EC x with a '*'");
+    strcpy(bad, y64);
+    bad[42] = '+';
+    refused(&ks, EC_DOC(P256, x64, bad), "32-byte", NULL, "EC y with a '+'");
+    strcpy(bad, y64);
+    strcat(bad, "=");
+    refused(&ks, EC_DOC(P256, x64, bad), "32-byte", NULL, "EC y with padding");
+
+    /* not a point of P-256 */
+
+    strcpy(bad, y64);
+    bad[10] = (bad[10] == 'A') ? 'B' : 'A';
+    refused(&ks, EC_DOC(P256, x64, bad), "could not be imported", NULL,
+            "EC point off the curve (y changed)");
+
+    fake_b64(bad, 32, 0x00, 0x00, 0x00);
+    refused(&ks, EC_DOC(P256, bad, bad), "could not be imported", NULL,
+            "EC point (0, 0)");
+
+    fake_b64(bad, 32, 0xff, 0xff, 0xff);            /* >= p */
+    refused(&ks, EC_DOC(P256, bad, bad), "could not be imported", NULL,
+            "EC coordinates >= p");
+
+    /* the curve */
+
+    refused(&ks, EC_DOC("\"crv\":\"P-384\",", x64, y64), "P-256", NULL,
+            "EC P-256 point labelled P-384");
+    refused(&ks, EC_DOC("\"crv\":\"p-256\",", x64, y64), "P-256", NULL,
+            "EC crv p-256 (case)");
+    refused(&ks, EC_DOC("\"crv\":\"P-256 \",", x64, y64), "P-256", NULL,
+            "EC crv with a trailing space");
+    refused(&ks, EC_DOC("\"crv\":256,", x64, y64), "P-256", NULL,
+            "EC numeric crv");
+    refused(&ks, EC_DOC("", x64, y64), "P-256", NULL, "EC without crv");
+    refused(&ks, EC_DOC("\"crv\":\"secp256k1\",", x64, y64), "P-256", NULL,
+            "EC crv secp256k1");
+
+    /* kty of the wrong type or case */
+
+    jwk_of(ec, "", jwk, sizeof(jwk));
+    snprintf(doc, sizeof(doc), "{\"keys\":[%s]}", jwk);
+    memcpy(strstr(doc, "\"EC\""), "\"ec\"", 4);
+    refused(&ks, doc, "kty", NULL, "EC kty in lower case");
+
+#undef EC_DOC
+#undef P256
+
+    tenant_keyset_free(&ks);
+}
+
+
+/* more keys in one document than a set holds */
+
+static void
+test_jwks_count(void)
+{
+    int              i;
+    char             jwk[4096], kid[32];
+    size_t           len;
+    tenant_keyset_t  ks;
+
+    memset(&ks, 0, sizeof(ks));
+    memset(&before, 0, sizeof(before));
+
+#define MANY(nkeys, nskip)                                                   \
+    do {                                                                     \
+        len = (size_t) snprintf(doc, sizeof(doc), "{\"keys\":[");            \
+        for (i = 0; i < (nkeys) + (nskip); i++) {                            \
+            snprintf(kid, sizeof(kid), "\"kid\":\"k%d\"%s", i,               \
+                     i < (nskip) ? ",\"use\":\"enc\"" : "");                 \
+            jwk_of(ec, kid, jwk, sizeof(jwk));                               \
+            len += (size_t) snprintf(doc + len, sizeof(doc) - len, "%s%s",   \
+                                     i ? "," : "", jwk);                     \
+        }                                                                    \
+        snprintf(doc + len, sizeof(doc) - len, "]}");                        \
+        if (len + 3 >= sizeof(doc)) {                                        \
+            bail("MANY: doc too small");                                     \
+        }                                                                    \
+    } while (0)
+
+    MANY(TENANT_JWKS_MAX_KEYS + 1, 0);
+    refused(&ks, doc, "too many", NULL, "JWKS of 17 keys into an empty set");
+    is_int(ks.nkeys, 0, "  no key added");
+    ok(ks.keys[0].pkey == NULL && ks.keys[TENANT_JWKS_MAX_KEYS - 1].pkey
+       == NULL, "  slots left clean");
+
+    MANY(TENANT_JWKS_MAX_KEYS, 0);
+    is_int(add_jwks(&ks, doc), 0, "JWKS of 16 keys accepted");
+    is_int(ks.nkeys, TENANT_JWKS_MAX_KEYS, "  16 keys");
+    tenant_keyset_free(&ks);
+
+    MANY(TENANT_JWKS_MAX_KEYS, 4);
+    is_int(add_jwks(&ks, doc), 0, "JWKS of 16 keys + 4 skipped accepted");
+    is_int(ks.nkeys, TENANT_JWKS_MAX_KEYS, "  16 keys");
+    ok(tenant_keyset_find(&ks, "k0", 2) == NULL, "  the skipped ones absent");
+    tenant_keyset_free(&ks);
+
+    bounds_set(&ks);
+    MANY(TENANT_JWKS_MAX_KEYS, 0);
+    refused(&ks, doc, "too many", NULL,
+            "JWKS of 16 keys into a set holding one");
+
+#undef MANY
+
+    tenant_keyset_free(&ks);
+}
+
+
 int
 main(void)
 {
@@ -674,6 +1122,11 @@ main(void)
     test_find();
     test_rotation();
     test_copy();
+    test_pem_bounds();
+    test_jwks_kid_bounds();
+    test_jwks_rsa_bounds();
+    test_jwks_ec_bounds();
+    test_jwks_count();
 
     EVP_PKEY_free(rsa);
     EVP_PKEY_free(rsa2);

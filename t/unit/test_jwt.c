@@ -1016,6 +1016,134 @@ test_status_strings(void)
 }
 
 
+/*
+ * Uncovered paths of tenant_jwt.c (docs/coverage-gaps.md): an invalid
+ * character in a 2-character tail group, reals below -2^62, an issuer and
+ * authorized parties given without their lengths, and a configured role
+ * claim path (with empty and over-long segments, which the module's
+ * configuration refuses but the API tolerates).
+ */
+
+static void
+test_gaps(void)
+{
+    size_t          n;
+    char            t[TOKEN_MAX], path[200];
+    const char     *azp[2];
+    unsigned char   out[64];
+
+    /* base64url: invalid characters in the last, partial group */
+
+    is_int(tenant_base64url_decode(out, (const unsigned char *) "Q*", 2), -1,
+           "b64: invalid char in a 2-char tail group");
+    is_int(tenant_base64url_decode(out, (const unsigned char *) "*A", 2), -1,
+           "b64: invalid first char in a 2-char tail group");
+    is_int(tenant_base64url_decode(out, (const unsigned char *) "TWFuQ.", 6),
+           -1, "b64: '.' in a 2-char tail group");
+    is_int(tenant_base64url_decode(out, (const unsigned char *) "Q\x80", 2),
+           -1, "b64: byte >= 0x80 in a 2-char tail group");
+    is_int(tenant_base64url_decode(out, (const unsigned char *) "QQ*", 3),
+           -1, "b64: invalid char in a 3-char tail group");
+
+    /* a token whose signature (342 chars: a 2-char tail) ends in "A*" */
+
+    rs("{" BASE "}");
+    strcpy(t, tok);
+    n = strlen(t);
+    is_int(n - (size_t) (strrchr(t, '.') + 1 - t), 342,
+           "RS256 signature of 342 chars");
+    t[n - 2] = 'A';
+    t[n - 1] = '*';
+    is_int(verify(t), TENANT_JWT_MALFORMED, "signature ending in A* malformed");
+    t[n - 1] = 'A';
+    is_int(verify(t), TENANT_JWT_BAD_SIGNATURE,
+           "  the same ending in AA: well-formed, bad signature");
+
+    /* reals beyond -2^62 */
+
+    is_int(rs("{\"sub\":\"u\",\"exp\":-1e300}"), TENANT_JWT_BAD_CLAIM,
+           "exp -1e300 out of range");
+    is_int(rs("{\"sub\":\"u\",\"exp\":-4.7e18}"), TENANT_JWT_BAD_CLAIM,
+           "exp -4.7e18 (below -2^62) out of range");
+    is_int(rs("{\"sub\":\"u\",\"exp\":-4.6e18}"), TENANT_JWT_EXPIRED,
+           "exp -4.6e18 (above -2^62) in range, expired");
+    is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,\"nbf\":-1e300}"),
+           TENANT_JWT_BAD_CLAIM, "nbf -1e300 out of range");
+    is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,\"iat\":-1e300}"),
+           TENANT_JWT_BAD_CLAIM, "iat -1e300 out of range");
+
+    /* issuer and azp without lengths: strlen */
+
+    policy.issuer = "https://clerk.example.com";
+    policy.issuer_len = 0;
+
+    is_int(rs("{" BASE ",\"iss\":\"https://clerk.example.com\"}"),
+           TENANT_JWT_OK, "issuer_len 0: iss matches by strlen");
+    is_int(rs("{" BASE ",\"iss\":\"https://clerk.example.co\"}"),
+           TENANT_JWT_BAD_ISSUER, "issuer_len 0: a prefix refused");
+    is_int(rs("{" BASE ",\"iss\":\"https://clerk.example.com/\"}"),
+           TENANT_JWT_BAD_ISSUER, "issuer_len 0: a longer iss refused");
+
+    policy.issuer = NULL;
+
+    azp[0] = "https://app.example.com";
+    azp[1] = "https://admin.example.com";
+    policy.azp = azp;
+    policy.azp_len = NULL;
+    policy.nazp = 2;
+
+    is_int(rs("{" BASE ",\"azp\":\"https://admin.example.com\"}"),
+           TENANT_JWT_OK, "azp_len NULL: azp matches by strlen");
+    is_int(rs("{" BASE ",\"azp\":\"https://app.example.co\"}"),
+           TENANT_JWT_BAD_AZP, "azp_len NULL: a prefix refused");
+    is_int(rs("{" BASE ",\"azp\":\"https://evil.example.com\"}"),
+           TENANT_JWT_BAD_AZP, "azp_len NULL: another azp refused");
+
+    reset_policy();
+
+    /* a configured role claim path */
+
+    policy.role_claim = "role";
+    is_int(rs("{" BASE ",\"role\":\"admin\",\"metadata\":{\"role\":\"x\"}}"),
+           TENANT_JWT_OK, "role_claim role");
+    is_str(claims.metadata_role, "admin", "  the top-level role");
+
+    policy.role_claim = "public_metadata.gw-role";
+    is_int(rs("{" BASE ",\"public_metadata\":{\"gw-role\":\"ops\"}}"),
+           TENANT_JWT_OK, "role_claim public_metadata.gw-role");
+    is_str(claims.metadata_role, "ops", "  the nested role");
+    is_int(rs("{" BASE ",\"public_metadata\":\"ops\"}"),
+           TENANT_JWT_BAD_CLAIM, "  a string on the way is a bad claim");
+    is_int(rs("{" BASE "}"), TENANT_JWT_OK, "  absent: no role");
+    is_int(claims.metadata_role_len, 0, "  role empty");
+
+    policy.role_claim = "a..b";
+    is_int(rs("{" BASE ",\"a\":{\"\":{\"b\":\"r\"}}}"), TENANT_JWT_OK,
+           "role_claim with an empty segment: no role");
+    is_int(claims.metadata_role_len, 0, "  role empty");
+
+    policy.role_claim = "role.";
+    is_int(rs("{" BASE ",\"role\":{\"\":\"r\"}}"), TENANT_JWT_OK,
+           "role_claim with a trailing dot: no role");
+    is_int(claims.metadata_role_len, 0, "  role empty");
+
+    memset(path, 'r', TENANT_JWT_ROLE_PATH_MAX + 1);
+    path[TENANT_JWT_ROLE_PATH_MAX + 1] = '\0';
+    policy.role_claim = path;
+    is_int(rs(P("{" BASE ",\"%s\":\"r\"}", path)), TENANT_JWT_OK,
+           "role_claim segment of %d bytes: no role",
+           TENANT_JWT_ROLE_PATH_MAX + 1);
+    is_int(claims.metadata_role_len, 0, "  role empty");
+
+    path[TENANT_JWT_ROLE_PATH_MAX] = '\0';
+    is_int(rs(P("{" BASE ",\"%s\":\"r\"}", path)), TENANT_JWT_OK,
+           "role_claim segment of %d bytes", TENANT_JWT_ROLE_PATH_MAX);
+    is_str(claims.metadata_role, "r", "  the role");
+
+    reset_policy();
+}
+
+
 int
 main(void)
 {
@@ -1057,6 +1185,7 @@ main(void)
     test_session_status();
     test_claims();
     test_status_strings();
+    test_gaps();
 
     tenant_keyset_free(&ks);
     EVP_PKEY_free(rsa);
