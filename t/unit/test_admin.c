@@ -167,6 +167,24 @@ parse_patch(const char *body, size_t len, tenant_admin_patch_t *out,
 }
 
 
+/* Serializes body (the reference is taken): a string to free, or NULL. */
+
+static char *
+dump(json_t *body)
+{
+    char  *s;
+
+    s = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    json_decref(body);
+
+    if (s == NULL) {
+        printf("# cannot build the body\n");
+    }
+
+    return s;
+}
+
+
 /* Serializes body (the reference is taken) and parses it as a create. */
 
 static int
@@ -176,11 +194,8 @@ create_json(json_t *body, tenant_admin_create_t *out,
     int    rc;
     char  *s;
 
-    s = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    json_decref(body);
-
+    s = dump(body);
     if (s == NULL) {
-        printf("# cannot build the body\n");
         errs->n = 0;
         return -2;
     }
@@ -220,11 +235,8 @@ patch_json(json_t *body, tenant_admin_patch_t *out,
     int    rc;
     char  *s;
 
-    s = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    json_decref(body);
-
+    s = dump(body);
     if (s == NULL) {
-        printf("# cannot build the body\n");
         errs->n = 0;
         return -2;
     }
