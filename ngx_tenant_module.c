@@ -1595,14 +1595,21 @@ ngx_tenant_read_file(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *out)
     file.name = *name;
     file.log = cf->log;
 
-    file.fd = ngx_open_file(name->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    /* non-blocking: opening a FIFO must not hang the configuration */
+
+    file.fd = ngx_open_file(name->data, NGX_FILE_RDONLY|NGX_FILE_NONBLOCK,
+                            NGX_FILE_OPEN, 0);
     if (file.fd == NGX_INVALID_FILE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
                            ngx_open_file_n " \"%V\" failed", name);
         return NGX_ERROR;
     }
 
+    /* fstat() of a descriptor just opened fails only on EIO or
+     * EOVERFLOW */
+
     if (ngx_fd_info(file.fd, &fi) == NGX_FILE_ERROR
+        || !ngx_is_file(&fi)
         || ngx_file_size(&fi) > 1024 * 1024)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -1616,6 +1623,8 @@ ngx_tenant_read_file(ngx_conf_t *cf, ngx_str_t *name, ngx_str_t *out)
     if (out->data == NULL) {
         goto failed;
     }
+
+    /* a short read only if the file shrank since fstat() */
 
     n = ngx_read_file(&file, out->data, out->len, 0);
     if (n != (ssize_t) out->len) {

@@ -25,6 +25,7 @@ use lib "$FindBin::Bin/lib";
 
 use TenantTest;
 use Test::More;
+use POSIX ();
 use Crypt::KeyDerivation qw(hkdf);
 use Digest::SHA          qw(hmac_sha256_hex);
 use Time::HiRes          qw(sleep);
@@ -509,6 +510,14 @@ my @preflight = (Origin => 'https://app.example',
 my $KEYS = TenantTest::jwt_keys();
 my $nokey_dir = "$KEYS->{dir}/none";
 
+# A key file that is a directory, or a FIFO: nginx -t used to block in
+# open() on a FIFO without a writer.  This one has a writer (this process
+# holds it open read-write), so that a regression fails the case instead
+# of hanging the suite; the module refuses it for not being a file.
+my $key_fifo = "$KEYS->{dir}/fifo.pem";
+POSIX::mkfifo($key_fifo, 0600) or die "mkfifo: $!" unless -p $key_fifo;
+sysopen(my $fifo_writer, $key_fifo, POSIX::O_RDWR()) or die "$key_fifo: $!";
+
 # A good configuration, with (name => text) parts replaced by the case.
 my %base = (
     database  => 'tenant_database "%%PG%%";',
@@ -587,6 +596,10 @@ my @config_cases = (
      qr/\[emerg\].*invalid key in "\Q$KEYS->{rsa_key}\E": no valid PEM "PUBLIC KEY"/],
     ['tenant_jwt_key is the JWKS (not PEM)', { jwt_key => "tenant_jwt_key $KEYS->{jwks};" },
      qr/\[emerg\].*invalid key in "\Q$KEYS->{jwks}\E": no valid PEM "PUBLIC KEY"/],
+    ['tenant_jwt_key is a directory', { jwt_key => "tenant_jwt_key $KEYS->{dir};" },
+     qr/\[emerg\].*"\Q$KEYS->{dir}\E" is not a readable file of at most 1m/],
+    ['tenant_jwks_file is a FIFO', { jwt_key => "tenant_jwks_file $key_fifo;" },
+     qr/\[emerg\].*"\Q$key_fifo\E" is not a readable file of at most 1m/],
 );
 
 my $private_pem = do { local $/; open my $f, '<', $KEYS->{rsa_key} or die $!; <$f> };
