@@ -270,7 +270,7 @@ ngx_int_t ngx_tenant_ratelimit_filter_init(ngx_conf_t *cf);
 uint64_t ngx_tenant_ratelimit_seconds(tenant_rate_result_t *res);
 
 /* ngx_tenant_headers.c */
-ngx_int_t ngx_tenant_headers_read_org(ngx_http_request_t *r,
+void ngx_tenant_headers_read_org(ngx_http_request_t *r,
     ngx_str_t *org, ngx_uint_t *count);
 ngx_int_t ngx_tenant_headers_strip(ngx_http_request_t *r);
 ngx_int_t ngx_tenant_headers_inject(ngx_http_request_t *r,

@@ -266,9 +266,9 @@ ngx_tenant_access_start(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 {
     /* what the client says, before its tenant headers are removed */
 
-    if (ngx_tenant_headers_read_org(r, &ctx->org, &ctx->norg) != NGX_OK
-        || ngx_tenant_headers_strip(r) != NGX_OK)
-    {
+    ngx_tenant_headers_read_org(r, &ctx->org, &ctx->norg);
+
+    if (ngx_tenant_headers_strip(r) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 

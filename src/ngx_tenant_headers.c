@@ -127,11 +127,11 @@ ngx_tenant_headers_init(ngx_conf_t *cf)
 
 
 /*
- * The client's X-Organization-ID: NGX_OK with *org set (len 0 when
- * absent) and *count the number of such headers.
+ * The client's X-Organization-ID: *org (len 0 when absent) and *count,
+ * the number of such headers.
  */
 
-ngx_int_t
+void
 ngx_tenant_headers_read_org(ngx_http_request_t *r, ngx_str_t *org,
     ngx_uint_t *count)
 {
@@ -165,8 +165,6 @@ ngx_tenant_headers_read_org(ngx_http_request_t *r, ngx_str_t *org,
             (*count)++;
         }
     }
-
-    return NGX_OK;
 }
 
 

@@ -31,7 +31,7 @@ typedef struct {
 } ngx_tenant_rl_op_t;
 
 
-static ngx_int_t ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf,
+static void ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf,
     u_char *key, size_t len, tenant_rate_t *rate,
     tenant_rate_result_t *result);
 static ngx_int_t ngx_tenant_ratelimit_gcra(void *value, void *data);
@@ -76,12 +76,8 @@ ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
             ctx->rl_by_rate = tlcf->rl_by_rate;
             ctx->rl_by_set = 1;
 
-            if (ngx_tenant_ratelimit_key(tmcf, key, p - key,
-                                         &ctx->rl_by_rate, &ctx->rl_by)
-                != NGX_OK)
-            {
-                return NGX_ERROR;
-            }
+            ngx_tenant_ratelimit_key(tmcf, key, p - key, &ctx->rl_by_rate,
+                                     &ctx->rl_by);
 
             if (!ctx->rl_by.allowed) {
                 return NGX_DECLINED;
@@ -121,18 +117,14 @@ ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ctx->rl_rate = rate;
     ctx->rl_set = 1;
 
-    if (ngx_tenant_ratelimit_key(tmcf, ctx->tenant.id, ctx->tenant.id_len,
-                                 &ctx->rl_rate, &ctx->rl)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
+    ngx_tenant_ratelimit_key(tmcf, ctx->tenant.id, ctx->tenant.id_len,
+                             &ctx->rl_rate, &ctx->rl);
 
     return ctx->rl.allowed ? NGX_OK : NGX_DECLINED;
 }
 
 
-static ngx_int_t
+static void
 ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
     size_t len, tenant_rate_t *rate, tenant_rate_result_t *result)
 {
@@ -152,6 +144,9 @@ ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
      * a day times 10^8 fits 64 bits).
      */
 
+    /* burst is never 0 (tenant_rate_parse() defaults it to the limit);
+     * the test keeps a zero out of the division's numerator anyway */
+
     bucket_ms = rate->window_ms * (rate->burst ? rate->burst : rate->limit)
                 / rate->limit;
 
@@ -165,8 +160,6 @@ ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
         result->remaining = 0;
         result->reset_ms = 0;
     }
-
-    return NGX_OK;
 }
 
 
