@@ -350,6 +350,10 @@ ngx_tenant_postconfiguration(ngx_conf_t *cf)
 
     *h = ngx_tenant_metrics_log_handler;
 
+    if (ngx_tenant_jwks_filter_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_tenant_ratelimit_filter_init(cf);
 }
 

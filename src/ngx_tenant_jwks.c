@@ -12,6 +12,10 @@
  * in the zone: one at a time for the whole instance, at most one per
  * "interval", whatever asks for it (the TTL, a token with an unknown kid,
  * the very first request).  A failed fetch keeps the last good document.
+ *
+ * Failures to allocate, to create the subrequest or to register events
+ * keep the last good keys and are logged; tests do not provoke them
+ * (class A of docs/coverage-gaps.md).
  */
 
 
@@ -55,6 +59,7 @@ typedef struct {
 
 struct ngx_tenant_jwks_s {
     ngx_str_t                  uri;
+    uint32_t                   uri_crc;
     ngx_msec_t                 ttl;
     ngx_msec_t                 interval;
     ngx_tenant_main_conf_t    *tmcf;
@@ -74,7 +79,9 @@ struct ngx_tenant_jwks_s {
 typedef struct {
     ngx_tenant_jwks_t         *jwks;
     ngx_uint_t                 id;           /* the claim */
+    size_t                     size;         /* of the body so far */
     unsigned                   done:1;
+    unsigned                   too_big:1;
 } ngx_tenant_jwks_fetch_t;
 
 
@@ -97,6 +104,11 @@ static tenant_keyset_t *ngx_tenant_jwks_build(ngx_tenant_jwks_t *jwks,
     u_char *doc, size_t len, char *err, size_t errlen);
 static void ngx_tenant_jwks_sleep(ngx_http_request_t *r);
 static void ngx_tenant_jwks_poll(ngx_http_request_t *r);
+static ngx_int_t ngx_tenant_jwks_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+
+
+static ngx_http_output_body_filter_pt  ngx_http_next_body_filter;
 
 
 static ngx_uint_t  ngx_tenant_jwks_tag;
@@ -219,11 +231,12 @@ ngx_tenant_jwks_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     crc = ngx_crc32_short(jwks->uri.data, jwks->uri.len);
 
     jwks->shpool = shpool;
+    jwks->uri_crc = crc;
 
     if (ojwks) {
         sh = ojwks->sh;
 
-    } else if (shm_zone->shm.exists) {
+    } else if (shm_zone->shm.exists) {  /* Windows only */
         sh = shpool->data;
 
     } else {
@@ -239,10 +252,15 @@ ngx_tenant_jwks_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     jwks->sh = sh;
 
     if (sh->uri_crc != crc) {
-        /* another endpoint: what the old one said does not count */
+        /*
+         * Another endpoint: what the old one said does not count, nor
+         * does a fetch from it still running in an old worker (its
+         * claim is dropped, and its answer refused for its URI).
+         */
         ngx_shmtx_lock(&shpool->mutex);
 
         sh->uri_crc = crc;
+        sh->fetching = 0;
         sh->len = 0;
         sh->crc = 0;
         sh->nkeys = 0;
@@ -480,7 +498,8 @@ ngx_tenant_jwks_waiting(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     f = ctx->jwks_fetch;
 
     if (f) {
-        /* our own subrequest: it posts this request when it ends */
+        /* our own subrequest: it posts this request when it ends; AGAIN
+         * is defensive, should anything else run the phases before */
         return f->done ? NGX_OK : NGX_AGAIN;
     }
 
@@ -519,6 +538,9 @@ ngx_tenant_jwks_poll(ngx_http_request_t *r)
     ngx_event_t  *wev;
 
     wev = r->connection->write;
+
+    /* defensive: nothing was sent to the client in the access phase, so
+     * no limit_rate delay can be pending */
 
     if (wev->delayed) {
         /* not the timer: the client's socket */
@@ -569,6 +591,7 @@ ngx_tenant_jwks_claim(ngx_tenant_jwks_t *jwks, ngx_uint_t *id)
         rc = NGX_DECLINED;
 
     } else {
+        /* 0 means "nobody": skipped, after 2^64 fetches */
         *id = ++sh->next_id ? sh->next_id : ++sh->next_id;
         sh->fetching = *id;
         sh->fetching_until_ms = now + NGX_TENANT_JWKS_CLAIM;
@@ -680,6 +703,13 @@ ngx_tenant_jwks_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
 
     f->done = 1;
 
+    if (f->too_big) {
+        ngx_tenant_jwks_failed(f, "larger than "
+                               "subrequest_output_buffer_size",
+                               r->connection->log);
+        return rc;
+    }
+
     if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE
         || r->headers_out.status != NGX_HTTP_OK)
     {
@@ -695,9 +725,7 @@ ngx_tenant_jwks_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
     b = r->out ? r->out->buf : NULL;
 
     if (b == NULL || b->last == b->pos) {
-        ngx_tenant_jwks_failed(f, "empty response, or larger than "
-                               "subrequest_output_buffer_size",
-                               r->connection->log);
+        ngx_tenant_jwks_failed(f, "empty response", r->connection->log);
         return rc;
     }
 
@@ -745,6 +773,16 @@ ngx_tenant_jwks_store(ngx_tenant_jwks_fetch_t *f, u_char *doc, size_t len,
     crc = ngx_crc32_long(doc, len);
 
     ngx_shmtx_lock(&jwks->shpool->mutex);
+
+    if (sh->uri_crc != jwks->uri_crc) {
+        /* fetched for the configuration before a reload to another URI */
+        ngx_shmtx_unlock(&jwks->shpool->mutex);
+
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "tenant: JWKS from \"%V\" not used: the "
+                      "configuration now fetches another URI", &jwks->uri);
+        return;
+    }
 
     changed = (sh->len != len || sh->crc != crc
                || ngx_memcmp(sh->data, doc, len) != 0);
@@ -799,6 +837,12 @@ ngx_tenant_jwks_failed(ngx_tenant_jwks_fetch_t *f, const char *why,
 
     ngx_shmtx_lock(&jwks->shpool->mutex);
 
+    if (sh->uri_crc != jwks->uri_crc) {
+        /* for the configuration before a reload to another URI */
+        ngx_shmtx_unlock(&jwks->shpool->mutex);
+        return;
+    }
+
     say = (sh->logged_ms == 0
            || !ngx_tenant_jwks_within(sh->logged_ms, jwks->interval));
 
@@ -836,6 +880,70 @@ ngx_tenant_jwks_failed(ngx_tenant_jwks_fetch_t *f, const char *why,
 }
 
 
+/*
+ * The postpone filter collects a fetch's body in one buffer of
+ * subrequest_output_buffer_size and, should the body outgrow it, fails
+ * the connection the subrequest shares with the client: a refresh would
+ * take a client's request down with it.  Ahead of it, this filter lets a
+ * fetch's body through only while it fits, and swallows it otherwise;
+ * the fetch then fails on its own.
+ */
+
+ngx_int_t
+ngx_tenant_jwks_filter_init(ngx_conf_t *cf)
+{
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_tenant_jwks_body_filter;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_tenant_jwks_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    off_t                      len;
+    ngx_chain_t               *cl;
+    ngx_tenant_jwks_fetch_t   *f;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (r->post_subrequest == NULL
+        || r->post_subrequest->handler != ngx_tenant_jwks_done)
+    {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    f = r->post_subrequest->data;
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (!f->too_big) {
+        len = 0;
+
+        for (cl = in; cl; cl = cl->next) {
+            len += ngx_buf_size(cl->buf);
+        }
+
+        if (r->headers_out.content_length_n
+            > (off_t) clcf->subrequest_output_buffer_size
+            || f->size + len > clcf->subrequest_output_buffer_size)
+        {
+            f->too_big = 1;
+
+        } else {
+            f->size += len;
+            return ngx_http_next_body_filter(r, in);
+        }
+    }
+
+    for (cl = in; cl; cl = cl->next) {
+        cl->buf->pos = cl->buf->last;
+        cl->buf->file_pos = cl->buf->file_last;
+    }
+
+    return NGX_OK;
+}
+
+
 static void
 ngx_tenant_jwks_cleanup(void *data)
 {
@@ -861,6 +969,9 @@ ngx_tenant_jwks_build(ngx_tenant_jwks_t *jwks, u_char *doc, size_t len,
         ngx_cpystrn((u_char *) err, (u_char *) "out of memory", errlen);
         return NULL;
     }
+
+    /* into an empty set, of at most TENANT_JWKS_MAX_KEYS keys: fails only
+     * to allocate */
 
     if (tenant_keyset_copy(ks, jwks->tmcf->keys) != 0) {
         ngx_cpystrn((u_char *) err, (u_char *) "cannot copy the keys",

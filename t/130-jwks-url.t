@@ -23,12 +23,12 @@
 #               Content-Length of a POST, ...), the location's own
 #               proxy_set_header Authorization.
 #
-# The JWKS server is an echo_start handler driven by files in a temp dir:
-# "mode" (ok, status500, malformed, nokeys, enc, huge, slow, delay) and
-# "jwks" (the document "ok" serves); it appends one JSON line per request
-# (time, method, uri, the Authorization / Cookie / Content-Length headers
-# it got, mode) to "hits", which counts the fetches.  The upstream is an
-# echo of our own that counts its requests too.
+# The JWKS server is t/lib/JwksServer.pm (an echo_start handler driven by
+# files: mode ok, status500, malformed, nokeys, slow, delay, and this
+# file's enc and huge; the document "ok" serves); it records one JSON line
+# per request (time, method, uri, the Authorization / Cookie /
+# Content-Length headers it got, mode), which counts the fetches.  The
+# upstream is an echo of our own that counts its requests too.
 #
 # Phases (ttl=3s interval=1s, two workers, reuseport):
 #
@@ -55,6 +55,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use TenantTest;
+use JwksServer;
 use Test::More;
 use Crypt::PK::RSA ();
 use Fcntl          qw(O_WRONLY O_APPEND O_CREAT);
@@ -96,14 +97,25 @@ sub jwks_doc { return $JSON->encode({ keys => [@_] }) }
 
 
 # --- the JWKS server ----------------------------------------------------------
+# (t/lib/JwksServer.pm, with two modes of this file's own)
 
-sub spew {
-    my ($path, $text) = @_;
-    open my $fh, '>', "$path.tmp" or die "$path.tmp: $!";
-    print $fh $text;
-    close $fh or die "$path: $!";
-    rename "$path.tmp", $path or die "rename $path: $!";
-}
+my $J = JwksServer->new(modes => {
+    enc  => sub {
+        return (200, ['Content-Type' => 'application/json'],
+                jwks_doc({ %{ $JWK{rsa} }, use => 'enc', alg => 'RSA-OAEP' }));
+    },
+    # rsa-1 and 300 more keys: about 130 KB, over the 64k buffer
+    huge => sub {
+        my @junk = map { { %{ $JWK{other} }, kid => "junk-$_" } } 1 .. 300;
+        return (200, ['Content-Type' => 'application/json'], jwks_doc($JWK{rsa}, @junk));
+    },
+});
+
+sub set_mode { $J->set_mode(@_) }
+sub set_jwks { $J->set_jwks(@_) }
+
+set_mode('ok');
+set_jwks($JWK{rsa});
 
 sub slurp {
     my ($path) = @_;
@@ -112,56 +124,10 @@ sub slurp {
     return scalar(<$fh>) // '';
 }
 
-sub set_mode { spew("$TMP/mode", $_[0]) }
-sub set_jwks { spew("$TMP/jwks", jwks_doc(@_)) }
-
-set_mode('ok');
-set_jwks($JWK{rsa});
-
-my $jwks_handler = sub {
-    my ($req) = @_;
-    my $mode = slurp("$TMP/mode") || 'ok';
-    my $h = $req->{headers};
-    my $hit = $JSON->encode({
-        t              => time,
-        mode           => $mode,
-        method         => $req->{method},
-        uri            => $req->{uri},
-        authorization  => $h->{authorization},
-        cookie         => $h->{cookie},
-        content_length => $h->{'content-length'},
-        marker         => $h->{'x-client-marker'},
-        body_len       => length($req->{body} // ''),
-    });
-    sysopen my $fh, "$TMP/hits", O_WRONLY | O_APPEND | O_CREAT or die "hits: $!";
-    syswrite $fh, "$hit\n";
-    close $fh;
-
-    my @json = ('Content-Type' => 'application/json');
-    my $doc  = slurp("$TMP/jwks");
-    return (500, \@json, '{"error":"internal"}') if $mode eq 'status500';
-    return (200, \@json, substr($doc, 0, int(length($doc) * 0.6))) if $mode eq 'malformed';
-    return (200, \@json, '{"keys":[]}') if $mode eq 'nokeys';
-    return (200, \@json, jwks_doc({ %{ $JWK{rsa} }, use => 'enc', alg => 'RSA-OAEP' }))
-        if $mode eq 'enc';
-    if ($mode eq 'huge') {
-        # rsa-1 and 300 more keys: about 130 KB, over the 64k buffer
-        my @junk = map { { %{ $JWK{other} }, kid => "junk-$_" } } 1 .. 300;
-        return (200, \@json, jwks_doc($JWK{rsa}, @junk));
-    }
-    sleep 2   if $mode eq 'slow';       # past proxy_read_timeout 1s
-    sleep 0.5 if $mode eq 'delay';      # within it
-    return (200, \@json, $doc);
-};
-
-my $jwks_srv = echo_start(handler => $jwks_handler, workers => 4);
-
 # The fetches so far, as hashes.
-sub fetches {
-    return map { $JSON->decode($_) } grep { length } split /\n/, slurp("$TMP/hits");
-}
-sub nfetch { my @f = fetches(); return scalar @f }
-sub last_fetch_t { my @f = fetches(); return @f ? $f[-1]{t} : 0 }
+sub fetches      { return $J->fetches }
+sub nfetch       { return $J->nfetch }
+sub last_fetch_t { return $J->last_fetch_t }
 
 
 # --- the upstream -------------------------------------------------------------
@@ -185,7 +151,7 @@ sub upstream_hits { my @l = split /\n/, slurp($UP_HITS); return scalar @l }
 # keys (static key directives).
 sub conf {
     my (%o) = @_;
-    my $port = $o{port} // $jwks_srv->{port};
+    my $port = $o{port} // $J->port;
     my $line = $o{jwks} // "tenant_jwks_request /_jwks ttl=${TTL}s interval=${INTERVAL}s;";
     my $static = $o{keys} // '';
     my $server = $o{server_gateway} ? 'tenant_gateway on;' : '';
@@ -639,7 +605,7 @@ bad_document('huge',      'a 130 KB document (64k buffer)');
 
 {
     set_jwks($JWK{rsa}, $JWK{other});   # what a fetch would get, were it up
-    echo_stop($jwks_srv);
+    $J->stop;
     my $mark = log_mark();
     sleep $INTERVAL + 0.1;
     my $start = time;           # requests for 2 s at least, and until logged
@@ -674,7 +640,7 @@ bad_document('huge',      'a 130 KB document (64k buffer)');
 # ---- 9. fresh nginx, endpoint down, no static key: 503 -------------------------------
 
 nginx_stop();
-$ngx = nginx_start(workers => 2, http => conf(port => $jwks_srv->{port}));
+$ngx = nginx_start(workers => 2, http => conf(port => $J->port));
 
 {
     my $mark = log_mark();
@@ -697,10 +663,10 @@ $ngx = nginx_start(workers => 2, http => conf(port => $jwks_srv->{port}));
 
 # ---- 9b. a slow endpoint: 503 after the timeout, not a hang --------------------------
 
-my $jwks2 = echo_start(handler => $jwks_handler, workers => 4);
+my $jwks2 = $J->another;   # the same mode, document and hits
 {
     set_mode('slow');
-    nginx_reload(http => conf(port => $jwks2->{port}));
+    nginx_reload(http => conf(port => $jwks2->port));
     sleep $INTERVAL + 0.1;
     my $n = nfetch();
     my $r = get(tok());
@@ -738,7 +704,7 @@ my $jwks2 = echo_start(handler => $jwks_handler, workers => 4);
     set_mode('ok');
     my $n = nfetch();
     my $last = last_fetch_t();
-    nginx_reload(http => conf(port => $jwks2->{port}, keys => 'tenant_jwks_file %%JWKS%%;'));
+    nginx_reload(http => conf(port => $jwks2->port, keys => 'tenant_jwks_file %%JWKS%%;'));
     admitted get(tok(key => 'ec')), 'static + fetched: ec-1 from tenant_jwks_file';
     admitted get(tok(key => 'other')), 'static + fetched: rsa-other, fetched before the reload';
     admitted get(tok()), 'static + fetched: rsa-1';
@@ -747,9 +713,9 @@ my $jwks2 = echo_start(handler => $jwks_handler, workers => 4);
 }
 
 {
-    echo_stop($jwks2);
+    $jwks2->stop;
     nginx_stop();
-    nginx_start(workers => 2, http => conf(port => $jwks2->{port},
+    nginx_start(workers => 2, http => conf(port => $jwks2->port,
                                            keys => 'tenant_jwks_file %%JWKS%%;'));
     my $r = get(tok());
     admitted $r, 'static keys, endpoint down: rsa-1 from tenant_jwks_file (no 503)';
