@@ -384,6 +384,27 @@ test_members(void)
     json_decref(j);
     free(s);
 
+    /* a lone sign, and a sign after the digits, are not integers either */
+
+    p.members[0].value = "-";
+    p.members[0].value_len = 1;
+    p.members[1].value = "1+";
+    p.members[1].value_len = 2;
+    p.members[2].value = "-0";
+    p.members[2].value_len = 2;
+    p.members[3].value = "-12";
+    p.members[3].value_len = 3;
+
+    s = render(&p, NULL);
+    ok(s != NULL && strstr(s, ",\"limit\":\"-\",\"negative\":\"1+\","
+                           "\"zero\":-0,\"big\":-12}") != NULL,
+       "number members \"-\" and \"1+\" go out as strings: %s",
+       s ? s : "(null)");
+    j = s ? json_loads(s, 0, &e) : NULL;
+    ok(j != NULL, "  and the body parses");
+    json_decref(j);
+    free(s);
+
     /* strings of members are escaped, names too */
 
     p.members[0].name = "upgradeUrl";

@@ -58,6 +58,7 @@ static void test_refused_keep_state(void);
 static void test_long_run(void);
 static void test_uneven(void);
 static void test_clock_back(void);
+static void test_epoch(void);
 static void test_large(void);
 static void test_bad_rate(void);
 static void test_fuzz(void);
@@ -85,6 +86,7 @@ main(void)
     test_long_run();
     test_uneven();
     test_clock_back();
+    test_epoch();
     test_large();
     test_bad_rate();
     test_fuzz();
@@ -191,6 +193,9 @@ test_parse_invalid(void)
         { "100r/sec", 0, "the unit after \"r/\" is not s, m, h or d" },
         { "100r/60s", 0, "the unit after \"r/\" is not s, m, h or d" },
         { "100r//s", 0, "the unit after \"r/\" is not s, m, h or d" },
+        { "100r/mx", 0, "the unit after \"r/\" is not s, m, h or d" },
+        { "10r/_", 0, "the unit after \"r/\" is not s, m, h or d" },
+        { "10r/{", 0, "the unit after \"r/\" is not s, m, h or d" },
         { "100r/s ", 0, "unexpected characters after the time unit" },
         { "100r/s/", 0, "unexpected characters after the time unit" },
         { "100r/s\0", 7, "unexpected characters after the time unit" },
@@ -206,6 +211,8 @@ test_parse_invalid(void)
         { "100/60S", 0, "unknown time unit in the window (ms, s, m, h, d)" },
         { "100/60sec", 0,
           "unknown time unit in the window (ms, s, m, h, d)" },
+        { "100/60mx", 0, "unknown time unit in the window (ms, s, m, h, d)" },
+        { "100/60s_", 0, "unexpected characters after the time unit" },
         { "100/60s ", 0, "unexpected characters after the time unit" },
         { "100/60s5", 0, "unexpected characters after the time unit" },
         { "100/0s", 0, "zero-length window" },
@@ -619,6 +626,51 @@ test_clock_back(void)
     ok(res.allowed && tat == INT64_MAX && res.remaining <= 4
        && res.reset_ms <= 1000,
        "now near INT64_MAX again: no wrap");
+}
+
+
+/*
+ * A clock at or before the epoch (now_us <= 0): nothing in the limiter
+ * assumes a positive time; the state is now + T, with no saturation test
+ * against INT64_MAX (docs/coverage-gaps.md D-41).
+ */
+
+static void
+test_epoch(void)
+{
+    int                    i;
+    int64_t                tat;
+    tenant_rate_t          rate;
+    tenant_rate_result_t   res;
+
+    rate = rate_of("5r/s", 0);
+
+    tat = 0;
+    tenant_rate_check(&rate, &tat, 0, &res);
+    ok(res.allowed, "now 0, fresh state: allowed");
+    is_int(res.remaining, 4, "now 0: remaining 4");
+    is_int(tat, 200 * MS, "now 0: state is now + T");
+
+    tat = INT64_MIN;
+    tenant_rate_check(&rate, &tat, -10 * SEC, &res);
+    ok(res.allowed, "now -10 s, state INT64_MIN: allowed");
+    is_int(tat, -10 * SEC + 200 * MS, "now -10 s: state is now + T");
+
+    for (i = 1; i < 5; i++) {
+        tenant_rate_check(&rate, &tat, -10 * SEC, &res);
+    }
+
+    ok(res.allowed && res.remaining == 0, "now -10 s: the burst of 5 passes");
+    is_int(tat, -10 * SEC + 1000 * MS, "now -10 s: state one window ahead");
+
+    tenant_rate_check(&rate, &tat, -10 * SEC, &res);
+    ok(!res.allowed && res.retry_after_ms == 200 && res.reset_ms == 1000,
+       "now -10 s: the sixth refused, retry after T");
+
+    tat = INT64_MIN;
+    tenant_rate_check(&rate, &tat, INT64_MIN, &res);
+    ok(res.allowed && tat == INT64_MIN + 200 * MS,
+       "now INT64_MIN: allowed, state now + T, no wrap");
 }
 
 

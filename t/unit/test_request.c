@@ -79,6 +79,8 @@ main(void)
     ok(bearer("Bearer =", NULL), "token of one '='");
     ok(bearer("bEaReR ==    ", NULL), "token of '=' only, then spaces");
     ok(bearer("Bearer a=", "a="), "one character and '='");
+    ok(bearer("Bearer ab{c", NULL), "'{' (just above 'z') in the token");
+    ok(bearer("Bearer a:b", NULL), "':' (just above '9') in the token");
 
     /* Cookie */
 
@@ -99,6 +101,39 @@ main(void)
        "'=' inside values");
     ok(cookie("__session=first; __session=second", "__session", "first"),
        "the first of two");
+
+    /* a name of the same length is another cookie (C-14) */
+
+    ok(cookie("__sessioX=eyJ.a.b", "__session", NULL),
+       "__sessioX (same length) is not taken");
+    ok(cookie("__sessioX=bad; __session=tok", "__session", "tok"),
+       "__sessioX skipped, __session after it taken");
+
+    /* tabs separate cookies; blanks after a value are not part of it */
+
+    ok(cookie("a=1;\t__session=tok", "__session", "tok"),
+       "tab after ';'");
+    ok(cookie("\t__session=tok", "__session", "tok"), "leading tab");
+    ok(cookie("a=1; \t;", "__session", NULL),
+       "only separators after the last cookie: absent");
+    ok(cookie("__session=tok \t ; b=2", "__session", "tok"),
+       "trailing blanks before ';' dropped");
+    ok(cookie("__session=tok\t", "__session", "tok"),
+       "trailing tab at the end dropped");
+    ok(cookie("__session=\"tok\"  ", "__session", "tok"),
+       "quoted value with trailing blanks: unquoted");
+    ok(cookie("__session=   ", "__session", ""), "blanks only: empty value");
+
+    /* one quote is not a quoted value: kept as sent */
+
+    ok(cookie("__session=\"abc", "__session", "\"abc"),
+       "a leading quote only: value kept with its quote");
+    ok(cookie("__session=abc\"", "__session", "abc\""),
+       "a trailing quote only: value kept with its quote");
+    ok(cookie("__session=\"", "__session", "\""),
+       "a lone quote: kept");
+    ok(cookie("__session=\"\"", "__session", ""),
+       "two quotes: the empty value");
 
     /* Organization id */
 

@@ -285,6 +285,14 @@ test_init_errors(void)
     is_int(tenant_sign_init(&k, ikm, 16, err, 1), -1,
            "init refuses a short key with a 1-byte err buffer");
     is_int(err[0], '\0', "which holds just the NUL");
+
+    /* an err buffer with errlen 0 is never written */
+
+    memset(err, 'X', sizeof(err));
+    is_int(tenant_sign_init(&k, ikm, 16, err, 0), -1,
+           "init refuses a short key with errlen 0");
+    ok(err[0] == 'X' && err[1] == 'X', "  and leaves err untouched");
+    ok(k.md == NULL && k.work == NULL, "  and holds nothing");
 }
 
 

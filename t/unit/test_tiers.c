@@ -365,4 +365,16 @@ test_limits(void)
 
     is_int(ADD(&t, "c", "f1,f63,*", err), 0,
            "known features only: fine at the limit");
+
+    /* API guards: a NULL tier has no feature; errlen 0 leaves err alone */
+
+    ok(!tenant_tier_has(NULL, 0), "NULL tier: no feature 0");
+    ok(!tenant_tier_has(NULL, 63), "NULL tier: no feature 63");
+
+    memset(err, 'X', sizeof(err));
+    is_int(tenant_tiers_add(&t, "Bad", 3, "", 0, err, 0), -1,
+           "errlen 0: a bad tier name still refused");
+    ok(err[0] == 'X' && err[1] == 'X', "errlen 0: err not written");
+    is_int(tenant_tiers_add(&t, "c", 1, "", 0, NULL, 0), -1,
+           "err NULL: a duplicate still refused");
 }
