@@ -1,5 +1,8 @@
 /*
  * Copyright (C) ngx_tenant_module authors
+ *
+ * jansson's allocation failures become a 400-class parse error; they are
+ * provoked by t/unit/test_alloc.c.
  */
 
 
@@ -10,6 +13,7 @@
 
 #include "tenant_problem.h"
 #include "tenant_admin.h"
+#include "tenant_json.h"
 
 
 #define TENANT_ADMIN_JSON_FLAGS                                              \
@@ -282,6 +286,9 @@ tenant_admin_errors_json(char *dst, const tenant_admin_errors_t *errs)
     size_t       i, n, count;
     const char  *field, *reason;
 
+    /* the cap and the NULL tests are defensive: tenant_admin_error_add()
+     * keeps n within the cap and sets both strings */
+
     count = errs ? errs->n : 0;
 
     if (count > TENANT_ADMIN_MAX_ERRORS) {
@@ -361,7 +368,8 @@ tenant_admin_load(const unsigned char *body, size_t len,
         return NULL;
     }
 
-    root = json_loadb((const char *) body, len, TENANT_ADMIN_JSON_FLAGS, &e);
+    root = tenant_json_loadb((const char *) body, len, TENANT_ADMIN_JSON_FLAGS,
+                             &e);
 
     if (root == NULL) {
 
@@ -490,6 +498,9 @@ tenant_admin_unknown(json_t *obj, const char *const *known,
 
         if (len > TENANT_ADMIN_FIELD_MAX) {
             len = TENANT_ADMIN_FIELD_MAX;
+
+            /* back to a lead byte; len > 0 is defensive: a valid key
+             * starts with one */
 
             while (len > 0 && ((unsigned char) key[len] & 0xc0) == 0x80) {
                 len--;
@@ -827,7 +838,9 @@ tenant_admin_digits(const unsigned char *s, size_t n, int *v)
 /*
  * The length of the UTF-8 character at s (len > 0) and its code point,
  * or 0 if it is ill-formed (overlong, a surrogate, above U+10FFFF,
- * truncated).
+ * truncated).  Its only input, a string from a parsed body, was already
+ * validated by jansson, so the ill-formed branches are not reached; they
+ * keep the function correct on its own.
  */
 
 static size_t

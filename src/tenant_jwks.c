@@ -2,6 +2,9 @@
  * Copyright (C) ngx_tenant_module authors
  *
  * Public keys for JWT verification: PEM (SPKI) and JWKS (RFC 7517).
+ *
+ * OpenSSL allocation failures refuse the key (or the whole document);
+ * t/unit/test_alloc.c makes every allocation fail in turn.
  */
 
 
@@ -20,6 +23,7 @@
 #include <openssl/x509.h>
 #include <openssl/pem.h>
 
+#include "tenant_json.h"
 #include "tenant_jwks.h"
 #include "tenant_jwt.h"
 
@@ -151,8 +155,14 @@ tenant_keyset_add_jwks(tenant_keyset_t *ks, const unsigned char *json,
     tenant_key_t   key;
     char           why[96], reason[128];
 
-    doc = json_loadb((const char *) json, len, JSON_REJECT_DUPLICATES,
-                     &error);
+    doc = tenant_json_loadb((const char *) json, len, JSON_REJECT_DUPLICATES,
+                            &error);
+
+    if (doc == NULL && json_error_code(&error) == json_error_out_of_memory) {
+        tenant_jwks_error(err, errlen, "JWKS could not be parsed (out of "
+                          "memory)");
+        return -1;
+    }
 
     if (doc == NULL) {
         /* error.text may quote the input: report the position only */

@@ -2,6 +2,9 @@
  * Copyright (C) ngx_tenant_module authors
  *
  * Compact JWT verification for Clerk session tokens (RS256, ES256).
+ *
+ * OpenSSL allocation failures refuse the token (never admit it);
+ * t/unit/test_alloc.c makes every allocation fail in turn.
  */
 
 
@@ -13,6 +16,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
+#include "tenant_json.h"
 #include "tenant_jwt.h"
 
 
@@ -196,6 +200,8 @@ tenant_jwt_verify(const unsigned char *token, size_t len,
             return rc;
         }
 
+        /* defensive: both keyset add paths set pkey or fail */
+
         if (key->pkey == NULL) {
             continue;
         }
@@ -214,10 +220,11 @@ tenant_jwt_verify(const unsigned char *token, size_t len,
         }
     }
 
-    payload = json_loadb((const char *) pl, pl_len, JSON_REJECT_DUPLICATES,
-                         &error);
+    payload = tenant_json_loadb((const char *) pl, pl_len,
+                                JSON_REJECT_DUPLICATES, &error);
     if (payload == NULL) {
-        return TENANT_JWT_BAD_PAYLOAD;
+        return json_error_code(&error) == json_error_out_of_memory
+               ? TENANT_JWT_ERROR : TENANT_JWT_BAD_PAYLOAD;
     }
 
     if (!json_is_object(payload)) {
@@ -381,10 +388,11 @@ tenant_jwt_parse_header(const unsigned char *hdr, size_t len,
     json_error_t          error;
     tenant_jwt_status_t   rc;
 
-    header = json_loadb((const char *) hdr, len, JSON_REJECT_DUPLICATES,
-                        &error);
+    header = tenant_json_loadb((const char *) hdr, len,
+                               JSON_REJECT_DUPLICATES, &error);
     if (header == NULL) {
-        return TENANT_JWT_BAD_HEADER;
+        return json_error_code(&error) == json_error_out_of_memory
+               ? TENANT_JWT_ERROR : TENANT_JWT_BAD_HEADER;
     }
 
     rc = TENANT_JWT_BAD_HEADER;
@@ -468,6 +476,9 @@ tenant_jwt_verify_signature(const tenant_key_t *key,
     if (key->type == TENANT_KEY_RSA) {
 
         /* RSASSA-PKCS1-v1_5: the signature is exactly the modulus size */
+
+        /* n <= 0 is defensive: the keyset holds RSA keys of 2048 bits
+         * or more */
 
         n = EVP_PKEY_get_size(key->pkey);
         if (n <= 0 || sig_len != (size_t) n) {
@@ -812,6 +823,9 @@ tenant_jwt_role(json_t *payload, const char *path, tenant_jwt_claims_t *claims)
     for ( ;; ) {
         dot = strchr(p, '.');
         len = dot ? (size_t) (dot - p) : strlen(p);
+
+        /* the module validates claim= paths at configuration; for other
+         * callers an empty or over-long segment finds no role */
 
         if (len == 0 || len > TENANT_JWT_ROLE_PATH_MAX) {
             return TENANT_JWT_OK;

@@ -1,5 +1,8 @@
 /*
  * Copyright (C) ngx_tenant_module authors
+ *
+ * OpenSSL allocation failures return -1 and the caller answers 500;
+ * t/unit/test_alloc.c makes every allocation fail in turn.
  */
 
 
