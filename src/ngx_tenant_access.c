@@ -5,6 +5,9 @@
  * -> signed headers.  Re-entrant: while the tenant is looked up in
  * PostgreSQL the handler returns NGX_AGAIN and the query's completion
  * runs the phases again; the per-request ctx says where it stands.
+ *
+ * Allocation failures (request pool, SHA-256 context) answer 500 and are
+ * not provoked by tests (class A of docs/coverage-gaps.md).
  */
 
 
@@ -213,6 +216,14 @@ ngx_tenant_access_handler(ngx_http_request_t *r)
     case NGX_TENANT_STATE_RESOLVED:
         return ngx_tenant_access_resolved(r, tmcf, tlcf, ctx);
 
+    /*
+     * Not reached: DONE is set with the final answer (NGX_OK moves the
+     * request to the next phase, anything else finalizes it) and nginx
+     * does not call an access handler again after either; an internal
+     * redirect clears the ctx.  Kept so that a future state cannot fall
+     * through to an admission.
+     */
+
     case NGX_TENANT_STATE_DONE:
         return NGX_OK;
 
@@ -238,6 +249,10 @@ ngx_tenant_get_ctx(ngx_http_request_t *r)
     if (ngx_http_get_module_ctx(r, ngx_tenant_module) != NULL) {
         return ngx_http_get_module_ctx(r, ngx_tenant_module);
     }
+
+    /* an internal redirect and ngx_http_filter_finalize_request() (the
+     * range filter's 416, for one) clear module contexts; a request that
+     * went through neither still has its ctx, if it ever had one */
 
     if (!r->internal && !r->filter_finalize) {
         return NULL;
@@ -537,6 +552,13 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
             return NGX_ERROR;
         }
 
+        /*
+         * The exp and nbf tests are defence in depth and do not fail in
+         * practice: an entry expires at exp + leeway (cache_get refuses
+         * it after), the leeway is part of policy_crc, and nbf - leeway
+         * only moves further into the past once the token was admitted.
+         */
+
         if (ngx_tenant_cache_get(tmcf->token_cache, key, sizeof(key),
                                  &cached)
             == NGX_OK
@@ -802,6 +824,7 @@ ngx_tenant_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     rf->query.nparams = 1;
     rf->query.values[0] = (const char *) rf->org_id;
     rf->query.lengths[0] = (int) rf->org_id_len;
+    rf->query.cancelable = 1;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "tenant: refreshing organization \"%s\"", rf->org_id);
@@ -888,6 +911,9 @@ ngx_tenant_record_from_row(PGresult *res, ngx_tenant_record_t *rec)
         { 6, rec->org_id, &rec->org_id_len, sizeof(rec->org_id) }
     };
 
+    /* the SELECT list is fixed: defensive, against a query edited
+     * without this function */
+
     if (PQnfields(res) != 8) {
         return NGX_ERROR;
     }
@@ -969,7 +995,11 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
     ctx->has_tenant = 1;
     now = ngx_time();
 
-    /* status */
+    /*
+     * status: any other value is refused as suspended (the schema's CHECK
+     * allows suspended and cancelled, so a length that matches below
+     * with other bytes does not occur)
+     */
 
     if (t->status_len == 6 && ngx_strncmp(t->status, "active", 6) == 0) {
         /* void */
@@ -1019,6 +1049,10 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
         tier = tenant_tiers_find(tmcf->tiers, (char *) t->tier, t->tier_len);
 
         if (tier == NULL || !tenant_tier_has(tier, (int) tlcf->feature)) {
+            /* never NULL: a feature is registered by the tier that lists
+             * it, and tenant_require_feature takes registered ones only;
+             * ngx_tenant_refuse_upgrade() copes anyway */
+
             required = tenant_tiers_lowest_with(tmcf->tiers,
                                                 (int) tlcf->feature);
 

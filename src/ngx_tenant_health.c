@@ -10,6 +10,9 @@
  * from tenant lookups: a worker runs at most one ping at a time, requests
  * that arrive meanwhile wait for its answer, and an answer is reused for
  * NGX_TENANT_HEALTH_REUSE milliseconds.
+ *
+ * Allocation failures answer 500; tests do not provoke them (class A of
+ * docs/coverage-gaps.md).
  */
 
 
@@ -139,6 +142,14 @@ ngx_tenant_health_handler(ngx_http_request_t *r)
 static void
 ngx_tenant_health_done(ngx_tenant_pg_req_t *req, PGresult *res)
 {
+    /* no result: the pool logged why */
+
+    if (res && PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "tenant: health ping failed: %s",
+                      ngx_tenant_pg_result_error(res));
+    }
+
     ngx_tenant_health_answer(res != NULL
                              && PQresultStatus(res) == PGRES_TUPLES_OK);
 }
@@ -216,15 +227,31 @@ ngx_tenant_health_send(ngx_http_request_t *r, ngx_uint_t ok)
 }
 
 
-/* A waiting request that goes away leaves the ping running for others. */
+/*
+ * A waiting request that goes away leaves the ping running for the
+ * others; the last one cancels it: nothing else would, and its timer
+ * would keep an exiting worker (worker_shutdown_timeout terminates the
+ * waiting requests) until the database timeout.
+ */
 
 static void
 ngx_tenant_health_cleanup(void *data)
 {
     ngx_tenant_health_ctx_t  *ctx = data;
 
-    if (ctx->waiting) {
-        ngx_queue_remove(&ctx->queue);
-        ctx->waiting = 0;
+    ngx_tenant_health_ping_t  *ping;
+
+    if (!ctx->waiting) {
+        return;
+    }
+
+    ngx_queue_remove(&ctx->queue);
+    ctx->waiting = 0;
+
+    ping = &ngx_tenant_health_ping;
+
+    if (ping->running && ngx_queue_empty(&ping->waiting)) {
+        ngx_tenant_pg_cancel(&ping->query);
+        ping->running = 0;
     }
 }

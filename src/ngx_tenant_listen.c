@@ -12,6 +12,10 @@
  * cached row is marked past its TTL (served while a background lookup
  * refreshes it, and while the database is down) and every negative entry
  * dropped.
+ *
+ * Allocation failures at worker start fail that start, as nginx does for
+ * its own modules; tests do not provoke them (class A of
+ * docs/coverage-gaps.md).
  */
 
 
@@ -96,6 +100,7 @@ ngx_tenant_listen_start(ngx_tenant_listen_t *ls)
     ls->req.handler = ngx_tenant_listen_ready;
     ls->req.data = ls;
     ls->req.sql = "LISTEN " NGX_TENANT_LISTEN_CHANNEL;
+    ls->req.cancelable = 1;
 
     if (ngx_tenant_pg_query(ls->pool, &ls->req) != NGX_AGAIN) {
         ngx_tenant_listen_later(ls);
@@ -109,6 +114,16 @@ ngx_tenant_listen_ready(ngx_tenant_pg_req_t *req, PGresult *res)
     ngx_tenant_listen_t  *ls = req->data;
 
     if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+
+        /* no result: the pool logged why; an answer: say it here (a
+         * server in recovery refuses LISTEN) */
+
+        if (res) {
+            ngx_log_error(NGX_LOG_ERR, ls->retry.log, 0,
+                          "tenant: LISTEN refused: %s",
+                          ngx_tenant_pg_result_error(res));
+        }
+
         ngx_tenant_listen_later(ls);
         return;
     }
@@ -151,6 +166,8 @@ ngx_tenant_listen_notify(void *data, const char *channel,
     ngx_tenant_listen_t  *ls = data;
 
     size_t  len;
+
+    /* defensive: this connection LISTENs on that one channel only */
 
     if (ngx_strcmp(channel, NGX_TENANT_LISTEN_CHANNEL) != 0) {
         return;

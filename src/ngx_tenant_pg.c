@@ -1,5 +1,9 @@
 /*
  * Copyright (C) ngx_tenant_module authors
+ *
+ * Failures of libpq to allocate a connection, or of epoll_ctl(), fail the
+ * request with 503 like a refused connection; tests do not provoke them
+ * (class A of docs/coverage-gaps.md).
  */
 
 
@@ -154,6 +158,7 @@ ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
     req->timer.handler = ngx_tenant_pg_timeout_handler;
     req->timer.data = req;
     req->timer.log = pool->log;
+    req->timer.cancelable = req->cancelable;
 
     free = NULL;
 
@@ -200,6 +205,26 @@ ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
     ngx_add_timer(&req->timer, pool->timeout);
 
     return NGX_AGAIN;
+}
+
+
+const char *
+ngx_tenant_pg_result_error(PGresult *res)
+{
+    char        *state, *msg;
+    static char  buf[256];
+
+    state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+    if (state == NULL || msg == NULL) {
+        return PQresStatus(PQresultStatus(res));
+    }
+
+    ngx_snprintf((u_char *) buf, sizeof(buf) - 1, "%s %s%Z", state, msg);
+    buf[sizeof(buf) - 1] = '\0';
+
+    return buf;
 }
 
 
@@ -295,6 +320,9 @@ ngx_tenant_pg_attach(ngx_tenant_pg_conn_t *conn)
 
     fd = PQsocket(conn->pgconn);
 
+    /* defensive: called after a connect start or a poll that did not
+     * fail, when libpq has a socket */
+
     if (fd == -1) {
         return NGX_ERROR;
     }
@@ -337,6 +365,9 @@ ngx_tenant_pg_unregister(ngx_tenant_pg_conn_t *conn)
 
     c = conn->c;
 
+    /* always active: attach adds the read event, and poll runs only on an
+     * attached connection */
+
     if (c->read->active) {
         ngx_del_event(c->read, NGX_READ_EVENT, 0);
     }
@@ -375,6 +406,9 @@ ngx_tenant_pg_detach(ngx_tenant_pg_conn_t *conn)
     if (c->write->posted) {
         ngx_delete_posted_event(c->write);
     }
+
+    /* defensive: the module arms no timer on these events (a request's
+     * timer is its own); worker_shutdown_timeout may, some day */
 
     if (c->read->timer_set) {
         ngx_del_timer(c->read);
@@ -424,6 +458,14 @@ ngx_tenant_pg_event_handler(ngx_event_t *ev)
         return;
 
     case NGX_TENANT_PG_BUSY:
+
+        /*
+         * Write events after the connect happen only when PQflush() could
+         * not send a whole query: the module's statements and parameters
+         * are small and fit the socket's buffer, so this is for
+         * correctness, not seen in tests.
+         */
+
         if (ev->write) {
             ngx_tenant_pg_send(conn);
 
@@ -441,7 +483,8 @@ ngx_tenant_pg_event_handler(ngx_event_t *ev)
         }
 
         /* the server spoke to an idle connection: a notification, a
-         * notice, or goodbye */
+         * notice, or goodbye (libpq reports a close as a consumeInput
+         * failure; the status test is defensive) */
 
         if (!PQconsumeInput(conn->pgconn)
             || PQstatus(conn->pgconn) != CONNECTION_OK)
@@ -460,7 +503,7 @@ ngx_tenant_pg_event_handler(ngx_event_t *ev)
 
         return;
 
-    default:
+    default: /* FREE: without an nginx connection, hence no events */
         return;
     }
 }
@@ -589,6 +632,9 @@ ngx_tenant_pg_receive(ngx_tenant_pg_conn_t *conn)
             goto done;
         }
 
+        /* the first result is kept; the module's queries are one
+         * statement each, so a second is defensive */
+
         if (conn->res == NULL) {
             conn->res = res;
 
@@ -640,6 +686,14 @@ ngx_tenant_pg_timeout_handler(ngx_event_t *ev)
         ngx_tenant_pg_finish(req, NULL);
         return;
     }
+
+    /*
+     * Not reached while every request has the pool's timeout: a request
+     * is queued only when each connection holds one, whose timer was
+     * armed earlier and fires first (equal times fire in order); that
+     * one marks the pool down, which fails the whole queue (above).
+     * Kept for per-request timeouts.
+     */
 
     if (req->queued) {
         /* every connection was busy: the pool is too small, or the
@@ -780,6 +834,10 @@ ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn)
 {
     ngx_tenant_pg_detach(conn);
 
+    /* a result kept while its statement's end is still on the way: only
+     * when the two arrive in separate reads and the connection is closed
+     * in between */
+
     if (conn->res) {
         PQclear(conn->res);
         conn->res = NULL;
@@ -914,6 +972,8 @@ ngx_tenant_pg_notifies(ngx_tenant_pg_conn_t *conn)
     PGnotify  *n;
 
     while ((n = PQnotifies(conn->pgconn)) != NULL) {
+
+        /* only the listener's pool LISTENs, and it has a watcher */
 
         if (conn->pool->notify) {
             conn->pool->notify(conn->pool->watch_data, n->relname, n->extra);

@@ -43,6 +43,9 @@ struct ngx_tenant_pg_req_s {
     const char                *values[NGX_TENANT_PG_MAX_PARAMS];
     int                        lengths[NGX_TENANT_PG_MAX_PARAMS];
 
+    /* nobody waits for the answer: an exiting worker does not either */
+    unsigned                   cancelable:1;
+
     /* set by the pool */
     ngx_tenant_pg_pool_t      *pool;
     ngx_tenant_pg_conn_t      *conn;
@@ -70,6 +73,9 @@ void ngx_tenant_pg_pool_destroy(ngx_tenant_pg_pool_t *pool);
  */
 ngx_int_t ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool,
     ngx_tenant_pg_req_t *req);
+
+/* An error result's SQLSTATE and primary message, for the log. */
+const char *ngx_tenant_pg_result_error(PGresult *res);
 
 /* The caller no longer wants the answer (its request is going away). */
 void ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req);
