@@ -9,6 +9,10 @@
  *
  * This file is the table of contents: directives, configuration and the
  * module's hooks.  The work is done in src/.
+ *
+ * Configuration-time allocation failures (pools, arrays, OpenSSL contexts,
+ * libpq's conninfo parser) fail the configuration with nginx's own
+ * message; no test provokes them (class A of docs/coverage-gaps.md).
  */
 
 
@@ -881,6 +885,9 @@ ngx_tenant_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo)
         u.host.data = (u_char *) host;
         u.host.len = ngx_strlen(host);
 
+        /* naddrs == 0 is defensive: ngx_inet_resolve_host() fails when it
+         * finds no address */
+
         if (ngx_inet_resolve_host(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "host \"%s\" of tenant_database could not be "
@@ -1368,6 +1375,9 @@ ngx_tenant_rate_limit_by(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     {
         return NGX_CONF_ERROR;
     }
+
+    /* defensive: NGX_CONF_2MORE gives a parameter, and every one but
+     * rate= is refused above (burst= alone as "burst without rate") */
 
     if (tlcf->rl_by_rate.limit == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

@@ -15,7 +15,13 @@ COV_BUILD    = $(COV_DIR)/nginx
 COV_MODULE   = $(COV_BUILD)/objs/ngx_tenant_module.so
 COV_CC_OPT   = -g -O0 --coverage $(NGX_CC_OPT)
 COV_UNITS    = $(patsubst t/unit/%.c,$(COV_DIR)/unit/%,$(wildcard t/unit/test_*.c))
-LCOV         = lcov --quiet --rc lcov_branch_coverage=1
+# Branches that macros add to a line and that are not the module's
+# decisions are not counted: the log level test of ngx_log_error() and
+# ngx_log_debug*(), the NULL half of jansson's json_is_*(), the loop of
+# json_object_foreach(), the UNSET test of ngx_conf_merge_*_value().
+LCOV_EXCL_BR = LCOV_EXCL_BR_LINE|ngx_log_error|ngx_log_debug|json_is_|json_object_foreach|ngx_conf_merge_
+LCOV         = lcov --quiet --rc lcov_branch_coverage=1 \
+               --rc 'lcov_excl_br_line=$(LCOV_EXCL_BR)'
 
 .PHONY: coverage coverage-module
 

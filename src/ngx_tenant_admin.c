@@ -15,6 +15,9 @@
  * Bodies are validated (src/tenant_admin.c) before any SQL; each change is
  * one statement (so one transaction) with its audit row, and the tenant's
  * cached row is dropped at once.
+ *
+ * Allocation failures answer 500 before any statement is sent; tests do
+ * not provoke them (class A of docs/coverage-gaps.md).
  */
 
 
@@ -312,7 +315,8 @@ ngx_tenant_admin_body(ngx_http_request_t *r)
     tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
 
     /* tenant bodies are small: one in a temporary file is refused, which
-     * also keeps file reads off the worker */
+     * also keeps file reads off the worker (r->request_body is never NULL
+     * here: ngx_http_read_client_request_body() allocated it) */
 
     if (r->request_body == NULL || r->request_body->temp_file) {
         rc = ngx_tenant_admin_problem(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
@@ -592,6 +596,9 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
                                         NULL, NULL, NULL);
     }
 
+    /* the column list is fixed: defensive, against a query edited
+     * without ngx_tenant_admin_names[] */
+
     if (PQnfields(res) != NGX_TENANT_ADMIN_NCOLS) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -605,7 +612,8 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
 
 
     /* a changed row, or a new one that was a negative entry: no worker
-     * may serve what it cached */
+     * may serve what it cached (tenant_cache is always set: tenant_admin
+     * needs a gateway, which needs tenant_cache) */
 
     if (tmcf->tenant_cache && ctx->op != NGX_TENANT_ADMIN_GET
         && ctx->op != NGX_TENANT_ADMIN_LIST)
@@ -727,6 +735,8 @@ ngx_tenant_admin_row(u_char *p, PGresult *res, int row)
         p = ngx_sprintf(p, "%s\"%s\":", j ? "," : "",
                         ngx_tenant_admin_names[j]);
 
+        /* only these two columns can be NULL (the schema's NOT NULLs) */
+
         if (len == 0 && (j == 7 || j == 9)) {
             p = ngx_cpymem(p, "null", 4);
             continue;
@@ -766,6 +776,8 @@ ngx_tenant_admin_problem(ngx_http_request_t *r, ngx_uint_t status,
         pb.members[0].value_len = ngx_strlen(field);
         pb.nmembers = 1;
     }
+
+    /* callers pass errs only with errors in it */
 
     if (errs && errs->n) {
         len = tenant_admin_errors_json(NULL, errs);

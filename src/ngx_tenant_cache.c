@@ -1,5 +1,10 @@
 /*
  * Copyright (C) ngx_tenant_module authors
+ *
+ * Slab allocation failures are handled by evicting (LRU) and trying once
+ * more; a put that still finds no room fails, and callers carry on without
+ * the entry.  Tests fill zones (t/140) but cannot make a retry after
+ * eviction fail (class A of docs/coverage-gaps.md).
  */
 
 
@@ -144,7 +149,7 @@ ngx_tenant_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     cache->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
 
-    if (shm_zone->shm.exists) {
+    if (shm_zone->shm.exists) {         /* Windows only */
         cache->sh = cache->shpool->data;
         return NGX_OK;
     }
@@ -226,6 +231,9 @@ ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
 {
     ngx_tenant_cache_node_t  *cn;
 
+    /* defensive: every caller's key fits (a SHA-256, an org id of at
+     * most TENANT_ORG_ID_MAX bytes, a rate key built to fit) */
+
     if (key_len > cache->key_max) {
         return NGX_ERROR;
     }
@@ -255,6 +263,9 @@ ngx_tenant_cache_apply(ngx_tenant_cache_t *cache, u_char *key,
 {
     ngx_int_t                 rc;
     ngx_tenant_cache_node_t  *cn;
+
+    /* defensive: every caller's key fits (a SHA-256, an org id of at
+     * most TENANT_ORG_ID_MAX bytes, a rate key built to fit) */
 
     if (key_len > cache->key_max) {
         return NGX_ERROR;

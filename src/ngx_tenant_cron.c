@@ -8,6 +8,9 @@
  * (public.expire_trials(), migrations/004), with an audit row each; the
  * answer lists them, and their cached rows are dropped at once.  Running
  * it twice is harmless.
+ *
+ * Allocation failures answer 500 before the statement is sent; tests do
+ * not provoke them (class A of docs/coverage-gaps.md).
  */
 
 
@@ -162,6 +165,8 @@ ngx_tenant_cron_done(ngx_tenant_pg_req_t *req, PGresult *res)
     c = r->connection;
 
     ngx_http_set_log_request(c->log, r);
+
+    /* PQnfields() != 4 is defensive: the SELECT list is fixed */
 
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK
         || PQnfields(res) != 4)

@@ -3,6 +3,10 @@
  *
  * The request headers the gateway trusts, removes and adds, and the
  * $tenant_* variables.
+ *
+ * Allocation and HMAC failures while adding the signed headers answer
+ * 500, so no request reaches the upstream unsigned; tests do not provoke
+ * them (class A of docs/coverage-gaps.md).
  */
 
 

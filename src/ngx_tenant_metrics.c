@@ -1,5 +1,9 @@
 /*
  * Copyright (C) ngx_tenant_module authors
+ *
+ * Allocation failures fail the configuration (the zone) or answer
+ * /metrics with 500; tests do not provoke them (class A of
+ * docs/coverage-gaps.md).
  */
 
 
@@ -101,7 +105,7 @@ ngx_tenant_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     if (otmcf) {
         sh = otmcf->metrics;
 
-    } else if (shm_zone->shm.exists) {
+    } else if (shm_zone->shm.exists) {  /* Windows only */
         sh = shpool->data;
 
     } else {
@@ -156,6 +160,8 @@ ngx_tenant_metrics_log_handler(ngx_http_request_t *r)
 
     ctx = ngx_tenant_get_ctx(r);
 
+    /* counted is defensive: the log phase runs once per main request */
+
     if (ctx == NULL || ctx->counted) {
         return NGX_OK;
     }
@@ -163,6 +169,9 @@ ngx_tenant_metrics_log_handler(ngx_http_request_t *r)
     ctx->counted = 1;
 
     tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+
+    /* defensive: a ctx exists only under tenant_gateway, which needs
+     * tenant_database, which adds the metrics zone */
 
     if (tmcf->metrics == NULL) {
         return NGX_OK;
@@ -389,6 +398,8 @@ ngx_tenant_metrics_caches(u_char *p, ngx_tenant_main_conf_t *tmcf,
     caches[2] = tmcf->rl_zone;
 
     for (i = 0; i < 3; i++) {
+        /* sh == NULL is defensive: every zone's init sets it */
+
         if (caches[i] == NULL || caches[i]->sh == NULL) {
             continue;
         }

@@ -2,6 +2,10 @@
  * Copyright (C) ngx_tenant_module authors
  *
  * Sending problem+json (RFC 9457) and JSON responses from any phase.
+ *
+ * Allocation and send failures return NGX_ERROR or 500 to nginx, which
+ * closes the connection; tests do not provoke them (class A of
+ * docs/coverage-gaps.md).
  */
 
 
@@ -25,6 +29,8 @@ ngx_tenant_problem_send(ngx_http_request_t *r, tenant_problem_t *p)
     if (body == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    /* defensive: rendering is deterministic, the length cannot differ */
 
     if (tenant_problem_render((char *) body, len, p) != len) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

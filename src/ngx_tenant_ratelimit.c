@@ -10,6 +10,12 @@
  * tenant_rate_limit_by) is one GCRA timestamp in a shared-memory zone,
  * read and advanced under the zone's mutex, so that all workers share one
  * limit exactly; see tenant_ratelimit.h for the arithmetic.
+ *
+ * A rate-limit zone without room even after evicting lets the request
+ * through (fails open, logged at [alert] by the cache): a full
+ * zone must not refuse every tenant.  Header allocation failures answer
+ * 500.  Tests fill zones (t/140) but do not reach these (class A of
+ * docs/coverage-gaps.md).
  */
 
 

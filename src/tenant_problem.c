@@ -158,6 +158,9 @@ tenant_utf8_char(const unsigned char *s, size_t len, int *valid)
     lo = 0x80;
     hi = 0xbf;
 
+    /* for callers other than tenant_json_escape(), which copies ASCII
+     * itself */
+
     if (c < 0x80) {
         *valid = 1;
         return 1;

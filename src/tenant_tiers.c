@@ -177,6 +177,9 @@ tenant_tiers_lowest_with(const tenant_tiers_t *t, int f)
         }
     }
 
+    /* not reached: a feature is registered by the tier that lists it,
+     * and a failed tier add unregisters what it registered */
+
     return NULL;
 }
 
