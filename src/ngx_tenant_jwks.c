@@ -404,6 +404,9 @@ ngx_tenant_jwks_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf)
 
     jwks = tmcf->jwks;
 
+    /* r != r->main is defensive: nginx runs no access phase in
+     * subrequests, so the gateway never sees one */
+
     if (jwks == NULL || r != r->main) {
         return;
     }
@@ -422,6 +425,9 @@ ngx_tenant_jwks_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf)
     {
         return;
     }
+
+    /* refused only if another worker claimed it since the unlocked look
+     * above: a race of two workers, not provoked by tests */
 
     if (ngx_tenant_jwks_claim(jwks, &id) != NGX_OK) {
         return;
@@ -451,6 +457,8 @@ ngx_tenant_jwks_wait(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ngx_tenant_jwks_fetch_t  *f;
 
     jwks = tmcf->jwks;
+
+    /* r != r->main: as in ngx_tenant_jwks_refresh() */
 
     if (jwks == NULL || r != r->main) {
         return NGX_DECLINED;
@@ -579,6 +587,14 @@ ngx_tenant_jwks_claim(ngx_tenant_jwks_t *jwks, ngx_uint_t *id)
     now = ngx_current_msec;
 
     ngx_shmtx_lock(&jwks->shpool->mutex);
+
+    /*
+     * A claim outlives NGX_TENANT_JWKS_CLAIM (30 s) only if its fetch
+     * takes longer than that, or its worker died mid-fetch: then it is
+     * taken over, and the slow fetch, when it ends, finds itself
+     * superseded (store/failed leave "fetching" alone).  No test waits
+     * 30 s for it.
+     */
 
     if (sh->fetching
         && (ngx_msec_int_t) (sh->fetching_until_ms - now) > 0)

@@ -312,6 +312,8 @@ tenant_keyset_copy(tenant_keyset_t *dst, const tenant_keyset_t *src)
         return -1;
     }
 
+    /* EVP_PKEY_up_ref() does not allocate: its failure is defensive */
+
     for (i = 0; i < src->nkeys; i++) {
         if (EVP_PKEY_up_ref(src->keys[i].pkey) != 1) {
             while (i--) {

@@ -561,7 +561,8 @@ tenant_jwt_es256_der(const unsigned char *raw, unsigned char *der,
         return TENANT_JWT_ERROR;
     }
 
-    /* ECDSA_SIG_set0() owns r and s from here on */
+    /* ECDSA_SIG_set0() owns r and s from here on; it fails only for NULL
+     * r or s, tested above (defensive) */
 
     if (ECDSA_SIG_set0(es, r, s) != 1) {
         BN_free(r);
