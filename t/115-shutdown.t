@@ -179,21 +179,11 @@ sub wait_writing {
     return ($s->{writing} // 0) - 1;
 }
 
-# A process is gone when it does not exist or is a zombie (an exited
-# daemon waits for whoever reaps orphans here).
-sub gone {
-    my ($pid) = @_;
-    return 1 unless kill 0, $pid;
-    open my $fh, '<', "/proc/$pid/stat" or return 1;
-    my ($state) = <$fh> =~ /^\d+ \(.*\) (\S)/s;
-    return ($state // 'Z') eq 'Z';
-}
-
 # Seconds until $pid is gone (undef: still there after $secs).
 sub wait_gone {
     my ($pid, $secs) = @_;
     $secs = 0 if $secs < 0;
-    my ($g, $took) = retry_until($secs, sub { gone($pid) }, sub { $_[0] }, 0.05);
+    my ($g, $took) = retry_until($secs, sub { !alive($pid) }, sub { $_[0] }, 0.05);
     return $g ? $took : undef;
 }
 
@@ -387,17 +377,19 @@ sub free_low_slot {
     my %res = collect($t0, %bg);
     closed_by_timer('1', %res);
 
-    # ngx_tenant_pg_cancel: each of the four pool requests terminated
-    # before B's lookup leaves the queue without touching a connection (C's
-    # at least: its slot is lower); B's lookup drops its connection, and so
-    # does each one terminated after it (the pool hands it a new one).
+    # ngx_tenant_pg_cancel: each of the five pool requests (two lookups,
+    # the admin create, the trial job, and the health ping, cancelled when
+    # its last waiting request goes) cancelled before B's lookup leaves the
+    # queue without touching a connection (C's at least: its slot is
+    # lower); B's lookup drops its connection, and so does each one
+    # cancelled after it (the pool hands it a new one).
     # The timer also ran the read handler of the worker's own PostgreSQL
     # connections (no request, connection number 0), which left them be.
     SKIP: {
         skip 'nginx without --with-debug: the branches are not logged', 2 unless $DEBUG;
         my ($n) = retry_until(1, sub { cancels($old, $mark) }, sub { $_[0] >= 3 });
-        ok $n >= 1 && $n <= 3, "1: $n of the 4 waits dropped a connection (in flight), "
-                               . (4 - $n) . ' left the queue';
+        ok $n >= 1 && $n <= 4, "1: $n of the 5 waits dropped a connection (in flight), "
+                               . (5 - $n) . ' left the queue';
         my @own = error_log(since => $mark) =~ /^.*\[debug\] \Q$old\E#\d+: \*0 shutdown timeout$/mg;
         ok @own >= 2, '1: the shutdown timer reached the pool\'s and the listener\'s connections: '
                       . scalar(@own);

@@ -525,7 +525,7 @@ nginx_reload(http => conf(uri => '/_jwks', first => $J2), main => 'worker_shutdo
         or diag brief($r);
     my $took = time - $t0;
     ok $took > 0.5 && $took < 5, sprintf('... %.2f s after the reload (worker_shutdown_timeout 1s)', $took);
-    my (undef, $gone) = retry_until(5, sub { kill 0, $old }, sub { !$_[0] });
+    my (undef, $gone) = retry_until(5, sub { alive($old) }, sub { !$_[0] });
     ok !kill(0, $old), sprintf('... the old worker exited (%.2f s)', $gone);
 
     sleep_until($J2->last_fetch_t + $INTERVAL + 0.2);

@@ -532,8 +532,8 @@ EOF
     is $line, "stream-only\n", 'the stream server answers';
 
     kill 'QUIT', $master;
-    my (undef, $took) = retry_until(10, sub { kill 0, $master }, sub { !$_[0] });
-    my $gone = !kill 0, $master;
+    my (undef, $took) = retry_until(10, sub { alive($master) }, sub { !$_[0] });
+    my $gone = !alive($master);
     ok $gone, sprintf 'QUIT: the master exited (%.1f s)', $took;
     if (!$gone) {
         kill 'KILL', $master;

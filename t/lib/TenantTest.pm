@@ -73,6 +73,7 @@ our @EXPORT = qw(
     nginx_start nginx_reload nginx_stop nginx_conf_test nginx_workers
     error_log log_mark error_log_allow
     http async_http wait_http http_done retry_until free_port project_root
+    alive
 );
 
 our $ROOT   = abs_path(dirname(__FILE__) . '/../..');
@@ -879,7 +880,15 @@ sub nginx_reload {
     return $NGX;
 }
 
-sub _alive { my ($pid) = @_; return $pid && kill 0, $pid }
+# Whether $pid runs: it exists and is not a zombie (a daemon that exited
+# stays one until whoever reaps orphans here gets to it, a second or two).
+sub alive {
+    my ($pid) = @_;
+    return 0 unless $pid && kill 0, $pid;
+    open my $fh, '<', "/proc/$pid/stat" or return 0;
+    my ($state) = (<$fh> // '') =~ /^\d+ \(.*\) (\S)/s;
+    return ($state // 'Z') ne 'Z';
+}
 
 # Graceful stop (QUIT), then TERM, then KILL; waits for the master.
 sub nginx_stop {
@@ -888,10 +897,10 @@ sub nginx_stop {
     my $pid = $NGX->{pid};
     for my $step (['QUIT', 10], ['TERM', 5], ['KILL', 5]) {
         my ($sig, $wait) = @$step;
-        last unless _alive($pid);
+        last unless alive($pid);
         kill $sig, $pid;
         my $deadline = time + $wait;
-        sleep 0.02 while _alive($pid) && time < $deadline;
+        sleep 0.02 while alive($pid) && time < $deadline;
     }
     $NGX->{pid} = undef;
 }
