@@ -669,6 +669,7 @@ ngx_tenant_access_query(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     req->nparams = 1;
     req->values[0] = (const char *) ctx->org_id;
     req->lengths[0] = (int) ctx->org_id_len;
+    req->resend = 1;
 
     rc = ngx_tenant_pg_query(tmcf->pg, req);
 
@@ -825,6 +826,7 @@ ngx_tenant_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     rf->query.values[0] = (const char *) rf->org_id;
     rf->query.lengths[0] = (int) rf->org_id_len;
     rf->query.cancelable = 1;
+    rf->query.resend = 1;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "tenant: refreshing organization \"%s\"", rf->org_id);

@@ -436,6 +436,7 @@ ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     case NGX_TENANT_ADMIN_GET:
         q->sql = ngx_tenant_admin_get_sql;
         q->nparams = 1;
+        q->resend = 1;
         break;
 
     case NGX_TENANT_ADMIN_LIST:
@@ -445,6 +446,7 @@ ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
         q->sql = ngx_tenant_admin_list_sql;
         q->nparams = 2;
         q->values[1] = (char *) ctx->param[0];
+        q->resend = 1;
         break;
 
     case NGX_TENANT_ADMIN_PATCH:

@@ -111,6 +111,7 @@ ngx_tenant_cron_handler(ngx_http_request_t *r)
     ctx->query.handler = ngx_tenant_cron_done;
     ctx->query.data = ctx;
     ctx->query.sql = ngx_tenant_cron_sql;
+    ctx->query.resend = 1;                  /* expiring twice is harmless */
 
     if (ngx_tenant_pg_query(tmcf->pg, &ctx->query) != NGX_AGAIN) {
         return ngx_tenant_cron_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,

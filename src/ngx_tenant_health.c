@@ -105,6 +105,7 @@ ngx_tenant_health_handler(ngx_http_request_t *r)
         ngx_memzero(&ping->query, sizeof(ngx_tenant_pg_req_t));
         ping->query.handler = ngx_tenant_health_done;
         ping->query.sql = "SELECT 1";
+        ping->query.resend = 1;
 
         rc = ngx_tenant_pg_query(tmcf->pg, &ping->query);
 

@@ -101,6 +101,7 @@ ngx_tenant_listen_start(ngx_tenant_listen_t *ls)
     ls->req.data = ls;
     ls->req.sql = "LISTEN " NGX_TENANT_LISTEN_CHANNEL;
     ls->req.cancelable = 1;
+    ls->req.resend = 1;
 
     if (ngx_tenant_pg_query(ls->pool, &ls->req) != NGX_AGAIN) {
         ngx_tenant_listen_later(ls);

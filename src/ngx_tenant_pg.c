@@ -618,6 +618,27 @@ ngx_tenant_pg_receive(ngx_tenant_pg_conn_t *conn)
     ngx_tenant_pg_req_t  *req;
 
     if (!PQconsumeInput(conn->pgconn)) {
+        req = conn->req;
+
+        /*
+         * A connection the server closed while it was idle is often
+         * noticed only here: libpq 15 ignores the EPIPE of the send.
+         * Once, a statement that may run twice goes on a new connection,
+         * as a send failure does.
+         */
+
+        if (req && req->resend && !req->retried) {
+            ngx_log_error(NGX_LOG_INFO, conn->pool->log, 0,
+                          "tenant: PostgreSQL connection lost, sending the "
+                          "query again on a new one");
+
+            req->retried = 1;
+            ngx_tenant_pg_close(conn);
+            conn->req = req;
+            (void) ngx_tenant_pg_connect(conn);
+            return;
+        }
+
         ngx_tenant_pg_fail(conn, "reading from PostgreSQL");
         return;
     }

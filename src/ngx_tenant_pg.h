@@ -46,6 +46,10 @@ struct ngx_tenant_pg_req_s {
     /* nobody waits for the answer: an exiting worker does not either */
     unsigned                   cancelable:1;
 
+    /* running it twice does no harm (reads; the trial job): sent again
+     * on a new connection if the server closed this one meanwhile */
+    unsigned                   resend:1;
+
     /* set by the pool */
     ngx_tenant_pg_pool_t      *pool;
     ngx_tenant_pg_conn_t      *conn;
