@@ -160,7 +160,9 @@ ngx_tenant_admin_handler(ngx_http_request_t *r)
     tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
     tctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
 
-    /* the access phase ("tenant_gateway admin") admitted an admin */
+    /* the access phase ("tenant_gateway admin") admitted an admin
+     * (tmcf->pg == NULL is defensive: a gateway needs tenant_database,
+     * and a worker without its pool does not start) */
 
     if (tctx == NULL || !tctx->admin || tmcf->pg == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -543,7 +545,7 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     char                    *state, *constraint, *v;
     u_char                  *body, *p, *loc;
     size_t                   len;
-    ngx_uint_t               status;
+    ngx_uint_t               status, level;
     ngx_table_elt_t         *h;
     ngx_tenant_main_conf_t  *tmcf;
 
@@ -557,6 +559,10 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     }
 
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+
+        /* state is NULL only in a result libpq makes itself (a lost
+         * connection), which the pool passes on as res == NULL */
+
         state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         constraint = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
 
@@ -576,9 +582,17 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
                        NULL, v);
         }
 
-        if (state && state[0] == '2' && state[1] == '2') {
-            /* data exceptions (a timestamp out of range, ...) */
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+        if (state && state[0] == '2' && (state[1] == '2' || state[1] == '3')) {
+
+            /*
+             * Data exceptions (a timestamp out of range, ...), and other
+             * integrity violations (a CHECK the body's validation let
+             * through, which is worth a warning): the client's value.
+             */
+
+            level = (state[1] == '3') ? NGX_LOG_WARN : NGX_LOG_INFO;
+
+            ngx_log_error(level, r->connection->log, 0,
                           "tenant: admin statement refused a value: %s %s",
                           state,
                           PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));

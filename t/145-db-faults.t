@@ -306,8 +306,9 @@ my ($slow_def, $slow_bg, $inf_before, $le5_before);
 
 # --- 2. the statement fails with an SQL error (C-27, C-28) -----------------
 
-# ngx_tenant_admin.c, ngx_tenant_admin_answer: SQLSTATE class 22 is the
-# client's value (400), anything else the directory's failure (503).
+# ngx_tenant_admin.c, ngx_tenant_admin_answer: SQLSTATE classes 22 and 23
+# (but 23505, a conflict: 409) are the client's value (400), anything else
+# the directory's failure (503).
 {
     my $t = create_tenant(status => 'active', tier => 'starter');
     my $def = replace_function('admin_update_tenant',
@@ -321,6 +322,17 @@ my ($slow_def, $slow_bg, $inf_before, $le5_before);
     is tenant_row(id => $t->{id})->{subscription_tier}, 'starter', 'admin, SQLSTATE 22008: row unchanged';
     is scalar(log_lines($mark, qr/\[info\].*admin statement refused a value: 22008 date\/time field value out of range/)),
         1, 'admin, SQLSTATE 22008: one [info] line with the code and the message';
+
+    # an integrity violation other than a conflict (a CHECK the body's
+    # validation let through): the client's value too, and a [warn]
+    replace_function('admin_update_tenant',
+        q{RAISE EXCEPTION 'new row violates check constraint' USING ERRCODE = '23514';});
+    $mark = log_mark();
+    $r = api(PATCH => "$COLL/$t->{id}", body => { subscriptionTier => 'enterprise' });
+    is $r->{status}, 400, 'admin, SQLSTATE 23514: 400' or diag brief($r), $r->{body};
+    is code($r), 'validation_failed', 'admin, SQLSTATE 23514: validation_failed';
+    is scalar(log_lines($mark, qr/\[warn\].*admin statement refused a value: 23514 new row violates check constraint/)),
+        1, 'admin, SQLSTATE 23514: one [warn] line';
 
     replace_function('admin_update_tenant',
         q{RAISE EXCEPTION 'something else' USING ERRCODE = 'XX000';});
