@@ -164,17 +164,6 @@ sub wait_log {
     return undef;
 }
 
-# A change that fires no trigger, hence no NOTIFY: as if it happened while
-# nobody listened.
-sub sql_silent {
-    my ($query, @binds) = @_;
-    my $dbh = dbh();
-    $dbh->begin_work;
-    $dbh->do('SET LOCAL session_replication_role = replica');
-    my @rows = sql($query, @binds);
-    $dbh->commit;
-    return @rows;
-}
 
 
 # --- setup ----------------------------------------------------------------

@@ -139,16 +139,6 @@ sub row_seen {
     return join ' ', @$row{qw(id slug schema_name subscription_tier clerk_organization_id)};
 }
 
-# Changes that fire no trigger (no NOTIFY): the cache cannot know.
-sub sql_silent {
-    my ($query, @binds) = @_;
-    my $dbh = dbh();
-    $dbh->begin_work;
-    $dbh->do('SET LOCAL session_replication_role = replica');
-    my @rows = sql($query, @binds);
-    $dbh->commit;
-    return @rows;
-}
 
 sub set_tier_silently {
     my ($t, $tier) = @_;

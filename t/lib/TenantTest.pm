@@ -67,7 +67,7 @@ use Crypt::PK::RSA   ();
 
 our @EXPORT = qw(
     pg_start pg_stop pg_kill pg_restart pg_pids pg_stall pg_unstall
-    dbh sql sql_value create_tenant
+    dbh sql sql_silent sql_value create_tenant
     jwt_keys mint_token jwt_raw
     echo_start echo_stop
     nginx_start nginx_reload nginx_stop nginx_conf_test nginx_workers
@@ -319,6 +319,18 @@ sub sql {
 }
 
 # The first column of the first row.
+# sql() in a transaction that fires no trigger, hence no NOTIFY: a change
+# as if made while nobody listened (the tenant cache cannot know of it).
+sub sql_silent {
+    my ($query, @binds) = @_;
+    my $dbh = dbh();
+    $dbh->begin_work;
+    $dbh->do('SET LOCAL session_replication_role = replica');
+    my @rows = sql($query, @binds);
+    $dbh->commit;
+    return @rows;
+}
+
 sub sql_value {
     my ($query, @binds) = @_;
 
