@@ -147,6 +147,8 @@ sub conf {
     my $static   = $o{keys} // '';
     my $buffer   = $o{buffer} // '128k';
     my $ttl      = $o{ttl} // 60;
+    # without it the body's length is unknown until it ends
+    my $length   = $o{no_length} ? 'proxy_hide_header Content-Length;' : '';
     my $jwks_loc = sub {
         my ($loc, $port) = @_;
         return <<EOF;
@@ -155,6 +157,7 @@ sub conf {
             proxy_pass http://127.0.0.1:$port/v1/jwks;
             proxy_read_timeout 8s;
             subrequest_output_buffer_size $buffer;
+            $length
         }
 EOF
     };
@@ -375,18 +378,23 @@ bad_fetch('a 70 KB document', $JSON->encode({ keys => [jwk(rsa => 'rsa-aaaaaaaa'
 # filter swallows such a body before that.  Past the ttl (1s here) a
 # verified request starts a background refresh and goes on to its
 # upstream (0.3 s): the refresh fails first, the request is answered.
-nginx_reload(http => conf(buffer => '4k', ttl => 1));
-{
+# Both ways the body can outgrow the buffer: a Content-Length over it
+# (known at the first buffer), and a length known only at the end (the
+# body grows past it).
+for my $v (['Content-Length', 0], ['no length', 1]) {
+    my ($how, $no_length) = @$v;
+    nginx_reload(http => conf(buffer => '4k', ttl => 1, no_length => $no_length));
     $J1->set_doc(JwksServer->doc(jwk(rsa => 'rsa-aaaaaaaa')) . (' ' x 10_000));
     past_interval();
     my ($mark, $n) = (log_mark(), $J1->nfetch);
     my $r = get(tok(kid => $TWIN), '/slow/orders');
-    is $J1->nfetch - $n, 1, 'over subrequest_output_buffer_size: a background refresh';
+    is $J1->nfetch - $n, 1, "over subrequest_output_buffer_size ($how): a background refresh";
     my ($e) = retry_until(2, sub { [jwks_errors($mark)] }, sub { @{ $_[0] } });
     like $e->[0] // '', qr/larger than subrequest_output_buffer_size/,
         '... refused, an [error] line saying why' or diag error_log(since => $mark);
-    admitted $r, 'over subrequest_output_buffer_size: the request that started the refresh';
+    admitted $r, "over subrequest_output_buffer_size ($how): the request that started the refresh";
     admitted get(tok(kid => $TWIN)), '... the last good keys stay in use';
+    $J1->set_jwks(jwk(rsa => 'rsa-aaaaaaaa'));
 }
 nginx_reload(http => conf());
 $J1->set_jwks(jwk(rsa => 'rsa-aaaaaaaa'));

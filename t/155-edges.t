@@ -3,8 +3,9 @@
 # variables and the rate limits (docs/coverage-gaps.md rows C-39..46,
 # C-53..55, D-4..10, D-19, D-21, D-24, D-26..29, D-31):
 #
-#   1 bare        tenant_health and tenant_metrics without tenant_database
-#                 or tiers: 503 unhealthy with an [error] line; 404
+#   1 bare        tenant_health, tenant_metrics and the cron job without
+#                 tenant_database or tiers: 503 unhealthy with an [error]
+#                 line; 404; 503 cron_unavailable with an [error] line
 #   2 admin URIs  answered before any SQL (the database is stalled
 #                 meanwhile): /tenantsX 404, an ident over 64 bytes 404,
 #                 after= over 63 bytes, empty or with 8-bit bytes 400
@@ -269,11 +270,14 @@ sub tenant_count { return sql_value('SELECT count(*) FROM public.tenants') }
 
 # --- 1. bare: no tenant_database, no tiers ----------------------------------
 
-nginx_start(http => <<'EOF');
+nginx_start(http => <<"EOF");
+    tenant_cron_secret $CRON_SECRET;
+
     server {
         listen 127.0.0.1:%%PORT%%;
         location = /api/health { tenant_health; }
         location = /metrics    { tenant_metrics; }
+        location = /api/cron/expire-trials { tenant_cron_expire_trials; }
     }
 EOF
 
@@ -291,6 +295,15 @@ EOF
     is $r->{status}, 404, 'bare: tenant_metrics without tenant_database or tiers: 404';
     $r = http(method => 'POST', path => '/metrics', body => 'x');
     is $r->{status}, 405, 'bare: POST /metrics: 405 (the method is checked first)';
+
+    $mark = log_mark();
+    $r = http(method => 'POST', path => '/api/cron/expire-trials',
+              headers => [Authorization => "Bearer $CRON_SECRET"]);
+    is $r->{status}, 503, 'bare: the cron job with its secret but without tenant_database: 503';
+    is(($r->{json} || {})->{code}, 'cron_unavailable', 'bare: ... cron_unavailable');
+    @l = grep { /\[error\].*tenant: tenant_cron_expire_trials needs tenant_database/ }
+         split /\n/, error_log(since => $mark);
+    is scalar(@l), 1, 'bare: ... one [error] line says why';
 }
 
 nginx_stop();
