@@ -1441,6 +1441,9 @@ ngx_tenant_rate_params(ngx_conf_t *cf, ngx_str_t *value, ngx_uint_t n,
             continue;
         }
 
+        /* with features set (tenant_tier), every other parameter was
+         * refused by ngx_tenant_tier() already */
+
         if (features && ngx_strncmp(value[i].data, "features=", 9) == 0) {
             continue;
         }

@@ -789,7 +789,13 @@ ngx_tenant_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         return;
     }
 
-    /* claim the refresh in the zone, so that it runs once for all */
+    /*
+     * Claim the refresh in the zone, so that it runs once for all.  It is
+     * refused when another worker claimed it (or the row changed, went,
+     * expired) between this request's read of the row and here: a race
+     * between workers, not provoked by tests (t/145 checks the outcome:
+     * one refresh query for a burst on two workers).
+     */
 
     claim.fetched = ctx->tenant.fetched;
     claim.now = now;
@@ -924,7 +930,11 @@ ngx_tenant_record_from_row(PGresult *res, ngx_tenant_record_t *rec)
         v = PQgetvalue(res, 0, f[i].column);
         len = PQgetlength(res, 0, f[i].column);
 
-        /* these values become request headers: visible ASCII only */
+        /*
+         * These values become request headers: visible ASCII only (a
+         * tier "a b" is tested, t/020).  Empty or over the buffer cannot
+         * happen with the schema's CHECKs and the org id already valid.
+         */
         if (len <= 0 || (size_t) len > f[i].max
             || !tenant_org_id_valid((u_char *) v, len))
         {
@@ -943,6 +953,9 @@ ngx_tenant_record_from_row(PGresult *res, ngx_tenant_record_t *rec)
     }
 
     rec->trial_ends_at = (time_t) n;
+
+    /* coalesce(rate_limit_override, 0) and its CHECK (> 0) give digits:
+     * n == NGX_ERROR is defensive; n over the limit is tested (t/020) */
 
     v = PQgetvalue(res, 0, 7);
     n = ngx_atoi((u_char *) v, PQgetlength(res, 0, 7));

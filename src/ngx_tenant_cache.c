@@ -131,6 +131,10 @@ ngx_tenant_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     cache = shm_zone->data;
 
     if (ocache) {
+
+        /* the kinds differ in value_size already; key_max is checked
+         * for a kind that may come */
+
         if (ocache->value_size != cache->value_size
             || ocache->key_max != cache->key_max)
         {
@@ -375,6 +379,9 @@ ngx_tenant_cache_update(ngx_tenant_cache_t *cache, u_char *key,
     rc = NGX_DECLINED;
 
     ngx_shmtx_lock(&cache->shpool->mutex);
+
+    /* the entry may have gone or expired since the caller read it (a
+     * race with another worker or a NOTIFY: not provoked by tests) */
 
     node = ngx_tenant_cache_lookup(cache, key, key_len,
                                    ngx_crc32_short(key, key_len));

@@ -404,8 +404,8 @@ ngx_tenant_jwks_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf)
 
     jwks = tmcf->jwks;
 
-    /* r != r->main is defensive: nginx runs no access phase in
-     * subrequests, so the gateway never sees one */
+    /* defensive: the caller tests tmcf->jwks, and nginx runs no access
+     * phase in subrequests, so the gateway never sees one */
 
     if (jwks == NULL || r != r->main) {
         return;
@@ -458,7 +458,7 @@ ngx_tenant_jwks_wait(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 
     jwks = tmcf->jwks;
 
-    /* r != r->main: as in ngx_tenant_jwks_refresh() */
+    /* defensive: as in ngx_tenant_jwks_refresh() */
 
     if (jwks == NULL || r != r->main) {
         return NGX_DECLINED;
@@ -512,6 +512,9 @@ ngx_tenant_jwks_waiting(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     }
 
     sh = tmcf->jwks->sh;
+
+    /* past the deadline with the fetch still under way: only if it takes
+     * over 30 s (NGX_TENANT_JWKS_CLAIM), not waited for by tests */
 
     if (sh->generation == ctx->jwks_generation
         && sh->fetching
@@ -626,6 +629,9 @@ ngx_tenant_jwks_release(ngx_tenant_jwks_t *jwks, ngx_uint_t id)
 {
     ngx_shmtx_lock(&jwks->shpool->mutex);
 
+    /* not ours any more: superseded after 30 s, or reset by a reload to
+     * another URI */
+
     if (jwks->sh->fetching == id) {
         jwks->sh->fetching = 0;
     }
@@ -726,6 +732,9 @@ ngx_tenant_jwks_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
         return rc;
     }
 
+    /* every endpoint failure tested (500, refused, timeout, truncated)
+     * arrives as a status; NGX_ERROR only from an internal nginx failure */
+
     if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE
         || r->headers_out.status != NGX_HTTP_OK)
     {
@@ -736,7 +745,9 @@ ngx_tenant_jwks_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
         return rc;
     }
 
-    /* the body, as the postpone filter keeps an in-memory subrequest's */
+    /* the body, as the postpone filter keeps an in-memory subrequest's
+     * (a 200 without a body gets an empty buffer: r->out NULL is
+     * defensive) */
 
     b = r->out ? r->out->buf : NULL;
 
@@ -816,6 +827,8 @@ ngx_tenant_jwks_store(ngx_tenant_jwks_fetch_t *f, u_char *doc, size_t len,
     sh->fetched_ms = ngx_current_msec;
     sh->logged_ms = 0;
 
+    /* not ours any more: a fetch over 30 s, superseded (see claim) */
+
     if (sh->fetching == f->id) {
         sh->fetching = 0;
     }
@@ -868,6 +881,8 @@ ngx_tenant_jwks_failed(ngx_tenant_jwks_fetch_t *f, const char *why,
 
     fetched = sh->fetched;
     nkeys = sh->len ? sh->nkeys : 0;
+
+    /* not ours any more: a fetch over 30 s, superseded (see claim) */
 
     if (sh->fetching == f->id) {
         sh->fetching = 0;

@@ -116,8 +116,9 @@ ngx_tenant_listen_ready(ngx_tenant_pg_req_t *req, PGresult *res)
 
     if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
 
-        /* no result: the pool logged why; an answer: say it here (a
-         * server in recovery refuses LISTEN) */
+        /* no result: the pool logged why (tested, t/085); an answer:
+         * say it here (only a server in recovery refuses LISTEN: tests
+         * would need a standby, they have none) */
 
         if (res) {
             ngx_log_error(NGX_LOG_ERR, ls->retry.log, 0,

@@ -179,6 +179,10 @@ ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
             return NGX_AGAIN;
         }
 
+        /* a connection without a request is IDLE or FREE: every path
+         * that unbinds a request from a CONNECTING or BUSY one closes
+         * it */
+
         if (conn->state == NGX_TENANT_PG_FREE && free == NULL) {
             free = conn;
         }
@@ -217,6 +221,8 @@ ngx_tenant_pg_result_error(PGresult *res)
     state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 
+    /* a server's error has both; one libpq makes itself may not */
+
     if (state == NULL || msg == NULL) {
         return PQresStatus(PQresultStatus(res));
     }
@@ -232,6 +238,9 @@ void
 ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req)
 {
     ngx_tenant_pg_conn_t  *conn;
+
+    /* a request being waited for is armed and either queued or bound;
+     * the other cases are defensive (a caller cancelling twice) */
 
     if (req->timer.timer_set) {
         ngx_del_timer(&req->timer);
@@ -398,6 +407,9 @@ ngx_tenant_pg_detach(ngx_tenant_pg_conn_t *conn)
     if (c->write->active) {
         ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
     }
+
+    /* posted events: only with accept_mutex on (events posted, then a
+     * close in the same cycle), not run by tests */
 
     if (c->read->posted) {
         ngx_delete_posted_event(c->read);
@@ -580,9 +592,12 @@ ngx_tenant_pg_send(ngx_tenant_pg_conn_t *conn)
             }
 
             /*
-             * The server (or a pooler) closed the idle connection before
-             * it was noticed: once, the request gets a new connection
-             * instead of an error.
+             * libpq refuses the send only when it already knows the
+             * connection is bad, or lacks memory; a close by the server
+             * it has not read yet shows at the read instead (libpq 15
+             * ignores the send's EPIPE: ngx_tenant_pg_receive).  Nothing
+             * was sent: once, the request gets a new connection.  Not
+             * provoked by tests.
              */
 
             req->retried = 1;
@@ -626,6 +641,9 @@ ngx_tenant_pg_receive(ngx_tenant_pg_conn_t *conn)
          * Once, a statement that may run twice goes on a new connection,
          * as a send failure does.
          */
+
+        /* (a retried request whose new connection fails too: only if
+         * the server closes twice in a row) */
 
         if (req && req->resend && !req->retried) {
             ngx_log_error(NGX_LOG_INFO, conn->pool->log, 0,
@@ -671,9 +689,15 @@ done:
     res = conn->res;
     conn->res = NULL;
 
+    /* req is NULL only if a BUSY connection had lost its request, which
+     * closes it (defensive, as the latency's test) */
+
     req = conn->req;
     conn->req = NULL;
     ngx_tenant_pg_state(conn, NGX_TENANT_PG_IDLE);
+
+    /* libpq 15 reports a server's close at the read, before a result
+     * (t/145): a bad connection after a result is defensive */
 
     if (PQstatus(conn->pgconn) != CONNECTION_OK) {
         ngx_tenant_pg_close(conn);
@@ -736,6 +760,8 @@ ngx_tenant_pg_timeout_handler(ngx_event_t *ev)
 
     (void) ngx_atomic_fetch_add(&pool->stats->errors, 1);
 
+    /* neither failed nor queued: bound (the test is defensive) */
+
     conn = req->conn;
 
     if (conn) {
@@ -770,6 +796,9 @@ ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn, const char *what)
     (void) ngx_atomic_fetch_add(conn->state == NGX_TENANT_PG_BUSY
                                 ? &pool->stats->errors
                                 : &pool->stats->connect_errors, 1);
+
+    /* a connection fails while connecting or busy, both with a request
+     * (the test is defensive) */
 
     req = conn->req;
     conn->req = NULL;
@@ -917,6 +946,11 @@ ngx_tenant_pg_dispatch(ngx_tenant_pg_pool_t *pool)
         if (conn->req) {
             continue;
         }
+
+        /* the pool down with requests still queued, and a CONNECTING
+         * or BUSY connection without a request, are defensive:
+         * ngx_tenant_pg_down() fails the whole queue, and unbinding a
+         * request from such a connection closes it */
 
         if (conn->state == NGX_TENANT_PG_FREE) {
             if (pool->down && ngx_current_msec < pool->retry_at) {

@@ -536,6 +536,8 @@ tenant_admin_check_name(const char *s, size_t len)
     for (i = 0; i < len; i += n) {
         n = tenant_admin_utf8(&p[i], len - i, &cp);
 
+        /* jansson validated the string: defensive (see the callee) */
+
         if (n == 0) {
             return TENANT_ADMIN_BAD_UTF8;
         }

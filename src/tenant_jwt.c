@@ -574,6 +574,9 @@ tenant_jwt_es256_der(const unsigned char *raw, unsigned char *der,
 
     n = i2d_ECDSA_SIG(es, NULL);
 
+    /* n <= 0 on allocation failure; an ES256 DER signature is at most 72
+     * bytes, so the bound is defensive */
+
     if (n <= 0 || n > TENANT_JWT_DER_SIG_MAX) {
         ECDSA_SIG_free(es);
         ERR_clear_error();

@@ -216,6 +216,8 @@ tenant_utf8_char(const unsigned char *s, size_t len, int *valid)
 static void
 tenant_out_raw(tenant_out_t *o, const char *s, size_t len)
 {
+    /* (every caller passes a non-empty piece: len is defensive) */
+
     if (o->p && len) {
         memcpy(o->p + o->len, s, len);
     }
@@ -249,6 +251,8 @@ tenant_out_name(tenant_out_t *o, const char *name, int first)
     if (!first) {
         tenant_out_raw(o, ",", 1);
     }
+
+    /* name is never NULL: members without a name are skipped */
 
     tenant_out_string(o, name, name ? strlen(name) : 0);
     tenant_out_raw(o, ":", 1);
