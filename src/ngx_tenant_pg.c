@@ -565,6 +565,9 @@ ngx_tenant_pg_poll(ngx_tenant_pg_conn_t *conn)
     conn->pool->down = 0;
     ngx_tenant_pg_state(conn, NGX_TENANT_PG_IDLE);
 
+    /* a connection is opened for a request, and unbinding one from a
+     * CONNECTING connection closes it: the dispatch is defensive */
+
     if (conn->req) {
         ngx_tenant_pg_send(conn);
 
@@ -993,6 +996,8 @@ ngx_tenant_pg_latency(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
         1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000
     };
 
+    /* defensive: see the caller, ngx_tenant_pg_receive() */
+
     if (req == NULL) {
         return;
     }
@@ -1028,7 +1033,9 @@ ngx_tenant_pg_notifies(ngx_tenant_pg_conn_t *conn)
 
     while ((n = PQnotifies(conn->pgconn)) != NULL) {
 
-        /* only the listener's pool LISTENs, and it has a watcher */
+        /* only the listener's pool LISTENs, and it has a watcher; but
+         * behind PgBouncer in transaction mode a pool's server connection
+         * may be one the listener LISTENed on (t/100): dropped here */
 
         if (conn->pool->notify) {
             conn->pool->notify(conn->pool->watch_data, n->relname, n->extra);

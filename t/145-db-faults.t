@@ -334,6 +334,16 @@ my ($slow_def, $slow_bg, $inf_before, $le5_before);
     is scalar(log_lines($mark, qr/\[warn\].*admin statement refused a value: 23514 new row violates check constraint/)),
         1, 'admin, SQLSTATE 23514: one [warn] line';
 
+    # another class 2 SQLSTATE (25006, read-only transaction): the
+    # directory's failure
+    replace_function('admin_update_tenant',
+        q{RAISE EXCEPTION 'cannot execute UPDATE in a read-only transaction' USING ERRCODE = '25006';});
+    $mark = log_mark();
+    $r = api(PATCH => "$COLL/$t->{id}", body => { subscriptionTier => 'enterprise' });
+    unavailable($r, 1, 'admin, SQLSTATE 25006');
+    is scalar(log_lines($mark, qr/\[error\].*admin statement failed: 25006 /)), 1,
+        'admin, SQLSTATE 25006: one [error] line';
+
     replace_function('admin_update_tenant',
         q{RAISE EXCEPTION 'something else' USING ERRCODE = 'XX000';});
     $mark = log_mark();
