@@ -100,6 +100,8 @@ static void ngx_tenant_jwks_store(ngx_tenant_jwks_fetch_t *f, u_char *doc,
 static void ngx_tenant_jwks_failed(ngx_tenant_jwks_fetch_t *f,
     const char *why, ngx_log_t *log);
 static void ngx_tenant_jwks_cleanup(void *data);
+static void ngx_tenant_jwks_install(ngx_tenant_jwks_t *jwks,
+    tenant_keyset_t *ks, uint32_t crc, ngx_uint_t gen);
 static tenant_keyset_t *ngx_tenant_jwks_build(ngx_tenant_jwks_t *jwks,
     u_char *doc, size_t len, char *err, size_t errlen);
 static void ngx_tenant_jwks_sleep(ngx_http_request_t *r);
@@ -280,7 +282,8 @@ ngx_tenant_jwks_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 /*
  * The keys a token is verified with, and the token cache's policy that
  * goes with them: the configuration's keys, plus the fetched document's,
- * parsed again in this worker when the document changed.
+ * parsed in this worker when the document changed (the worker that
+ * fetched it keeps the set it validated then).
  */
 
 tenant_keyset_t *
@@ -338,14 +341,7 @@ ngx_tenant_jwks_keys(ngx_tenant_main_conf_t *tmcf, ngx_log_t *log,
             }
         }
 
-        if (jwks->keys) {
-            tenant_keyset_free(jwks->keys);
-            ngx_free(jwks->keys);
-        }
-
-        jwks->keys = ks;
-        jwks->policy = tmcf->policy ^ (crc * 13 + 7);
-        jwks->generation = gen;
+        ngx_tenant_jwks_install(jwks, ks, crc, gen);
 
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
                        "tenant: JWKS generation %ui, %uz keys", gen,
@@ -794,9 +790,6 @@ ngx_tenant_jwks_store(ngx_tenant_jwks_fetch_t *f, u_char *doc, size_t len,
     }
 
     nkeys = ks->nkeys - jwks->tmcf->keys->nkeys;
-    tenant_keyset_free(ks);
-    ngx_free(ks);
-
     crc = ngx_crc32_long(doc, len);
 
     ngx_shmtx_lock(&jwks->shpool->mutex);
@@ -804,6 +797,9 @@ ngx_tenant_jwks_store(ngx_tenant_jwks_fetch_t *f, u_char *doc, size_t len,
     if (sh->uri_crc != jwks->uri_crc) {
         /* fetched for the configuration before a reload to another URI */
         ngx_shmtx_unlock(&jwks->shpool->mutex);
+
+        tenant_keyset_free(ks);
+        ngx_free(ks);
 
         ngx_log_error(NGX_LOG_NOTICE, log, 0,
                       "tenant: JWKS from \"%V\" not used: the "
@@ -834,6 +830,16 @@ ngx_tenant_jwks_store(ngx_tenant_jwks_fetch_t *f, u_char *doc, size_t len,
     }
 
     ngx_shmtx_unlock(&jwks->shpool->mutex);
+
+    /* this worker keeps the set it validated: no second parse */
+
+    if (jwks->generation != gen) {
+        ngx_tenant_jwks_install(jwks, ks, crc, gen);
+
+    } else {
+        tenant_keyset_free(ks);
+        ngx_free(ks);
+    }
 
     (void) ngx_atomic_fetch_add(&sh->fetches_ok, 1);
 
@@ -991,6 +997,23 @@ ngx_tenant_jwks_cleanup(void *data)
         f->done = 1;
         ngx_tenant_jwks_release(f->jwks, f->id);
     }
+}
+
+
+/* The worker's keys become ks (NULL: the configuration's only). */
+
+static void
+ngx_tenant_jwks_install(ngx_tenant_jwks_t *jwks, tenant_keyset_t *ks,
+    uint32_t crc, ngx_uint_t gen)
+{
+    if (jwks->keys) {
+        tenant_keyset_free(jwks->keys);
+        ngx_free(jwks->keys);
+    }
+
+    jwks->keys = ks;
+    jwks->policy = jwks->tmcf->policy ^ (crc * 13 + 7);
+    jwks->generation = gen;
 }
 
 
