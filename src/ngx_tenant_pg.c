@@ -78,6 +78,8 @@ static u_char *ngx_tenant_pg_error(ngx_tenant_pg_conn_t *conn,
 static void ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn);
 static void ngx_tenant_pg_state(ngx_tenant_pg_conn_t *conn,
     ngx_tenant_pg_state_e state);
+static void ngx_tenant_pg_retry(ngx_tenant_pg_conn_t *conn,
+    ngx_tenant_pg_req_t *req);
 static void ngx_tenant_pg_dispatch(ngx_tenant_pg_pool_t *pool);
 static void ngx_tenant_pg_latency(ngx_tenant_pg_pool_t *pool,
     ngx_tenant_pg_req_t *req);
@@ -603,10 +605,7 @@ ngx_tenant_pg_send(ngx_tenant_pg_conn_t *conn)
              * provoked by tests.
              */
 
-            req->retried = 1;
-            ngx_tenant_pg_close(conn);
-            conn->req = req;
-            (void) ngx_tenant_pg_connect(conn);
+            ngx_tenant_pg_retry(conn, req);
             return;
         }
 
@@ -653,10 +652,7 @@ ngx_tenant_pg_receive(ngx_tenant_pg_conn_t *conn)
                           "tenant: PostgreSQL connection lost, sending the "
                           "query again on a new one");
 
-            req->retried = 1;
-            ngx_tenant_pg_close(conn);
-            conn->req = req;
-            (void) ngx_tenant_pg_connect(conn);
+            ngx_tenant_pg_retry(conn, req);
             return;
         }
 
@@ -716,6 +712,19 @@ done:
     PQclear(res);
 
     ngx_tenant_pg_dispatch(conn->pool);
+}
+
+
+/* Once per request: the connection is replaced, the query sent on the new
+ * one when it is up (a failure to connect fails the request). */
+
+static void
+ngx_tenant_pg_retry(ngx_tenant_pg_conn_t *conn, ngx_tenant_pg_req_t *req)
+{
+    req->retried = 1;
+    ngx_tenant_pg_close(conn);
+    conn->req = req;
+    (void) ngx_tenant_pg_connect(conn);
 }
 
 
