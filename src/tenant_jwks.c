@@ -258,16 +258,7 @@ tenant_keyset_next(const tenant_keyset_t *ks, const char *kid,
 
     /* does the kid name a key (of any type)? then only that key */
 
-    exact = 0;
-
-    for (i = 0; kid_len && i < ks->nkeys; i++) {
-        key = &ks->keys[i];
-
-        if (key->kid_len == kid_len && memcmp(key->kid, kid, kid_len) == 0) {
-            exact = 1;
-            break;
-        }
-    }
+    exact = tenant_keyset_names(ks, kid, kid_len);
 
     for (i = *pos; i < ks->nkeys; i++) {
         key = &ks->keys[i];
@@ -288,6 +279,28 @@ tenant_keyset_next(const tenant_keyset_t *ks, const char *kid,
     *pos = ks->nkeys;
 
     return NULL;
+}
+
+
+int
+tenant_keyset_names(const tenant_keyset_t *ks, const char *kid,
+    size_t kid_len)
+{
+    size_t  i;
+
+    if (kid == NULL || kid_len == 0) {
+        return 0;
+    }
+
+    for (i = 0; i < ks->nkeys; i++) {
+        if (ks->keys[i].kid_len == kid_len
+            && memcmp(ks->keys[i].kid, kid, kid_len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 

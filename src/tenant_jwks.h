@@ -72,6 +72,14 @@ int tenant_keyset_add_jwks(tenant_keyset_t *ks, const unsigned char *json,
 const tenant_key_t *tenant_keyset_next(const tenant_keyset_t *ks,
     const char *kid, size_t kid_len, tenant_key_type_t type, size_t *pos);
 
+/*
+ * 1 when a key of the set (of any type) has this kid (NULL or kid_len 0:
+ * none), else 0: a token whose kid names no key was signed by a key the
+ * set does not have yet, or by one of its keys without kid.
+ */
+int tenant_keyset_names(const tenant_keyset_t *ks, const char *kid,
+    size_t kid_len);
+
 /* The first of them, of any type, or NULL. */
 const tenant_key_t *tenant_keyset_find(const tenant_keyset_t *ks,
     const char *kid, size_t kid_len);

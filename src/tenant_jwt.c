@@ -120,7 +120,7 @@ tenant_jwt_verify(const unsigned char *token, size_t len,
     const tenant_keyset_t *keys, const tenant_jwt_policy_t *policy,
     tenant_jwt_claims_t *claims)
 {
-    int                   has_kid, pending;
+    int                   has_kid, pending, unknown;
     long                  n;
     size_t                seg_len[3], kid_len, hdr_len, pl_len, sig_len, pos;
     json_t               *payload;
@@ -187,17 +187,23 @@ tenant_jwt_verify(const unsigned char *token, size_t len,
      * Every key that may have signed it, in order: the one its kid names,
      * or, when the kid names none, each key without kid (a rotation with
      * two PEM keys).  At most TENANT_JWKS_MAX_KEYS verifications.
+     *
+     * A kid that names no key stays an unknown kid when no key without
+     * kid verifies it either: the key may be one the set does not have
+     * yet (a rotation at the identity provider), and UNKNOWN_KID is what
+     * has the caller fetch the keys again, a PEM key next to them or not.
      */
 
     type = (alg == TENANT_JWT_RS256) ? TENANT_KEY_RSA : TENANT_KEY_EC_P256;
     pos = 0;
     rc = TENANT_JWT_UNKNOWN_KID;
+    unknown = has_kid && !tenant_keyset_names(keys, kid, kid_len);
 
     for ( ;; ) {
         key = tenant_keyset_next(keys, has_kid ? kid : NULL, kid_len, type,
                                  &pos);
         if (key == NULL) {
-            return rc;
+            return unknown ? TENANT_JWT_UNKNOWN_KID : rc;
         }
 
         /* defensive: both keyset add paths set pkey or fail */

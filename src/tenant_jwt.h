@@ -31,7 +31,8 @@ typedef enum {
     TENANT_JWT_MALFORMED,         /* not three base64url segments */
     TENANT_JWT_BAD_HEADER,        /* header not a JSON object, no alg */
     TENANT_JWT_ALG_NOT_ALLOWED,   /* alg not in the allowlist (none, HS*) */
-    TENANT_JWT_UNKNOWN_KID,       /* no key with that kid (or no key at all) */
+    TENANT_JWT_UNKNOWN_KID,       /* no key with that kid, and none without
+                                     kid verifies it (or no key at all) */
     TENANT_JWT_BAD_SIGNATURE,     /* signature does not verify */
     TENANT_JWT_BAD_PAYLOAD,       /* payload not a JSON object */
     TENANT_JWT_BAD_CLAIM,         /* claim of the wrong type, too long or

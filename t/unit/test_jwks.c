@@ -538,6 +538,149 @@ test_rotation(void)
 }
 
 
+/*
+ * A key rotation at the identity provider, for every combination of key
+ * sources the README documents: a PEM key (kid-less, Clerk's networkless
+ * key), a JWKS file, keys fetched from a URL.  The old key is rsa (kid
+ * ins_old in a JWKS), the new one rsa2 (kid ins_new).  A token of the new
+ * kid must come out TENANT_JWT_UNKNOWN_KID with the keys held before the
+ * rotation, whatever else is configured, because that is what has the
+ * gateway fetch again; with the fetched document of the new key, it
+ * verifies.
+ */
+
+static void
+test_rotation_sources(void)
+{
+    char             pem[4096], old_doc[4096], new_doc[4096], name[128];
+    size_t           i;
+    EVP_PKEY        *stranger;
+    tenant_keyset_t  conf, before, after;
+
+    static const struct {
+        const char  *name;
+        int          pem, file, url;
+    } combos[] = {
+        { "PEM only", 1, 0, 0 },
+        { "file only", 0, 1, 0 },
+        { "URL only", 0, 0, 1 },
+        { "PEM + URL", 1, 0, 1 },
+        { "file + URL", 0, 1, 1 },
+        { "PEM + file", 1, 1, 0 },
+        { "PEM + file + URL", 1, 1, 1 },
+    };
+
+#define NEW_KID  "{\"alg\":\"RS256\",\"kid\":\"ins_new\"}"
+#define OLD_KID  "{\"alg\":\"RS256\",\"kid\":\"ins_old\"}"
+#define NO_KID   "{\"alg\":\"RS256\"}"
+
+    stranger = gen_rsa(2048);
+
+    pem_of(rsa, pem, sizeof(pem));
+    snprintf(old_doc, sizeof(old_doc), "%s",
+             jwks2(rsa, "\"kid\":\"ins_old\"", NULL, NULL));
+    snprintf(new_doc, sizeof(new_doc), "%s",
+             jwks2(rsa2, "\"kid\":\"ins_new\"", NULL, NULL));
+
+    for (i = 0; i < sizeof(combos) / sizeof(combos[0]); i++) {
+        memset(&conf, 0, sizeof(conf));
+        memset(&before, 0, sizeof(before));
+        memset(&after, 0, sizeof(after));
+
+        /* the configuration's keys: the PEM (old key), the file (old) */
+
+        if (combos[i].pem && add_pem(&conf, pem, NULL) != 0) {
+            bail("add_pem");
+        }
+
+        if (combos[i].file && add_jwks(&conf, old_doc) != 0) {
+            bail("add_jwks");
+        }
+
+        /* a worker's set: the configuration's plus the fetched document,
+         * the old one before the rotation, the new one after */
+
+        if (tenant_keyset_copy(&before, &conf) != 0
+            || tenant_keyset_copy(&after, &conf) != 0
+            || (combos[i].url && add_jwks(&before, old_doc) != 0)
+            || (combos[i].url && add_jwks(&after, new_doc) != 0))
+        {
+            bail("key sets");
+        }
+
+        snprintf(name, sizeof(name), "%s: the old kid verifies",
+                 combos[i].name);
+        is_int(verify_with(&before, rsa, OLD_KID), TENANT_JWT_OK, name);
+
+        snprintf(name, sizeof(name),
+                 "%s: the new kid is unknown (a fetch, if a URL is set)",
+                 combos[i].name);
+        is_int(verify_with(&before, rsa2, NEW_KID), TENANT_JWT_UNKNOWN_KID,
+               name);
+
+        snprintf(name, sizeof(name),
+                 "%s: an invented kid, signed by a stranger: unknown",
+                 combos[i].name);
+        is_int(verify_with(&before, stranger,
+                           "{\"alg\":\"RS256\",\"kid\":\"made_up\"}"),
+               TENANT_JWT_UNKNOWN_KID, name);
+
+        if (combos[i].file || combos[i].url) {
+            snprintf(name, sizeof(name),
+                     "%s: the old kid signed by a stranger: bad signature "
+                     "(no other key tried)", combos[i].name);
+            is_int(verify_with(&before, stranger, OLD_KID),
+                   TENANT_JWT_BAD_SIGNATURE, name);
+        }
+
+        if (combos[i].pem) {
+            snprintf(name, sizeof(name),
+                     "%s: no kid, signed by a stranger: bad signature",
+                     combos[i].name);
+            is_int(verify_with(&before, stranger, NO_KID),
+                   TENANT_JWT_BAD_SIGNATURE, name);
+
+            snprintf(name, sizeof(name),
+                     "%s: an unknown kid signed by the PEM key verifies",
+                     combos[i].name);
+            is_int(verify_with(&before, rsa,
+                               "{\"alg\":\"RS256\",\"kid\":\"ins_z\"}"),
+                   TENANT_JWT_OK, name);
+        }
+
+        if (combos[i].url) {
+            snprintf(name, sizeof(name),
+                     "%s: after the fetch, the new kid verifies",
+                     combos[i].name);
+            is_int(verify_with(&after, rsa2, NEW_KID), TENANT_JWT_OK, name);
+
+            /* the configuration's keys stay in use besides the fetched
+             * ones: the old key goes only with the last of its sources */
+
+            snprintf(name, sizeof(name), "%s: after the fetch, the old kid "
+                     "%s", combos[i].name,
+                     combos[i].file ? "verifies (the file's key)"
+                     : combos[i].pem ? "verifies (the PEM key)"
+                     : "is unknown");
+            is_int(verify_with(&after, rsa, OLD_KID),
+                   combos[i].file || combos[i].pem ? TENANT_JWT_OK
+                                                   : TENANT_JWT_UNKNOWN_KID,
+                   name);
+        }
+
+        tenant_keyset_free(&conf);
+        tenant_keyset_free(&before);
+        tenant_keyset_free(&after);
+    }
+
+#undef NEW_KID
+#undef OLD_KID
+#undef NO_KID
+
+    EVP_PKEY_free(stranger);
+}
+
+
 static void
 test_find(void)
 {
@@ -644,8 +787,9 @@ test_copy(void)
            TENANT_JWT_OK, "  the fetched RSA key verifies");
     is_int(verify_with(&live, rsa2,
                        "{\"alg\":\"RS256\",\"kid\":\"rsa-9\"}"),
-           TENANT_JWT_BAD_SIGNATURE,
-           "  an unknown kid falls back to the kid-less PEM key only");
+           TENANT_JWT_UNKNOWN_KID,
+           "  an unknown kid the kid-less PEM key does not verify: "
+           "unknown key");
 
     /* room for two keys, three to copy */
 
@@ -1121,6 +1265,7 @@ main(void)
     test_jwks();
     test_find();
     test_rotation();
+    test_rotation_sources();
     test_copy();
     test_pem_bounds();
     test_jwks_kid_bounds();

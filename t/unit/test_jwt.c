@@ -426,6 +426,32 @@ test_keys(void)
                              &lone, &policy, &claims),
            TENANT_JWT_UNKNOWN_KID, "lone RSA key does not take ES256");
 
+    /*
+     * A rotation at Clerk: a token of a new kid, signed by a key the PEM
+     * is not.  Its kid names no key: unknown key (what has the gateway
+     * fetch the keys again), not bad signature.
+     */
+
+    make_token(tok, rsa_other, "{\"alg\":\"RS256\",\"kid\":\"ins_new\"}",
+               "{" BASE "}");
+    is_int(tenant_jwt_verify((const unsigned char *) tok, strlen(tok),
+                             &lone, &policy, &claims),
+           TENANT_JWT_UNKNOWN_KID,
+           "lone kid-less key: a new kid it does not verify is unknown");
+
+    make_token(tok, rsa_other, "{\"alg\":\"RS256\"}", "{" BASE "}");
+    is_int(tenant_jwt_verify((const unsigned char *) tok, strlen(tok),
+                             &lone, &policy, &claims),
+           TENANT_JWT_BAD_SIGNATURE,
+           "lone kid-less key: no kid, another key: bad signature");
+
+    /* a kid that names a key: that key only, not the kid-less ones */
+
+    make_token(tok, rsa_other, "{\"alg\":\"RS256\",\"kid\":\"rsa1\"}",
+               "{" BASE "}");
+    is_int(verify(tok), TENANT_JWT_BAD_SIGNATURE,
+           "a kid that names a key, signed by another: bad signature");
+
     tenant_keyset_free(&lone);
 }
 
