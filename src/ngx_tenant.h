@@ -226,8 +226,7 @@ typedef struct {
 
     /* waiting for keys (tenant_jwks_request) */
     void                     *jwks_fetch;      /* our own subrequest */
-    ngx_uint_t                jwks_generation;
-    ngx_msec_t                jwks_deadline;
+    void                     *jwks_waiter;     /* or another's */
     unsigned                  jwks_waited:1;
 
     tenant_jwt_claims_t       claims;

@@ -13,6 +13,12 @@
  * "interval", whatever asks for it (the TTL, a token with an unknown kid,
  * the very first request).  A failed fetch keeps the last good document.
  *
+ * Requests that need the keys while a fetch is under way wait in their
+ * worker's queue, with no timer of their own: the worker that fetches
+ * wakes its queue when the fetch ends; every other worker looks at the
+ * zone on one timer of its own (NGX_TENANT_JWKS_POLL) while its queue is
+ * not empty, and wakes the queue when the claim they wait for is gone.
+ *
  * Failures to allocate, to create the subrequest or to register events
  * keep the last good keys and are logged; tests do not provoke them
  * (class A of docs/coverage-gaps.md).
@@ -29,7 +35,7 @@
 #define NGX_TENANT_JWKS_MAX        65536          /* document, bytes */
 #define NGX_TENANT_JWKS_ZONE       (256 * 1024)
 #define NGX_TENANT_JWKS_CLAIM      30000          /* ms: a fetch's bound */
-#define NGX_TENANT_JWKS_POLL       20             /* ms */
+#define NGX_TENANT_JWKS_POLL       20             /* ms, one per worker */
 
 
 /*
@@ -73,6 +79,11 @@ struct ngx_tenant_jwks_s {
     tenant_keyset_t           *keys;         /* NULL: the static ones */
     uint32_t                   policy;
     u_char                    *buf;
+
+    /* the worker's requests waiting for the fetch of claim wait_id */
+    ngx_queue_t                waiters;
+    ngx_uint_t                 wait_id;
+    ngx_event_t                poll;
 };
 
 
@@ -83,6 +94,15 @@ typedef struct {
     unsigned                   done:1;
     unsigned                   too_big:1;
 } ngx_tenant_jwks_fetch_t;
+
+
+typedef struct {
+    ngx_queue_t                queue;
+    ngx_http_request_t        *request;
+    ngx_tenant_jwks_t         *jwks;
+    ngx_uint_t                 id;           /* the claim waited for */
+    unsigned                   queued:1;
+} ngx_tenant_jwks_waiter_t;
 
 
 static ngx_int_t ngx_tenant_jwks_init_zone(ngx_shm_zone_t *shm_zone,
@@ -104,8 +124,13 @@ static void ngx_tenant_jwks_install(ngx_tenant_jwks_t *jwks,
     tenant_keyset_t *ks, uint32_t crc, ngx_uint_t gen);
 static tenant_keyset_t *ngx_tenant_jwks_build(ngx_tenant_jwks_t *jwks,
     u_char *doc, size_t len, char *err, size_t errlen);
-static void ngx_tenant_jwks_sleep(ngx_http_request_t *r);
-static void ngx_tenant_jwks_poll(ngx_http_request_t *r);
+static ngx_uint_t ngx_tenant_jwks_busy(ngx_tenant_jwks_t *jwks,
+    ngx_uint_t id);
+static void ngx_tenant_jwks_sleep(ngx_tenant_jwks_waiter_t *w);
+static void ngx_tenant_jwks_poll(ngx_event_t *ev);
+static void ngx_tenant_jwks_wake(ngx_tenant_jwks_t *jwks);
+static void ngx_tenant_jwks_resume(ngx_http_request_t *r);
+static void ngx_tenant_jwks_waiter_cleanup(void *data);
 static ngx_int_t ngx_tenant_jwks_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 
@@ -167,6 +192,13 @@ ngx_tenant_jwks_request(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     jwks->ttl = 600000;
     jwks->interval = 30000;
     jwks->tmcf = tmcf;
+
+    ngx_queue_init(&jwks->waiters);
+
+    /* not cancelable: a graceful shutdown lets the waiters finish */
+    jwks->poll.handler = ngx_tenant_jwks_poll;
+    jwks->poll.data = jwks;
+    jwks->poll.log = &cf->cycle->new_log;
 
     for (i = 2; i < cf->args->nelts; i++) {
 
@@ -447,10 +479,12 @@ ngx_int_t
 ngx_tenant_jwks_wait(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ngx_tenant_ctx_t *ctx)
 {
-    ngx_int_t                 rc;
-    ngx_uint_t                id;
-    ngx_tenant_jwks_t        *jwks;
-    ngx_tenant_jwks_fetch_t  *f;
+    ngx_int_t                  rc;
+    ngx_uint_t                 id;
+    ngx_pool_cleanup_t        *cln;
+    ngx_tenant_jwks_t         *jwks;
+    ngx_tenant_jwks_fetch_t   *f;
+    ngx_tenant_jwks_waiter_t  *w;
 
     jwks = tmcf->jwks;
 
@@ -467,12 +501,28 @@ ngx_tenant_jwks_wait(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     }
 
     if (rc == NGX_BUSY) {
-        /* another request, maybe in another worker, is fetching */
-        ctx->state = NGX_TENANT_STATE_WAIT_KEYS;
-        ctx->jwks_generation = jwks->sh->generation;
-        ctx->jwks_deadline = ngx_current_msec + NGX_TENANT_JWKS_CLAIM;
+        /* another request, maybe in another worker, is fetching (claim
+         * id): wait in the worker's queue, detached by the cleanup when
+         * the client goes away */
 
-        ngx_tenant_jwks_sleep(r);
+        w = ngx_pcalloc(r->pool, sizeof(ngx_tenant_jwks_waiter_t));
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+
+        if (w == NULL || cln == NULL) {
+            return NGX_DECLINED;
+        }
+
+        w->request = r;
+        w->jwks = jwks;
+        w->id = id;
+
+        cln->handler = ngx_tenant_jwks_waiter_cleanup;
+        cln->data = w;
+
+        ctx->state = NGX_TENANT_STATE_WAIT_KEYS;
+        ctx->jwks_waiter = w;
+
+        ngx_tenant_jwks_sleep(w);
         return NGX_AGAIN;
     }
 
@@ -496,8 +546,8 @@ ngx_int_t
 ngx_tenant_jwks_waiting(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ngx_tenant_ctx_t *ctx)
 {
-    ngx_tenant_jwks_sh_t     *sh;
-    ngx_tenant_jwks_fetch_t  *f;
+    ngx_tenant_jwks_fetch_t   *f;
+    ngx_tenant_jwks_waiter_t  *w;
 
     f = ctx->jwks_fetch;
 
@@ -507,16 +557,24 @@ ngx_tenant_jwks_waiting(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         return f->done ? NGX_OK : NGX_AGAIN;
     }
 
-    sh = tmcf->jwks->sh;
+    w = ctx->jwks_waiter;
 
-    /* past the deadline with the fetch still under way: only if it takes
-     * over 30 s (NGX_TENANT_JWKS_CLAIM), not waited for by tests */
+    /* defensive: only ngx_tenant_jwks_resume() runs the phases of a
+     * waiting request, after taking it out of the queue */
 
-    if (sh->generation == ctx->jwks_generation
-        && sh->fetching
-        && (ngx_msec_int_t) (ctx->jwks_deadline - ngx_current_msec) > 0)
-    {
-        ngx_tenant_jwks_sleep(r);
+    if (w->queued) {
+        return NGX_AGAIN;
+    }
+
+    /*
+     * Woken: the claim it waited for is gone (the fetch ended, well or
+     * not, or took over 30 s, NGX_TENANT_JWKS_CLAIM).  Woken with the
+     * claim still there (the queue is woken whole when one of another
+     * claim joins it): back to the queue.
+     */
+
+    if (ngx_tenant_jwks_busy(tmcf->jwks, w->id)) {
+        ngx_tenant_jwks_sleep(w);
         return NGX_AGAIN;
     }
 
@@ -524,40 +582,140 @@ ngx_tenant_jwks_waiting(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 }
 
 
-static void
-ngx_tenant_jwks_sleep(ngx_http_request_t *r)
-{
-    ngx_event_t  *wev;
+/* The fetch of claim id is under way (and not over 30 s old). */
 
-    wev = r->connection->write;
+static ngx_uint_t
+ngx_tenant_jwks_busy(ngx_tenant_jwks_t *jwks, ngx_uint_t id)
+{
+    ngx_uint_t             busy;
+    ngx_tenant_jwks_sh_t  *sh;
+
+    sh = jwks->sh;
+
+    ngx_shmtx_lock(&jwks->shpool->mutex);
+
+    busy = (sh->fetching == id
+            && (ngx_msec_int_t) (sh->fetching_until_ms - ngx_current_msec)
+               > 0);
+
+    ngx_shmtx_unlock(&jwks->shpool->mutex);
+
+    return busy;
+}
+
+
+/*
+ * Into the worker's queue, without a timer of its own; the client's
+ * socket is watched for a close (ngx_http_test_reading finalizes the
+ * request, and the pool cleanup takes it out of the queue).
+ */
+
+static void
+ngx_tenant_jwks_sleep(ngx_tenant_jwks_waiter_t *w)
+{
+    ngx_http_request_t  *r;
+    ngx_tenant_jwks_t   *jwks;
+
+    jwks = w->jwks;
+    r = w->request;
+
+    /* the queue waits for one claim: one of another joins it only once
+     * the first is gone, so the queue is woken (they find out) */
+
+    if (!ngx_queue_empty(&jwks->waiters) && jwks->wait_id != w->id) {
+        ngx_tenant_jwks_wake(jwks);
+    }
+
+    jwks->wait_id = w->id;
+
+    ngx_queue_insert_tail(&jwks->waiters, &w->queue);
+    w->queued = 1;
 
     r->read_event_handler = ngx_http_test_reading;
-    r->write_event_handler = ngx_tenant_jwks_poll;
+    r->write_event_handler = ngx_http_request_empty_handler;
 
-    wev->delayed = 1;
-    ngx_add_timer(wev, NGX_TENANT_JWKS_POLL);
+    if (!jwks->poll.timer_set) {
+        ngx_add_timer(&jwks->poll, NGX_TENANT_JWKS_POLL);
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "tenant: JWKS wait for fetch %ui", w->id);
+}
+
+
+/* The worker's timer: is the fetch its queue waits for over? */
+
+static void
+ngx_tenant_jwks_poll(ngx_event_t *ev)
+{
+    ngx_tenant_jwks_t  *jwks = ev->data;
+
+    if (ngx_queue_empty(&jwks->waiters)) {
+        return;
+    }
+
+    if (ngx_tenant_jwks_busy(jwks, jwks->wait_id)) {
+        ngx_add_timer(ev, NGX_TENANT_JWKS_POLL);
+        return;
+    }
+
+    ngx_tenant_jwks_wake(jwks);
+}
+
+
+/* Every request of the worker's queue runs its phases again. */
+
+static void
+ngx_tenant_jwks_wake(ngx_tenant_jwks_t *jwks)
+{
+    ngx_queue_t               *q;
+    ngx_http_request_t        *r;
+    ngx_tenant_jwks_waiter_t  *w;
+
+    while (!ngx_queue_empty(&jwks->waiters)) {
+        q = ngx_queue_head(&jwks->waiters);
+        ngx_queue_remove(q);
+
+        w = ngx_queue_data(q, ngx_tenant_jwks_waiter_t, queue);
+        w->queued = 0;
+
+        r = w->request;
+        r->write_event_handler = ngx_tenant_jwks_resume;
+
+        ngx_post_event(r->connection->write, &ngx_posted_events);
+    }
+
+    if (jwks->poll.timer_set) {
+        ngx_del_timer(&jwks->poll);
+    }
 }
 
 
 static void
-ngx_tenant_jwks_poll(ngx_http_request_t *r)
+ngx_tenant_jwks_waiter_cleanup(void *data)
 {
-    ngx_event_t  *wev;
+    ngx_tenant_jwks_waiter_t *w = data;
 
-    wev = r->connection->write;
+    ngx_tenant_jwks_t  *jwks;
 
-    /* defensive: nothing was sent to the client in the access phase, so
-     * no limit_rate delay can be pending */
-
-    if (wev->delayed) {
-        /* not the timer: the client's socket */
-        if (ngx_handle_write_event(wev, 0) != NGX_OK) {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        }
-
+    if (!w->queued) {
         return;
     }
 
+    jwks = w->jwks;
+
+    ngx_queue_remove(&w->queue);
+    w->queued = 0;
+
+    if (ngx_queue_empty(&jwks->waiters) && jwks->poll.timer_set) {
+        ngx_del_timer(&jwks->poll);
+    }
+}
+
+
+static void
+ngx_tenant_jwks_resume(ngx_http_request_t *r)
+{
     if (ngx_handle_read_event(r->connection->read, 0) != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
@@ -572,7 +730,8 @@ ngx_tenant_jwks_poll(ngx_http_request_t *r)
 
 /*
  * NGX_OK: this worker fetches now (*id is the claim); NGX_BUSY: a fetch
- * is under way; NGX_DECLINED: one started less than "interval" ago.
+ * is under way (*id is its claim); NGX_DECLINED: one started less than
+ * "interval" ago.
  */
 
 static ngx_int_t
@@ -598,6 +757,7 @@ ngx_tenant_jwks_claim(ngx_tenant_jwks_t *jwks, ngx_uint_t *id)
     if (sh->fetching
         && (ngx_msec_int_t) (sh->fetching_until_ms - now) > 0)
     {
+        *id = sh->fetching;
         rc = NGX_BUSY;
 
     } else if (sh->attempted_ms
@@ -831,6 +991,9 @@ ngx_tenant_jwks_store(ngx_tenant_jwks_fetch_t *f, u_char *doc, size_t len,
 
     ngx_shmtx_unlock(&jwks->shpool->mutex);
 
+    /* the worker's waiters need not wait for its timer */
+    ngx_tenant_jwks_wake(jwks);
+
     /* this worker keeps the set it validated: no second parse */
 
     if (jwks->generation != gen) {
@@ -895,6 +1058,8 @@ ngx_tenant_jwks_failed(ngx_tenant_jwks_fetch_t *f, const char *why,
     }
 
     ngx_shmtx_unlock(&jwks->shpool->mutex);
+
+    ngx_tenant_jwks_wake(jwks);
 
     (void) ngx_atomic_fetch_add(&sh->fetches_failed, 1);
 
@@ -996,6 +1161,7 @@ ngx_tenant_jwks_cleanup(void *data)
     if (!f->done) {
         f->done = 1;
         ngx_tenant_jwks_release(f->jwks, f->id);
+        ngx_tenant_jwks_wake(f->jwks);
     }
 }
 
