@@ -381,6 +381,16 @@ invalid bearer(sign_raw(header => { alg => 'RS256', kid => 'rsa-1' }, payload =>
     invalid bearer(tok(exp => "$now")), 'exp a string', 'bad_claim';
     invalid bearer(tok(nbf => 'soon')), 'nbf a string', 'bad_claim';
     admitted bearer(tok(exp => $now + 300.5)), 'exp a real number';
+
+    # times outside +-2^62 are refused: exp + leeway cannot overflow (an
+    # exp of 2^63 - 1 was a token valid forever, never cached)
+    my $i64_max = 9223372036854775807;
+    my $i64_min = -9223372036854775807 - 1;
+    invalid bearer(tok(exp => $i64_max)), 'exp 2^63 - 1', 'bad_claim';
+    invalid bearer(tok(exp => $i64_max)), 'exp 2^63 - 1, again', 'bad_claim';
+    invalid bearer(tok(exp => 4611686018427387905)), 'exp 2^62 + 1', 'bad_claim';
+    invalid bearer(tok(nbf => $i64_min)), 'nbf -2^63', 'bad_claim';
+    invalid bearer(tok(iat => $i64_max)), 'iat 2^63 - 1', 'bad_claim';
 }
 
 # ---- issuer and authorized parties ----------------------------------------
