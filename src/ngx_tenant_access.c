@@ -193,6 +193,9 @@ ngx_tenant_access_handler(ngx_http_request_t *r)
         cln->handler = ngx_tenant_ctx_cleanup;
         cln->data = ctx;
 
+        /* until an answer replaces it: a 500 logs and counts "error" */
+
+        ngx_str_set(&ctx->outcome, "error");
         ctx->outcome_id = NGX_TENANT_OUT_ERROR;
 
         ngx_http_set_ctx(r, ctx, ngx_tenant_module);
