@@ -1197,6 +1197,7 @@ ngx_tenant_refuse_upgrade(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
     ngx_tenant_ctx_t *ctx, ngx_tenant_refusal_e reason,
     const tenant_tier_t *required)
 {
+    ngx_int_t          rc;
     ngx_str_t          url;
     ngx_uint_t         n;
     tenant_problem_t   pb;
@@ -1243,7 +1244,14 @@ ngx_tenant_refuse_upgrade(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
 
     pb.detail_len = ngx_strlen(pb.detail);
 
-    if (ngx_http_complex_value(r, tlcf->upgrade_url, &url) != NGX_OK) {
+    /* the $tenant_* values as URI components: an organization id may
+     * hold any visible ASCII byte, "&" and "#" too */
+
+    ctx->url_escape = 1;
+    rc = ngx_http_complex_value(r, tlcf->upgrade_url, &url);
+    ctx->url_escape = 0;
+
+    if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
