@@ -185,19 +185,29 @@ else
     die "MAX_REQUEST_SIZE: must be a size like 10mb, 512kb, 1m or 4096$(got "$size")"
 fi
 
-get rate_max RATE_LIMIT_MAX 100
-[[ $rate_max =~ ^[0-9]{1,9}$ ]] && (( 10#$rate_max > 0 )) \
-    || die "RATE_LIMIT_MAX: must be a positive integer (requests per window)$(got "$rate_max")"
-rate_max=$((10#$rate_max))
+# posint TARGET VALUE: TARGET := the value of a positive integer (leading
+# zeros allowed), capped at 1000000000, over every limit below (bash's
+# arithmetic would wrap a long one); false when VALUE is not one.
+posint() {
+    [[ $2 =~ ^0*([1-9][0-9]*)$ ]] || return 1
+    if (( ${#BASH_REMATCH[1]} > 9 )); then
+        printf -v "$1" '%s' 1000000000
+    else
+        printf -v "$1" '%s' "$((10#${BASH_REMATCH[1]}))"
+    fi
+}
 
-get rate_window RATE_LIMIT_WINDOW 60000
-[[ $rate_window =~ ^[0-9]{1,9}$ ]] && (( 10#$rate_window > 0 )) \
-    || die "RATE_LIMIT_WINDOW: must be a positive integer (milliseconds)$(got "$rate_window")"
-rate_window=$((10#$rate_window))
+get rate_max_env RATE_LIMIT_MAX 100
+posint rate_max "$rate_max_env" \
+    || die "RATE_LIMIT_MAX: must be a positive integer (requests per window)$(got "$rate_max_env")"
+
+get rate_window_env RATE_LIMIT_WINDOW 60000
+posint rate_window "$rate_window_env" \
+    || die "RATE_LIMIT_WINDOW: must be a positive integer (milliseconds)$(got "$rate_window_env")"
 (( rate_window <= 86400000 )) \
-    || die "RATE_LIMIT_WINDOW: at most 86400000 (one day)$(got "$rate_window")"
+    || die "RATE_LIMIT_WINDOW: at most 86400000 (one day)$(got "$rate_window_env")"
 (( rate_max <= 100000000 && rate_window * 1000 >= rate_max )) \
-    || die "RATE_LIMIT_MAX: at most 100000000, and at most one request per microsecond of RATE_LIMIT_WINDOW$(got "$rate_max")"
+    || die "RATE_LIMIT_MAX: at most 100000000, and at most one request per microsecond of RATE_LIMIT_WINDOW$(got "$rate_max_env")"
 
 # METRICS_ALLOW: who may scrape /metrics besides the machine itself
 # (nginx "allow" addresses or CIDRs, comma- or space-separated)

@@ -4,13 +4,18 @@
 #
 #   BASE_URL       the gateway (default http://127.0.0.1:8080, make run's)
 #   ADMIN_TOKEN    a token whose metadata.role is admin
-#   TENANT_TOKEN   a token of org_smoke_test (the professional tenant)
-#   STARTER_TOKEN  a token of org_smoke_starter (the starter tenant)
+#   TENANT_TOKEN   a token of the organization of the professional tenant
+#   STARTER_TOKEN  a token of the organization of the starter tenant
 #   JWT_KEY        instead of the three tokens: the private key that signs
 #                  them (default .local/demo/jwt-private.pem, make run's
 #                  demo key, when it exists)
 #   JWT_KID        the kid of the tokens minted with JWT_KEY (default none;
 #                  needed when the gateway's keys come from a JWKS)
+#   SMOKE_ORG_PROFESSIONAL, SMOKE_ORG_STARTER
+#                  the two organization ids; by default the active
+#                  organization of TENANT_TOKEN and STARTER_TOKEN (Clerk
+#                  v1 "org_id", v2 "o":{"id"}), or, for tokens minted with
+#                  JWT_KEY, org_smoke_test and org_smoke_starter
 #
 # Creating the tenants is idempotent (409: they exist already); exit 0
 # only when every step passed.
@@ -25,15 +30,45 @@ mint() {
         ${JWT_KID:+--kid "$JWT_KID"} "$@"
 }
 
+# The active organization of a token, as the gateway reads it (src/
+# tenant_jwt.c): "v":2 tokens have "o":{"id"}, the others "org_id".  The
+# payload is only decoded here, not verified: the gateway verifies it.
+token_org() {
+    perl -MMIME::Base64=decode_base64url -MJSON::PP -e '
+        my (undef, $p) = split /\./, $ARGV[0];
+        my $c = eval { JSON::PP->new->decode(decode_base64url($p // "")) };
+        exit 1 unless ref $c eq "HASH";
+        my $v = $c->{v} // 1;
+        my $org = $v == 2 ? (ref $c->{o} eq "HASH" ? $c->{o}{id} : undef)
+                          : $c->{org_id};
+        exit 1 unless defined $org && !ref $org && length $org;
+        print $org;
+    ' "$1"
+}
+
 if [ -z "${ADMIN_TOKEN:-}${TENANT_TOKEN:-}${STARTER_TOKEN:-}" ] && [ -f "$key" ]; then
+    org_pro=${SMOKE_ORG_PROFESSIONAL:-org_smoke_test}
+    org_starter=${SMOKE_ORG_STARTER:-org_smoke_starter}
     ADMIN_TOKEN=$(mint --sub user_smoke_admin --metadata-role admin)
-    TENANT_TOKEN=$(mint --sub user_smoke --org org_smoke_test)
-    STARTER_TOKEN=$(mint --sub user_smoke_starter --org org_smoke_starter)
+    TENANT_TOKEN=$(mint --sub user_smoke --org "$org_pro")
+    STARTER_TOKEN=$(mint --sub user_smoke_starter --org "$org_starter")
 fi
 
 for v in ADMIN_TOKEN TENANT_TOKEN STARTER_TOKEN; do
     [ -n "${!v:-}" ] || { echo "smoke: $v is not set (nor JWT_KEY)" >&2; exit 2; }
 done
+
+org_pro=${SMOKE_ORG_PROFESSIONAL:-$(token_org "$TENANT_TOKEN")} \
+    || { echo "smoke: TENANT_TOKEN has no organization (set SMOKE_ORG_PROFESSIONAL)" >&2; exit 2; }
+org_starter=${SMOKE_ORG_STARTER:-$(token_org "$STARTER_TOKEN")} \
+    || { echo "smoke: STARTER_TOKEN has no organization (set SMOKE_ORG_STARTER)" >&2; exit 2; }
+
+# a JSON string: the ids go into the create bodies
+json_str() {
+    perl -MJSON::PP -e 'print JSON::PP->new->allow_nonref->encode($ARGV[0])' "$1"
+}
+
+printf 'organizations: %s (professional), %s (starter)\n' "$org_pro" "$org_starter"
 
 passed=0
 failed=0
@@ -71,21 +106,21 @@ req GET /api/health ""
 step "health: /api/health" 200 "$status" "$body" '"status":"healthy".*"database":"connected"'
 
 # Step 5: create the smoke-test tenant (and a starter one)
-req POST /api/admin/tenants "$ADMIN_TOKEN" '{"name":"Smoke Test Tenant","slug":"smoke-test-001","clerkOrganizationId":"org_smoke_test","subscriptionTier":"professional","ownerEmail":"smoketest@capliquify.com"}'
+req POST /api/admin/tenants "$ADMIN_TOKEN" '{"name":"Smoke Test Tenant","slug":"smoke-test-001","clerkOrganizationId":'"$(json_str "$org_pro")"',"subscriptionTier":"professional","ownerEmail":"smoketest@capliquify.com"}'
 step "create the smoke-test tenant (professional)" "201 409" "$status" "$body"
 
-req POST /api/admin/tenants "$ADMIN_TOKEN" '{"name":"Smoke Starter Tenant","slug":"smoke-starter-001","clerkOrganizationId":"org_smoke_starter","subscriptionTier":"starter","ownerEmail":"smoketest@capliquify.com"}'
+req POST /api/admin/tenants "$ADMIN_TOKEN" '{"name":"Smoke Starter Tenant","slug":"smoke-starter-001","clerkOrganizationId":'"$(json_str "$org_starter")"',"subscriptionTier":"starter","ownerEmail":"smoketest@capliquify.com"}'
 step "create the smoke starter tenant" "201 409" "$status" "$body"
 
 # query tenant data
-req GET /api/products "$TENANT_TOKEN" "" org_smoke_test
+req GET /api/products "$TENANT_TOKEN" "" "$org_pro"
 step "query tenant data: /api/products" 200 "$status" "$body"
 
 # feature flags
-req GET /api/forecasts/ai "$TENANT_TOKEN" "" org_smoke_test
+req GET /api/forecasts/ai "$TENANT_TOKEN" "" "$org_pro"
 step "professional reaches /api/forecasts/ai" 200 "$status" "$body"
 
-req GET /api/forecasts/ai "$STARTER_TOKEN" "" org_smoke_starter
+req GET /api/forecasts/ai "$STARTER_TOKEN" "" "$org_starter"
 step "starter gets 403 with an upgrade URL" 403 "$status" "$body" '"upgradeUrl":"https?://'
 
 printf '%d passed, %d failed\n' "$passed" "$failed"

@@ -242,6 +242,7 @@ typedef struct {
     ngx_str_t                 outcome;         /* for $tenant_outcome */
     ngx_tenant_outcome_e      outcome_id;
     unsigned                  counted:1;
+    unsigned                  url_escape:1;    /* $tenant_* in a URL */
     ngx_str_t                 required_tier;
 
     /* rate limits applied, for the RateLimit headers and variables */

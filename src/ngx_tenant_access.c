@@ -122,6 +122,8 @@ static ngx_int_t ngx_tenant_access_admin(ngx_http_request_t *r,
 static ngx_int_t ngx_tenant_access_token(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx,
     tenant_jwt_status_t *status);
+static ngx_int_t ngx_tenant_access_cookie(ngx_http_request_t *r,
+    const u_char **token, size_t *len);
 static ngx_uint_t ngx_tenant_is_preflight(ngx_http_request_t *r);
 static ngx_int_t ngx_tenant_access_query(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
@@ -191,6 +193,9 @@ ngx_tenant_access_handler(ngx_http_request_t *r)
         cln->handler = ngx_tenant_ctx_cleanup;
         cln->data = ctx;
 
+        /* until an answer replaces it: a 500 logs and counts "error" */
+
+        ngx_str_set(&ctx->outcome, "error");
         ctx->outcome_id = NGX_TENANT_OUT_ERROR;
 
         ngx_http_set_ctx(r, ctx, ngx_tenant_module);
@@ -504,8 +509,7 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 {
     size_t                len;
     time_t                now;
-    ngx_int_t             n;
-    ngx_str_t             cookie;
+    ngx_int_t             rc;
     uint32_t              policy_crc;
     const u_char         *token;
     ngx_table_elt_t      *h;
@@ -513,8 +517,6 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     tenant_jwt_policy_t   policy;
     ngx_tenant_token_t    cached;
     u_char                key[TENANT_SHA256_LEN];
-
-    static ngx_str_t      session = ngx_string("__session");
 
     h = r->headers_in.authorization;
 
@@ -527,14 +529,16 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         }
 
     } else {
-        n = ngx_http_parse_multi_header_lines(&r->headers_in.cookies,
-                                              &session, &cookie);
-        if (n == NGX_DECLINED || cookie.len == 0) {
+        rc = ngx_tenant_access_cookie(r, &token, &len);
+
+        if (rc == NGX_DECLINED) {
             return NGX_DECLINED;
         }
 
-        token = cookie.data;
-        len = cookie.len;
+        if (rc != NGX_OK) {
+            *status = TENANT_JWT_MALFORMED;
+            return NGX_OK;
+        }
     }
 
     if (len > TENANT_JWT_MAX_LEN) {
@@ -599,6 +603,60 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         (void) ngx_tenant_cache_put(tmcf->token_cache, key, sizeof(key),
                                     &cached,
                                     (time_t) ctx->claims.exp + tmcf->leeway);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The __session cookie, read by tenant_cookie_value() in every Cookie
+ * header line: NGX_DECLINED when absent or empty, NGX_OK with the value,
+ * NGX_ERROR when two lines, or two pairs of one line, carry different
+ * values (cookie tossing from a sibling domain: which one is the
+ * client's is not ours to guess).
+ */
+
+static ngx_int_t
+ngx_tenant_access_cookie(ngx_http_request_t *r, const u_char **token,
+    size_t *len)
+{
+    int                   rc;
+    size_t                vlen;
+    ngx_uint_t            i, found;
+    const u_char         *v;
+    ngx_table_elt_t     **h;
+
+    found = 0;
+    h = r->headers_in.cookies.elts;
+
+    for (i = 0; i < r->headers_in.cookies.nelts; i++) {
+        rc = tenant_cookie_value(h[i]->value.data, h[i]->value.len,
+                                 "__session", sizeof("__session") - 1,
+                                 &v, &vlen);
+
+        if (rc == -1) {
+            continue;
+        }
+
+        if (rc != 0) {
+            return NGX_ERROR;
+        }
+
+        if (!found) {
+            *token = v;
+            *len = vlen;
+            found = 1;
+            continue;
+        }
+
+        if (vlen != *len || ngx_memcmp(v, *token, vlen) != 0) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (!found || *len == 0) {
+        return NGX_DECLINED;
     }
 
     return NGX_OK;
@@ -1139,6 +1197,7 @@ ngx_tenant_refuse_upgrade(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
     ngx_tenant_ctx_t *ctx, ngx_tenant_refusal_e reason,
     const tenant_tier_t *required)
 {
+    ngx_int_t          rc;
     ngx_str_t          url;
     ngx_uint_t         n;
     tenant_problem_t   pb;
@@ -1185,7 +1244,14 @@ ngx_tenant_refuse_upgrade(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
 
     pb.detail_len = ngx_strlen(pb.detail);
 
-    if (ngx_http_complex_value(r, tlcf->upgrade_url, &url) != NGX_OK) {
+    /* the $tenant_* values as URI components: an organization id may
+     * hold any visible ASCII byte, "&" and "#" too */
+
+    ctx->url_escape = 1;
+    rc = ngx_http_complex_value(r, tlcf->upgrade_url, &url);
+    ctx->url_escape = 0;
+
+    if (rc != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 

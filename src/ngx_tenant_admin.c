@@ -160,14 +160,24 @@ ngx_tenant_admin_handler(ngx_http_request_t *r)
     tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
     tctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
 
-    /* the access phase ("tenant_gateway admin") admitted an admin
-     * (tmcf->pg == NULL is defensive: a gateway needs tenant_database,
-     * and a worker without its pool does not start) */
+    /* without tenant_database nothing here can work: the server's
+     * configuration, not the client, is at fault (as for the cron job) */
 
-    if (tctx == NULL || !tctx->admin || tmcf->pg == NULL) {
+    if (tmcf->pg == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tenant: tenant_admin needs tenant_database");
+        return ngx_tenant_admin_problem(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                        "admin_unavailable",
+                                        "The admin API is not configured",
+                                        NULL, NULL, NULL);
+    }
+
+    /* the access phase ("tenant_gateway admin") admitted an admin */
+
+    if (tctx == NULL || !tctx->admin) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tenant: tenant_admin needs \"tenant_gateway admin\" "
-                      "and tenant_database in its location");
+                      "in its location");
         return ngx_tenant_admin_problem(r, NGX_HTTP_FORBIDDEN,
                                         "admin_required",
                                         "Administrator token required",

@@ -431,8 +431,9 @@ static ngx_int_t
 ngx_tenant_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     uintptr_t data)
 {
-    u_char                 *p;
+    u_char                 *p, *e;
     size_t                  len;
+    uintptr_t               n;
     ngx_tenant_ctx_t       *ctx;
     ngx_tenant_loc_conf_t  *tlcf;
 
@@ -528,6 +529,24 @@ ngx_tenant_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     if (len == 0) {
         v->not_found = 1;
         return NGX_OK;
+    }
+
+    /* in tenant_upgrade_url: every byte but ALPHA DIGIT - . _ ~ escaped */
+
+    if (ctx && ctx->url_escape) {
+        n = ngx_escape_uri(NULL, p, len, NGX_ESCAPE_URI_COMPONENT);
+
+        if (n) {
+            e = ngx_pnalloc(r->pool, len + 2 * n);
+            if (e == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_escape_uri(e, p, len, NGX_ESCAPE_URI_COMPONENT);
+
+            p = e;
+            len += 2 * n;
+        }
     }
 
     v->data = p;

@@ -23,8 +23,12 @@
 #define TENANT_JWT_ES256_SIG_LEN  64    /* raw r || s, RFC 7518 3.4 */
 #define TENANT_JWT_DER_SIG_MAX    72    /* DER ECDSA-Sig-Value for P-256 */
 
-/* numeric claims outside +-2^62 are refused: no overflow in arithmetic */
-#define TENANT_JWT_TIME_MAX       4611686018427387904.0
+/*
+ * Time claims (exp, nbf, iat) outside +-2^62, integer or real, are
+ * refused: exp + leeway or nbf - leeway in int64_t or time_t cannot
+ * overflow.
+ */
+#define TENANT_JWT_TIME_MAX       4611686018427387904LL
 
 
 static tenant_jwt_status_t tenant_jwt_split(const unsigned char *token,
@@ -905,10 +909,17 @@ tenant_jwt_copy_claim(json_t *value, char *dst, uint16_t *dst_len)
 static tenant_jwt_status_t
 tenant_jwt_number(json_t *value, int64_t *out)
 {
-    double  d;
+    double      d;
+    json_int_t  i;
 
     if (json_is_integer(value)) {
-        *out = (int64_t) json_integer_value(value);
+        i = json_integer_value(value);
+
+        if (i <= -TENANT_JWT_TIME_MAX || i >= TENANT_JWT_TIME_MAX) {
+            return TENANT_JWT_BAD_CLAIM;
+        }
+
+        *out = (int64_t) i;
         return TENANT_JWT_OK;
     }
 
@@ -917,7 +928,9 @@ tenant_jwt_number(json_t *value, int64_t *out)
 
         /* also false for a NaN */
 
-        if (!(d > -TENANT_JWT_TIME_MAX && d < TENANT_JWT_TIME_MAX)) {
+        if (!(d > (double) -TENANT_JWT_TIME_MAX
+              && d < (double) TENANT_JWT_TIME_MAX))
+        {
             return TENANT_JWT_BAD_CLAIM;
         }
 

@@ -74,8 +74,10 @@ tenant_cookie_value(const unsigned char *cookie, size_t len,
     const char *name, size_t name_len, const unsigned char **value,
     size_t *value_len)
 {
+    int                    found;
     size_t                 i, n, v, vend;
 
+    found = 0;
     i = 0;
 
     while (i < len) {
@@ -107,6 +109,8 @@ tenant_cookie_value(const unsigned char *cookie, size_t len,
 
         i = vend;
 
+        /* names are case-sensitive (RFC 6265 section 5.4) */
+
         if (v - 1 - n != name_len
             || memcmp(cookie + n, name, name_len) != 0)
         {
@@ -124,13 +128,22 @@ tenant_cookie_value(const unsigned char *cookie, size_t len,
             vend--;
         }
 
-        *value = cookie + v;
-        *value_len = vend - v;
+        if (!found) {
+            *value = cookie + v;
+            *value_len = vend - v;
+            found = 1;
+            continue;
+        }
 
-        return 0;
+        /* the same name again: only another copy of the value is fine */
+
+        if (vend - v != *value_len || memcmp(cookie + v, *value, vend - v))
+        {
+            return TENANT_COOKIE_AMBIGUOUS;
+        }
     }
 
-    return -1;
+    return found ? 0 : -1;
 }
 
 

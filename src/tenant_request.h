@@ -26,10 +26,16 @@
 int tenant_bearer_token(const unsigned char *auth, size_t len,
     const unsigned char **token, size_t *token_len);
 
+#define TENANT_COOKIE_AMBIGUOUS   -2
+
+
 /*
- * The value of cookie "name" in a Cookie header value ("a=1; b=2"),
- * optionally double-quoted.  Returns 0 and points *value into cookie, or
- * -1 when the cookie is absent.
+ * The value of cookie "name" in a Cookie header value ("a=1; b=2"): the
+ * name compared byte for byte (case-sensitive), blanks before a name and
+ * after a value dropped, a value in double quotes unquoted.  Returns 0
+ * and points *value into cookie, -1 when the cookie is absent, or
+ * TENANT_COOKIE_AMBIGUOUS when it appears twice with different values
+ * (a copy of the same value is fine).
  */
 int tenant_cookie_value(const unsigned char *cookie, size_t len,
     const char *name, size_t name_len, const unsigned char **value,

@@ -382,6 +382,16 @@ invalid bearer(sign_raw(header => { alg => 'RS256', kid => 'rsa-1' }, payload =>
     invalid bearer(tok(exp => "$now")), 'exp a string', 'bad_claim';
     invalid bearer(tok(nbf => 'soon')), 'nbf a string', 'bad_claim';
     admitted bearer(tok(exp => $now + 300.5)), 'exp a real number';
+
+    # times outside +-2^62 are refused: exp + leeway cannot overflow (an
+    # exp of 2^63 - 1 was a token valid forever, never cached)
+    my $i64_max = 9223372036854775807;
+    my $i64_min = -9223372036854775807 - 1;
+    invalid bearer(tok(exp => $i64_max)), 'exp 2^63 - 1', 'bad_claim';
+    invalid bearer(tok(exp => $i64_max)), 'exp 2^63 - 1, again', 'bad_claim';
+    invalid bearer(tok(exp => 4611686018427387905)), 'exp 2^62 + 1', 'bad_claim';
+    invalid bearer(tok(nbf => $i64_min)), 'nbf -2^63', 'bad_claim';
+    invalid bearer(tok(iat => $i64_max)), 'iat 2^63 - 1', 'bad_claim';
 }
 
 # ---- issuer and authorized parties ----------------------------------------
@@ -465,6 +475,38 @@ invalid get(Authorization => 'Basic dXNlcjpwYXNz', Cookie => '__session=' . tok(
 admitted get(Authorization => 'Bearer ' . tok(sub => 'user_header'),
              Cookie => '__session=' . tok(sub => 'user_cookie')),
     'two good tokens: the Authorization one is used', user => 'user_header';
+
+
+# The cookie is read by tenant_cookie_value() in every Cookie line: the
+# name is case-sensitive, a quoted value is unquoted, two different
+# __session values (in one line or two) are refused as ambiguous.
+refused get(Cookie => '__Session=' . tok()), 'cookie __Session (another name)',
+    401, 'authentication_required';
+refused get(Cookie => '__SESSION=' . tok()), 'cookie __SESSION (another name)',
+    401, 'authentication_required';
+admitted get(Cookie => '__Session=junk; __session=' . tok(sub => 'user_lower')),
+    'cookies __Session and __session: __session taken', user => 'user_lower';
+admitted get(Cookie => '__session="' . tok() . '"'), 'cookie __session, quoted value';
+admitted get(Cookie => 'a=b; __session=' . tok()), 'cookie a=b; __session';
+admitted get(Cookie => "a=b;	__session=" . tok() . " 	"), 'cookie, tab and trailing blanks';
+admitted get(Cookie => 'a=b', Cookie => '__session=' . tok(sub => 'user_line2')),
+    'two Cookie lines, __session in the second', user => 'user_line2';
+{
+    my $t = tok(sub => 'user_twice');
+    admitted get(Cookie => "__session=$t", Cookie => "x=1; __session=$t"),
+        'two Cookie lines, the same __session in both', user => 'user_twice';
+    admitted get(Cookie => "__session=$t; __session=\"$t\""),
+        'one line, the same __session twice (once quoted)', user => 'user_twice';
+    my $other = tok(sub => 'user_other');
+    invalid get(Cookie => "__session=$t", Cookie => "__session=$other"),
+        'two Cookie lines, two different __session tokens', 'token_malformed';
+    invalid get(Cookie => "__session=$t; a=b; __session=$other"),
+        'one line, two different __session tokens', 'token_malformed';
+    invalid get(Cookie => "__session=; __session=$t"),
+        'an empty __session, then a token', 'token_malformed';
+    invalid get(Cookie => "__session=$t", Cookie => '__session=junk'),
+        'a token, then junk in a second line', 'token_malformed';
+}
 
 refused get(), 'no token', 401, 'authentication_required';
 refused get(Cookie => 'session=abc; __clerk_db_jwt=x'), 'cookies, none __session',

@@ -217,6 +217,28 @@ for my $c (@feature_cases) {
     $r = as_tenant($tenant{professional}, path => '/api/custom-upgrade');
     is $r->{status}, 200, 'custom tenant_upgrade_url: professional admitted';
 
+    # An organization id may hold any visible ASCII byte (X-Organization-ID
+    # and the token's claim: tenant_org_id_valid(), the table: any text):
+    # in the URL each $tenant_* value is a URI component, every byte but
+    # ALPHA DIGIT - . _ ~ percent-encoded; elsewhere the value is as it is.
+    my $odd = create_tenant(tier => 'starter', status => 'active',
+                            org => q{org_&to=enterprise#x?y=%41/"<>\\+;,'()*!@$[]{}|^`:~ok});
+    my $oid = $odd->{clerk_organization_id};
+    (my $want = $oid) =~ s/([^A-Za-z0-9\-._~])/sprintf '%%%02X', ord $1/ge;
+    like $want, qr/^org_%26to%3Denterprise%23x%3Fy%3D%2541%2F%22/, 'the expected encoding';
+
+    $r = as_tenant($odd, path => '/api/custom-upgrade?odd-org');
+    is $r->{status}, 403, 'org id with reserved bytes: refused (feature)';
+    is $r->{json}{upgradeUrl},
+        "https://billing.example/upgrade?to=professional&org=$want&from=starter"
+        . '&feature=ai_forecasting',
+        'org id with reserved bytes: $tenant_org_id percent-encoded in upgradeUrl'
+        or diag $r->{body};
+    my ($line) = grep { m{^/api/custom-upgrade\?odd-org\|} } do {
+        open my $fh, '<', $access_log or die "$access_log: $!"; <$fh>
+    };
+    like $line // '', qr{\|org_&to=enterprise#x\?y=%41/}, '... but as it is in the access log';
+
     $r = as_tenant($t, path => '/api/type-base');
     is $r->{status}, 403, 'tenant_problem_type_base: refused';
     is $r->{json}{type}, 'https://errors.example/p/feature_not_available',

@@ -384,6 +384,27 @@ for my $case (@bad) {
     };
 }
 
+# A rate over nine digits is refused for its limit, not as "not a
+# positive integer"; leading zeros are only zeros.
+for my $case (['RATE_LIMIT_MAX', '1000000000', qr/at most 100000000\b/],
+              ['RATE_LIMIT_MAX', '99999999999999999999', qr/at most 100000000\b/],
+              ['RATE_LIMIT_WINDOW', '1000000000', qr/at most 86400000\b/],
+              ['RATE_LIMIT_WINDOW', '18446744073709551617', qr/at most 86400000\b/])
+{
+    my ($var, $v, $want) = @$case;
+    my $r = render($var => $v);
+    is $r->{rc}, 1, "$var=$v: refused";
+    like $r->{err}[0] // '', qr/^render-conf: \Q$var\E: $want/,
+        "$var=$v: the line names the limit" or diag join "\n", @{$r->{err}};
+}
+{
+    my $r = render(RATE_LIMIT_MAX => '0000000000100', RATE_LIMIT_WINDOW => '000000000060000');
+    is $r->{rc}, 0, 'RATE_LIMIT_MAX and _WINDOW with leading zeros: rendered'
+        or diag join "\n", @{$r->{err}};
+    like $r->{conf} // '', qr/tenant_rate_limit\s+zone=ratelimit:10m rate=100\/60000ms;/,
+        '... as 100 per 60000 ms';
+}
+
 
 # ---- nginx -t ------------------------------------------------------------------
 

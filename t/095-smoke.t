@@ -2,7 +2,9 @@
 # `make smoke` (scripts/smoke.sh, the deployment guide's Step 4 and
 # Step 5) against the shipped configuration: conf/nginx.conf.template
 # rendered by scripts/render-conf.sh from the guide's environment, with
-# the demo upstream, a throwaway PostgreSQL and a real key.
+# the demo upstream, a throwaway PostgreSQL and a real key; then with
+# given tokens (the organization ids read from them, Clerk v1 and v2) and
+# with SMOKE_ORG_* over minted tokens.
 
 use strict;
 use warnings;
@@ -111,6 +113,58 @@ sub shipped {
     is sql_value(q{SELECT count(*) FROM public.tenants
                    WHERE slug IN ('smoke-test-001', 'smoke-starter-001')}), 2,
         'the smoke tenants exist once each';
+
+    # Tokens as Clerk issues them, given instead of JWT_KEY: the
+    # organization ids come from the tokens (v2 "o":{"id"}, v1 "org_id"),
+    # not from the script; then from SMOKE_ORG_* over minted tokens.
+    my %kid = $smoke_env->{JWT_KID} ? (kid => $smoke_env->{JWT_KID}) : ();
+    my $admin = mint_token(%kid, sub => 'user_smoke_admin', metadata => { role => 'admin' });
+    my $purge = sub {
+        for my $slug ('smoke-test-001', 'smoke-starter-001') {
+            my $r = http(port => $port, method => 'DELETE',
+                         path => "/api/admin/tenants/$slug?purge=true",
+                         headers => [Authorization => "Bearer $admin"]);
+            is $r->{status}, 200, "purge $slug: 200";
+        }
+    };
+    my %orgs = (PRO => 'org_2Nf8ZkQpSmokePro', STARTER => 'org_2Nf8ZkQpSmokeStarter');
+
+    $purge->();
+    ($smoke) = eval {
+        TenantTest::run_cmd({ BASE_URL => "http://127.0.0.1:$port",
+                              JWT_KEY => '/nonexistent',
+                              ADMIN_TOKEN => $admin,
+                              TENANT_TOKEN => mint_token(%kid, sub => 'user_smoke', v => 2,
+                                                         org => { id => $orgs{PRO}, role => 'admin' }),
+                              STARTER_TOKEN => mint_token(%kid, sub => 'user_smoke_starter',
+                                                          org => $orgs{STARTER}) },
+                            "$root/scripts/smoke.sh");
+    };
+    $smoke //= $@;
+    like $smoke, qr/^6 passed, 0 failed$/m,
+        'make smoke with given tokens (v2 and v1): every step passes' or diag $smoke;
+    is_deeply [map { $_->{clerk_organization_id} }
+               sql(q{SELECT clerk_organization_id FROM public.tenants
+                     WHERE slug IN ('smoke-test-001', 'smoke-starter-001') ORDER BY slug})],
+        [$orgs{STARTER}, $orgs{PRO}], '... the tenants have the tokens\' organizations';
+
+    $purge->();
+    ($smoke) = eval {
+        TenantTest::run_cmd({ BASE_URL => "http://127.0.0.1:$port",
+                              JWT_KEY => $keys->{rsa_key}, %$smoke_env,
+                              SMOKE_ORG_PROFESSIONAL => "$orgs{PRO}_env",
+                              SMOKE_ORG_STARTER => "$orgs{STARTER}_env" },
+                            "$root/scripts/smoke.sh");
+    };
+    $smoke //= $@;
+    like $smoke, qr/^6 passed, 0 failed$/m,
+        'make smoke with SMOKE_ORG_* (minted tokens): every step passes' or diag $smoke;
+    is sql_value(q{SELECT count(*) FROM public.tenants
+                   WHERE clerk_organization_id IN ($1, $2)}, "$orgs{PRO}_env",
+                 "$orgs{STARTER}_env"), 2, '... the tenants have those organizations';
+
+    # back to the script's own ids for the next configuration
+    $purge->();
 
     kill 'QUIT', $pid if $pid;
     for (1 .. 50) { last unless $pid && kill 0, $pid; sleep 0.1 }

@@ -103,4 +103,33 @@ ok($used{tenant_requests_total}, 'an error-rate rule');
 ok($used{tenant_db_query_duration_seconds_bucket}, 'a database p95 rule');
 ok($used{up}, 'a scrape rule');
 
+# Access-log fields the rules' text sends the operator to ("the access
+# log's status field", "the access log ($request_time)") exist in the
+# shipped log_format of conf/nginx.conf.template.
+
+open my $tfh, '<', "$root/conf/nginx.conf.template" or die "template: $!";
+my $template = do { local $/; <$tfh> };
+my ($format) = $template =~ /^\s*log_format\s+tenant_json\b[^']*((?:'[^']*'\s*)+);/m;
+ok(defined $format, 'the shipped log_format tenant_json') or $format = '';
+my %field = map { $_ => 1 } $format =~ /"(\w+)":/g;
+my %var   = map { $_ => 1 } $format =~ /\$(\w+)/g;
+ok($field{outcome} && $var{tenant_outcome}, 'log_format: fields and variables read');
+
+open my $afh, '<', $rules or die $!;
+my $text = do { local $/; <$afh> };
+$text =~ s/\s+/ /g;                     # phrases broken over lines
+$text =~ s/ ?# ?/ /g;                   # and over comment lines
+
+my @named;
+push @named, map { [field => $_] } $text =~ /\baccess log's (\w+) field/g;
+push @named, map { [var => $_] } $text =~ /\baccess log \(\$(\w+)\)/g;
+ok(@named >= 2, scalar(@named) . ' access-log fields named in alerts.yml');
+
+for my $n (@named) {
+    my ($kind, $name) = @$n;
+    ok($kind eq 'field' ? $field{$name} : $var{$name},
+       "alerts.yml names access-log $kind \"$name\": in log_format tenant_json")
+        or diag('fields: ' . join(' ', sort keys %field));
+}
+
 done_testing();

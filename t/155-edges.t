@@ -278,6 +278,7 @@ nginx_start(http => <<"EOF");
         location = /api/health { tenant_health; }
         location = /metrics    { tenant_metrics; }
         location = /api/cron/expire-trials { tenant_cron_expire_trials; }
+        location /api/admin/tenants { tenant_admin; }
     }
 EOF
 
@@ -304,6 +305,22 @@ EOF
     @l = grep { /\[error\].*tenant: tenant_cron_expire_trials needs tenant_database/ }
          split /\n/, error_log(since => $mark);
     is scalar(@l), 1, 'bare: ... one [error] line says why';
+
+    # the admin API cannot work either: 503, not 403 admin_required (no
+    # token can fix a missing tenant_database)
+    for my $m (['GET', "$COLL?limit=1"], ['POST', $COLL], ['DELETE', "$COLL/x"]) {
+        $mark = log_mark();
+        $r = http(method => $m->[0], path => $m->[1],
+                  ($m->[0] eq 'POST' ? (body => '{}') : ()),
+                  headers => [Authorization => 'Bearer ' . mint_token(role => 'admin')]);
+        is $r->{status}, 503, "bare: tenant_admin without tenant_database, $m->[0]: 503";
+        is $r->{headers}{'content-type'}[0], 'application/problem+json',
+            'bare: ... problem+json';
+        is(($r->{json} || {})->{code}, 'admin_unavailable', 'bare: ... admin_unavailable');
+        @l = grep { /\[error\].*tenant: tenant_admin needs tenant_database/ }
+             split /\n/, error_log(since => $mark);
+        is scalar(@l), 1, 'bare: ... one [error] line says why';
+    }
 }
 
 nginx_stop();

@@ -147,15 +147,16 @@ fuzz_bearer(const uint8_t *data, size_t size)
 
 /*
  * The pairs are split at ';'; spaces and tabs before a name are skipped,
- * those after a value dropped; the first pair whose name matches wins;
- * a value in double quotes loses them.
+ * those after a value dropped; a value in double quotes loses them; the
+ * first pair whose name matches (byte for byte) is the value, unless
+ * another one has a different value: ambiguous.
  */
 
 static void
 fuzz_cookie(const uint8_t *data, size_t size, const char *name,
     size_t name_len)
 {
-    int                   rc, found;
+    int                   rc, found, ambiguous;
     size_t                value_len, want_len;
     const uint8_t        *p, *end, *semi, *eq, *v, *vend;
     const unsigned char  *value, *want;
@@ -163,13 +164,14 @@ fuzz_cookie(const uint8_t *data, size_t size, const char *name,
     rc = tenant_cookie_value(data, size, name, name_len, &value, &value_len);
 
     found = 0;
+    ambiguous = 0;
     want = NULL;
     want_len = 0;
 
     p = data;
     end = data + size;
 
-    while (p < end && !found) {
+    while (p < end) {
         semi = memchr(p, ';', end - p);
         if (semi == NULL) {
             semi = end;
@@ -196,16 +198,27 @@ fuzz_cookie(const uint8_t *data, size_t size, const char *name,
                 vend--;
             }
 
-            found = 1;
-            want = v;
-            want_len = vend - v;
+            if (!found) {
+                found = 1;
+                want = v;
+                want_len = vend - v;
+
+            } else if ((size_t) (vend - v) != want_len
+                       || memcmp(v, want, want_len) != 0)
+            {
+                ambiguous = 1;
+            }
         }
 
         p = semi + 1;
     }
 
-    if (rc != (found ? 0 : -1)) {
+    if (rc != (ambiguous ? TENANT_COOKIE_AMBIGUOUS : found ? 0 : -1)) {
         abort();
+    }
+
+    if (ambiguous) {
+        return;
     }
 
     if (rc == 0 && (value != want || value_len != want_len)) {

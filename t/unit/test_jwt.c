@@ -781,6 +781,52 @@ test_time(void)
            "boolean exp");
     is_int(rs("{\"sub\":\"u\",\"exp\":1e300}"), TENANT_JWT_BAD_CLAIM,
            "exp out of range");
+
+    /*
+     * Integer times outside +-2^62 are refused like real ones: exp + leeway
+     * and nbf - leeway cannot overflow in the module's arithmetic.
+     */
+
+    is_int(rs("{\"sub\":\"u\",\"exp\":4611686018427387903}"),
+           TENANT_JWT_OK, "exp 2^62 - 1 accepted");
+    is_int(claims.exp, 4611686018427387903LL, "exp 2^62 - 1 stored");
+    is_int(rs("{\"sub\":\"u\",\"exp\":4611686018427387904}"),
+           TENANT_JWT_BAD_CLAIM, "exp 2^62 refused");
+    is_int(rs("{\"sub\":\"u\",\"exp\":4611686018427387905}"),
+           TENANT_JWT_BAD_CLAIM, "exp 2^62 + 1 refused");
+    is_int(rs("{\"sub\":\"u\",\"exp\":9223372036854775807}"),
+           TENANT_JWT_BAD_CLAIM, "exp 2^63 - 1 refused");
+    is_int(rs("{\"sub\":\"u\",\"exp\":-9223372036854775808}"),
+           TENANT_JWT_BAD_CLAIM, "exp -2^63 refused");
+    is_int(rs("{\"sub\":\"u\",\"exp\":-4611686018427387904}"),
+           TENANT_JWT_BAD_CLAIM, "exp -2^62 refused");
+    is_int(rs("{\"sub\":\"u\",\"exp\":-4611686018427387903}"),
+           TENANT_JWT_EXPIRED, "exp -2^62 + 1 in range, expired");
+    is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,"
+              "\"nbf\":-4611686018427387903}"),
+           TENANT_JWT_OK, "nbf -2^62 + 1 accepted");
+    is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,"
+              "\"nbf\":-9223372036854775808}"),
+           TENANT_JWT_BAD_CLAIM, "nbf -2^63 refused");
+    is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,"
+              "\"nbf\":-4611686018427387905}"),
+           TENANT_JWT_BAD_CLAIM, "nbf -2^62 - 1 refused");
+    is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,"
+              "\"nbf\":9223372036854775807}"),
+           TENANT_JWT_BAD_CLAIM, "nbf 2^63 - 1 refused");
+    is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,"
+              "\"iat\":4611686018427387905}"),
+           TENANT_JWT_BAD_CLAIM, "iat 2^62 + 1 refused");
+    is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,"
+              "\"iat\":-9223372036854775808}"),
+           TENANT_JWT_BAD_CLAIM, "iat -2^63 refused");
+    is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,"
+              "\"iat\":9223372036854775807}"),
+           TENANT_JWT_BAD_CLAIM, "iat 2^63 - 1 refused");
+    is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,"
+              "\"nbf\":4611686018427387904.0}"),
+           TENANT_JWT_BAD_CLAIM, "real nbf 2^62 refused");
+
     is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,\"nbf\":\"0\"}"),
            TENANT_JWT_BAD_CLAIM, "string nbf");
     is_int(rs("{\"sub\":\"u\",\"exp\":1700000600,\"iat\":[1]}"),

@@ -47,6 +47,17 @@ cookie(const char *header, const char *name, const char *want)
 }
 
 
+static int
+cookie_rc(const char *header, const char *name)
+{
+    size_t                len;
+    const unsigned char  *v;
+
+    return tenant_cookie_value((const unsigned char *) header,
+                               strlen(header), name, strlen(name), &v, &len);
+}
+
+
 int
 main(void)
 {
@@ -99,8 +110,30 @@ main(void)
     ok(cookie("__session=", "__session", ""), "empty value");
     ok(cookie("a=x=y; __session=t=k", "__session", "t=k"),
        "'=' inside values");
-    ok(cookie("__session=first; __session=second", "__session", "first"),
-       "the first of two");
+
+    /*
+     * The name is case-sensitive (RFC 6265); the same name twice with
+     * different values is ambiguous, with the same value it is not.
+     */
+
+    ok(cookie("__Session=tok", "__session", NULL), "__Session is another name");
+    ok(cookie("__SESSION=tok", "__session", NULL), "__SESSION is another name");
+    ok(cookie("__Session=bad; __session=tok", "__session", "tok"),
+       "__Session skipped, __session after it taken");
+    is_int(cookie_rc("__session=first; __session=second", "__session"),
+           TENANT_COOKIE_AMBIGUOUS, "two different values: ambiguous");
+    is_int(cookie_rc("__session=tok; a=1; __session=tok2", "__session"),
+           TENANT_COOKIE_AMBIGUOUS, "a value and a longer one: ambiguous");
+    is_int(cookie_rc("__session=; __session=tok", "__session"),
+           TENANT_COOKIE_AMBIGUOUS, "an empty value and a token: ambiguous");
+    is_int(cookie_rc("__session=tok; __session=", "__session"),
+           TENANT_COOKIE_AMBIGUOUS, "a token and an empty value: ambiguous");
+    ok(cookie("__session=tok; a=1; __session=tok", "__session", "tok"),
+       "the same value twice");
+    ok(cookie("__session=tok; __session=\"tok\" ", "__session", "tok"),
+       "the same value, once quoted");
+    ok(cookie("__session=tok; __Session=other", "__session", "tok"),
+       "__Session beside __session is not ambiguous");
 
     /* a name of the same length is another cookie (C-14) */
 
