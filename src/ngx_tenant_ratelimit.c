@@ -9,7 +9,11 @@
  * The state of each key (the tenant's id, or the id and a value of
  * tenant_rate_limit_by) is one GCRA timestamp in a shared-memory zone,
  * read and advanced under the zone's mutex, so that all workers share one
- * limit exactly; see tenant_ratelimit.h for the arithmetic.
+ * limit exactly; see tenant_ratelimit.h for the arithmetic.  Its clock is
+ * ngx_current_msec, the monotonic clock (as limit_req's): the same in
+ * every worker and across reloads, which keep the zone, and not moved by
+ * a step of the wall clock (NTP), which would refuse or refill every
+ * recently active key; the zone expires its entries by it too.
  *
  * A rate-limit zone without room even after evicting lets the request
  * through (fails open, logged at [alert] by the cache): a full
@@ -135,13 +139,10 @@ ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
     size_t len, tenant_rate_t *rate, tenant_rate_result_t *result)
 {
     uint64_t             bucket_ms;
-    ngx_time_t          *tp;
     ngx_tenant_rl_op_t   op;
 
-    tp = ngx_timeofday();
-
     op.rate = rate;
-    op.now_us = (int64_t) tp->sec * 1000000 + (int64_t) tp->msec * 1000;
+    op.now_us = (int64_t) ngx_current_msec * 1000;
     op.result = result;
 
     /*
@@ -158,7 +159,8 @@ ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
 
     if (ngx_tenant_cache_apply(tmcf->rl_zone, key, len,
                                ngx_tenant_ratelimit_gcra, &op,
-                               tp->sec + (time_t) (bucket_ms / 1000) + 2)
+                               ngx_tenant_cache_now(tmcf->rl_zone)
+                               + (time_t) (bucket_ms / 1000) + 2)
         != NGX_OK)
     {
         /* no room even after evictions (logged): do not refuse for it */

@@ -191,6 +191,10 @@ tenant_rate_parse(const char *s, size_t len, tenant_rate_t *rate,
  *     tau the bucket, t * burst.
  *
  * A request is allowed if d + t <= tau; the state then becomes now + d + t.
+ * An allowed request never leaves the state more than tau ahead: a state
+ * further ahead was written under a larger bucket (the key's rate changed
+ * on a reload or with its tier); it is brought back to a full bucket, not
+ * only read as one, else the refusals would go on past their Retry-After.
  */
 
 void
@@ -207,12 +211,8 @@ tenant_rate_check(const tenant_rate_t *rate, int64_t *tat_us,
         d = (uint64_t) *tat_us - (uint64_t) now_us;
 
         if (d > tau) {
-            /*
-             * an allowed request never leaves the state more than tau
-             * ahead: the clock went back; report a full bucket rather
-             * than the size of the jump
-             */
             d = tau;
+            *tat_us = now_us + (int64_t) tau;
         }
     }
 

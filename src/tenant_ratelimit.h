@@ -54,10 +54,14 @@ int tenant_rate_parse(const char *s, size_t len, tenant_rate_t *rate,
     char *err, size_t errlen);
 
 /*
- * One request at now_us (microseconds since any fixed epoch).  *tat_us is
- * the key's state (0 for a new key); it is advanced only when the request
- * is allowed.  A clock that goes back never yields negative or huge
- * values in *res (a state beyond the bucket reads as a full bucket).
+ * One request at now_us, microseconds of a clock that never goes back (a
+ * monotonic clock: a wall clock stepped back would refuse every key used
+ * within the step).  *tat_us is the key's state (0 for a new key); it is
+ * advanced only when the request is allowed.  A state beyond the bucket
+ * (its rate's bucket shrank, or the caller's clock is a little behind the
+ * one that wrote it) reads as a full bucket and is brought back to one,
+ * so that a request retry_after_ms later passes; nothing in *res is ever
+ * negative or larger than the bucket.
  */
 void tenant_rate_check(const tenant_rate_t *rate, int64_t *tat_us,
     int64_t now_us, tenant_rate_result_t *res);
