@@ -38,12 +38,13 @@ typedef struct {
     tenant_rate_t          *rate;
     int64_t                 now_us;
     tenant_rate_result_t   *result;
+    ngx_uint_t              refund;
 } ngx_tenant_rl_op_t;
 
 
 static void ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf,
     u_char *key, size_t len, tenant_rate_t *rate,
-    tenant_rate_result_t *result);
+    tenant_rate_result_t *result, ngx_uint_t refund);
 static ngx_int_t ngx_tenant_ratelimit_gcra(void *value, void *data);
 static ngx_int_t ngx_tenant_ratelimit_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_tenant_ratelimit_header(ngx_http_request_t *r,
@@ -60,6 +61,7 @@ ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx)
 {
     u_char               *p;
+    size_t                len;
     ngx_str_t             value;
     tenant_rate_t         rate;
     const tenant_tier_t  *tier;
@@ -69,8 +71,17 @@ ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         return NGX_OK;
     }
 
-    /* the narrower limit first: a request it refuses costs the tenant
-     * nothing */
+    /*
+     * The narrower limit first: a request it refuses costs the tenant
+     * nothing.  One the tenant's limit then refuses is given back to the
+     * narrower one: a refusal by either costs the other nothing.  (Each
+     * key is checked and advanced under the zone's mutex; meanwhile
+     * another request of the narrower key may find the quota this one
+     * holds until it gives it back: a refusal too many at worst, never an
+     * admission too many.)
+     */
+
+    len = 0;
 
     if (tlcf->rl_by) {
         if (ngx_http_complex_value(r, tlcf->rl_by, &value) != NGX_OK) {
@@ -83,11 +94,13 @@ ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
             p = ngx_cpymem(p, value.data,
                            ngx_min(value.len, (size_t) TENANT_CLAIM_MAX));
 
+            len = p - key;
+
             ctx->rl_by_rate = tlcf->rl_by_rate;
             ctx->rl_by_set = 1;
 
-            ngx_tenant_ratelimit_key(tmcf, key, p - key, &ctx->rl_by_rate,
-                                     &ctx->rl_by);
+            ngx_tenant_ratelimit_key(tmcf, key, len, &ctx->rl_by_rate,
+                                     &ctx->rl_by, 0);
 
             if (!ctx->rl_by.allowed) {
                 return NGX_DECLINED;
@@ -128,15 +141,27 @@ ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ctx->rl_set = 1;
 
     ngx_tenant_ratelimit_key(tmcf, ctx->tenant.id, ctx->tenant.id_len,
-                             &ctx->rl_rate, &ctx->rl);
+                             &ctx->rl_rate, &ctx->rl, 0);
 
-    return ctx->rl.allowed ? NGX_OK : NGX_DECLINED;
+    if (ctx->rl.allowed) {
+        return NGX_OK;
+    }
+
+    if (len) {
+        ngx_tenant_ratelimit_key(tmcf, key, len, &ctx->rl_by_rate,
+                                 &ctx->rl_by, 1);
+    }
+
+    return NGX_DECLINED;
 }
 
 
+/* A request for the key, or with refund the one it admitted given back. */
+
 static void
 ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
-    size_t len, tenant_rate_t *rate, tenant_rate_result_t *result)
+    size_t len, tenant_rate_t *rate, tenant_rate_result_t *result,
+    ngx_uint_t refund)
 {
     uint64_t             bucket_ms;
     ngx_tenant_rl_op_t   op;
@@ -144,6 +169,7 @@ ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
     op.rate = rate;
     op.now_us = (int64_t) ngx_current_msec * 1000;
     op.result = result;
+    op.refund = refund;
 
     /*
      * A key idle until its whole burst is back is as good as new: let it
@@ -182,7 +208,12 @@ ngx_tenant_ratelimit_gcra(void *value, void *data)
 
     ngx_memcpy(&tat, value, sizeof(int64_t));
 
-    tenant_rate_check(op->rate, &tat, op->now_us, op->result);
+    if (op->refund) {
+        tenant_rate_refund(op->rate, &tat, op->now_us, op->result);
+
+    } else {
+        tenant_rate_check(op->rate, &tat, op->now_us, op->result);
+    }
 
     ngx_memcpy(value, &tat, sizeof(int64_t));
 

@@ -240,6 +240,41 @@ tenant_rate_check(const tenant_rate_t *rate, int64_t *tat_us,
 }
 
 
+void
+tenant_rate_refund(const tenant_rate_t *rate, int64_t *tat_us,
+    int64_t now_us, tenant_rate_result_t *res)
+{
+    uint64_t  t, tau, d;
+
+    tenant_rate_interval(rate, &t, &tau);
+
+    d = 0;
+
+    if (*tat_us > now_us) {
+        d = (uint64_t) *tat_us - (uint64_t) now_us;
+
+        if (d > t) {
+            /* t < d = tat - now: no overflow */
+            d -= t;
+            *tat_us -= (int64_t) t;
+
+        } else {
+            d = 0;
+            *tat_us = now_us;
+        }
+
+        if (d > tau) {
+            d = tau;
+        }
+    }
+
+    res->allowed = 1;
+    res->remaining = (tau - d) / t;
+    res->retry_after_ms = 0;
+    res->reset_ms = tenant_rate_ms(d);
+}
+
+
 /* The digits at p: their count, and their value if there are at most 9. */
 
 static size_t

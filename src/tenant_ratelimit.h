@@ -66,5 +66,14 @@ int tenant_rate_parse(const char *s, size_t len, tenant_rate_t *rate,
 void tenant_rate_check(const tenant_rate_t *rate, int64_t *tat_us,
     int64_t now_us, tenant_rate_result_t *res);
 
+/*
+ * Gives back the request an earlier tenant_rate_check() admitted (another
+ * limit refused it), as if it had not been made: the state moves back by
+ * one emission interval, never before now_us.  *res is then what the key
+ * offers at now_us: allowed 1, remaining, reset_ms.
+ */
+void tenant_rate_refund(const tenant_rate_t *rate, int64_t *tat_us,
+    int64_t now_us, tenant_rate_result_t *res);
+
 
 #endif /* _TENANT_RATELIMIT_H_INCLUDED_ */

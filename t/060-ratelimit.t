@@ -25,7 +25,8 @@
 #   5   two workers hammering one tenant: exactly the quota passes
 #   6   the state survives nginx -s reload; a reload that shrinks a
 #       rate's bucket: the refusals end when Retry-After says
-#   7   tenant_rate_limit_by $tenant_user_id: a second, narrower key
+#   7   tenant_rate_limit_by $tenant_user_id: a second, narrower key; a
+#       request the tenant's limit refuses costs the user's nothing
 #   8   a tiny zone and 300 tenants: evictions, never a 500, no alert
 #   9   /metrics counts the 429s per tier
 #   10  configuration errors
@@ -75,6 +76,7 @@ my $upstream = echo_start(handler => sub {
 #   many     rate=100r/m        case 8
 #   shrink   rate=1r/m          case 6: %%SHRINK%%, 10r/s after a reload
 #   clock    rate=20/60s        case 11 (emission interval 3 s)
+#   tight    rate=2/10s         case 7b, under a looser user limit
 # %%RATELIMIT%% is the tenant_rate_limit line (replaced below).
 my $HTTP = <<"EOF";
     tenant_database     "%%PG%%" pool=4 timeout=3s;
@@ -94,6 +96,7 @@ my $HTTP = <<"EOF";
     tenant_tier many     features=api rate=100r/m;
     tenant_tier shrink   features=api rate=%%SHRINK%%;
     tenant_tier clock    features=api rate=20/60s;
+    tenant_tier tight    features=api rate=2/10s;
 
     server {
         listen 127.0.0.1:%%PORT%% reuseport;
@@ -111,6 +114,12 @@ my $HTTP = <<"EOF";
         location /user/ {
             tenant_gateway on;
             tenant_rate_limit_by \$tenant_user_id rate=2/10s;
+            proxy_pass     http://$upstream->{addr};
+        }
+
+        location /userq/ {
+            tenant_gateway on;
+            tenant_rate_limit_by \$tenant_user_id rate=3/60s;
             proxy_pass     http://$upstream->{addr};
         }
 
@@ -226,6 +235,7 @@ my %T = (
     SHRINK   => create_tenant(tier => 'shrink',  status => 'active'),
     BACK     => create_tenant(tier => 'clock',   status => 'active'),
     FORTH    => create_tenant(tier => 'clock',   status => 'active'),
+    TIGHT    => create_tenant(tier => 'tight',   status => 'active'),
 );
 
 nginx_start(workers => 2, http => http_conf($RL_DEFAULT));
@@ -493,6 +503,27 @@ token($T{USERLIM}{clerk_organization_id}, $_) for qw(user_a user_b);
 }
 
 
+# A request the tenant's limit refuses is given back to the user's: tier
+# tight (2/10s, one request every 5 s) under a user limit of 3/60s (one
+# every 20 s, so none refills here).  It used to keep the user's quota:
+# the fourth request, 5 s later, was refused as "this caller's" quota.
+{
+    my $t  = $T{TIGHT};
+    my $t0 = time;
+    my @r  = map { get($t, path => '/userq/x', user => 'user_q') } 1 .. 3;
+    is statuses(@r), '200 200 429', '7b. tight (2/10s) under user 3/60s: the third 429';
+    is $r[2]{json}{limit}, 2, '7b. the 429 is the tenant\'s (limit 2)';
+    is_deeply [map { sf($_, 'RateLimit')->{user}{r} } @r], [2, 1, 1],
+        '7b. user r=2, 1, and still 1 on the tenant\'s 429';
+    my $ra = hdr($r[2], 'Retry-After') // 99;
+    ok $ra >= 4 && $ra <= 5, "7b. the tenant's Retry-After, 5 s ($ra)";
+    sleep_until($t0 + 5.2);
+    my $r = get($t, path => '/userq/x', user => 'user_q');
+    is $r->{status}, 200, '7b. 5 s later (one tenant request refilled): 200, the user had one left'
+        or diag brief($r) . ' ' . ($r->{json}{detail} // '');
+    is sf($r, 'RateLimit')->{user}{r}, 0, '7b. and now the user\'s r=0';
+}
+
 # --- 9 (first part). /metrics so far -------------------------------------------
 
 {
@@ -503,11 +534,11 @@ token($T{USERLIM}{clerk_organization_id}, $_) for qw(user_a user_b);
     }
     is $m->{'tenant_requests_total{outcome="admitted",tier="hammer"}'}, 20,
         'metrics: admitted of tier hammer = 20';
-    # 11 keys so far (9 tenants, 2 users); idle ones expire a window + 2 s
+    # 13 keys so far (10 tenants, 3 users); idle ones expire a window + 2 s
     # after their last request and are reaped when new keys come in
     my $entries = $m->{'tenant_cache_entries{cache="ratelimit"}'};
-    ok defined $entries && $entries >= 1 && $entries <= 11,
-        'metrics: tenant_cache_entries{cache="ratelimit"} within 1..11 keys ('
+    ok defined $entries && $entries >= 1 && $entries <= 13,
+        'metrics: tenant_cache_entries{cache="ratelimit"} within 1..13 keys ('
         . ($entries // 'absent') . ')';
     is $m->{'tenant_cache_evictions_total{cache="ratelimit"}'}, 0,
         'metrics: no ratelimit evictions in a 1m zone';

@@ -3,8 +3,8 @@
  *
  * Unit tests for tenant_ratelimit.c: the rate syntax and the GCRA
  * limiter (admission, remaining, retry-after, reset, long-run and
- * sliding-window bounds, a state beyond the bucket, large values, random
- * runs).
+ * sliding-window bounds, a state beyond the bucket, large values, refunds,
+ * random runs).
  */
 
 #include <stdint.h>
@@ -62,6 +62,7 @@ static void test_clock_back(void);
 static void test_epoch(void);
 static void test_large(void);
 static void test_bad_rate(void);
+static void test_refund(void);
 static void test_fuzz(void);
 static tenant_rate_t rate_of(const char *spec, uint64_t burst);
 static void simulate(const tenant_rate_t *rate, int64_t step_us,
@@ -90,6 +91,7 @@ main(void)
     test_epoch();
     test_large();
     test_bad_rate();
+    test_refund();
     test_fuzz();
 
     return done_testing();
@@ -811,6 +813,79 @@ test_bad_rate(void)
 
     tenant_rate_check(&rate, &tat, BASE, &res);
     ok(res.allowed && tat > BASE, "all UINT64_MAX: no overflow");
+}
+
+
+/*
+ * A request one limit admitted and another refused is given back: the
+ * state is as if it had not been made, and the result what the key offers.
+ */
+
+static void
+test_refund(void)
+{
+    int                    i;
+    int64_t                tat;
+    tenant_rate_t          rate;
+    tenant_rate_result_t   res;
+
+    rate = rate_of("5r/s", 0);
+
+    tat = 0;
+    tenant_rate_check(&rate, &tat, BASE, &res);
+    tenant_rate_refund(&rate, &tat, BASE, &res);
+    ok(res.allowed && res.remaining == 5 && res.reset_ms == 0
+       && res.retry_after_ms == 0 && tat == BASE,
+       "refund of a new key's first request: a full bucket again");
+
+    for (i = 0; i < 5; i++) {
+        tenant_rate_check(&rate, &tat, BASE, &res);
+    }
+
+    tenant_rate_refund(&rate, &tat, BASE, &res);
+    ok(res.allowed && res.remaining == 1 && res.reset_ms == 800
+       && tat == BASE + 800 * MS,
+       "refund of the fifth: remaining 1, reset 800 ms");
+
+    tenant_rate_check(&rate, &tat, BASE, &res);
+    ok(res.allowed && res.remaining == 0 && tat == BASE + SEC,
+       "after the refund: the fifth passes again");
+
+    tenant_rate_check(&rate, &tat, BASE, &res);
+    ok(!res.allowed, "and the sixth is refused");
+
+    /* a key idle since: nothing to give back */
+
+    tat = BASE - SEC;
+    tenant_rate_refund(&rate, &tat, BASE, &res);
+    ok(res.allowed && res.remaining == 5 && res.reset_ms == 0
+       && tat == BASE - SEC,
+       "refund on an idle key: unchanged, a full bucket");
+
+    /* less than T ahead: back to now, never before */
+
+    tat = BASE + 50 * MS;
+    tenant_rate_refund(&rate, &tat, BASE, &res);
+    ok(tat == BASE && res.remaining == 5, "refund less than T ahead: now");
+
+    /* extreme states and clocks: bounded, no overflow */
+
+    tat = INT64_MAX;
+    tenant_rate_refund(&rate, &tat, BASE, &res);
+    ok(res.allowed && res.remaining == 0 && res.reset_ms == 1000
+       && tat == INT64_MAX - 200 * MS,
+       "refund, state INT64_MAX: bounded values");
+
+    tat = INT64_MAX;
+    tenant_rate_refund(&rate, &tat, INT64_MIN, &res);
+    ok(res.allowed && res.remaining == 0 && res.reset_ms == 1000
+       && tat == INT64_MAX - 200 * MS,
+       "refund, state INT64_MAX, now INT64_MIN: no overflow");
+
+    tat = INT64_MIN;
+    tenant_rate_refund(&rate, &tat, INT64_MIN, &res);
+    ok(res.allowed && res.remaining == 5 && tat == INT64_MIN,
+       "refund, state and now INT64_MIN: unchanged");
 }
 
 
