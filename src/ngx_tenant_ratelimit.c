@@ -237,7 +237,9 @@ ngx_tenant_ratelimit_header_filter(ngx_http_request_t *r)
     ngx_tenant_ctx_t  *ctx;
 
     if (r == r->main) {
-        ctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+        /* also after an error_page redirect, which clears module ctxs */
+
+        ctx = ngx_tenant_get_ctx(r);
 
         if (ctx && (ctx->rl_set || ctx->rl_by_set)) {
             if (ngx_tenant_ratelimit_header(r, ctx) != NGX_OK) {

@@ -32,6 +32,7 @@
 #   10  configuration errors
 #   11  the wall clock stepped back or forward (libfaketime): the limits
 #       keep to the monotonic clock
+#   12  the RateLimit headers on a response made by an error_page redirect
 
 use strict;
 use warnings;
@@ -53,6 +54,7 @@ my $SIGNING_KEY = '0123456789abcdef' x 4;
 # An upstream that writes the X-Probe header of every request it gets to a
 # file, so that a test can tell whether a request reached it.
 my $TMP      = File::Temp::tempdir('t060-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+my $CLOSED_PORT = free_port();          # nothing listens: a 502
 my $UPSTREAM_LOG = "$TMP/upstream.log";
 my $upstream = echo_start(handler => sub {
     my ($req) = @_;
@@ -60,6 +62,8 @@ my $upstream = echo_start(handler => sub {
         print $fh (($req->{headers}{'x-probe'} || ['-'])->[0], "\n");
         close $fh;
     }
+    return (404, ['Content-Type' => 'text/plain'], "no such thing\n")
+        if $req->{uri} =~ m{/missing};
     return (200, ['Content-Type' => 'application/json'],
             JSON::XS->new->canonical->encode({ uri => $req->{uri},
                                                headers => $req->{headers} }));
@@ -121,6 +125,32 @@ my $HTTP = <<"EOF";
             tenant_gateway on;
             tenant_rate_limit_by \$tenant_user_id rate=3/60s;
             proxy_pass     http://$upstream->{addr};
+        }
+
+        # case 12: responses made by error_page redirects
+        location /ep/ {
+            tenant_gateway on;
+            proxy_intercept_errors on;
+            error_page 404 = \@ep404;
+            error_page 429 = \@ep429;
+            error_page 502 /ep-502.json;
+            location /ep/down/ {
+                proxy_pass http://127.0.0.1:$CLOSED_PORT;
+            }
+            proxy_pass     http://$upstream->{addr};
+        }
+
+        location \@ep404 {
+            return 404 '{"error":"not found"}';
+        }
+
+        location \@ep429 {
+            return 429 '{"error":"slow down"}';
+        }
+
+        location = /ep-502.json {
+            internal;
+            return 502 '{"error":"bad gateway"}';
         }
 
         location = /metrics {
@@ -236,6 +266,7 @@ my %T = (
     BACK     => create_tenant(tier => 'clock',   status => 'active'),
     FORTH    => create_tenant(tier => 'clock',   status => 'active'),
     TIGHT    => create_tenant(tier => 'tight',   status => 'active'),
+    EP       => create_tenant(tier => 'fast',    status => 'active'),
 );
 
 nginx_start(workers => 2, http => http_conf($RL_DEFAULT));
@@ -524,6 +555,39 @@ token($T{USERLIM}{clerk_organization_id}, $_) for qw(user_a user_b);
     is sf($r, 'RateLimit')->{user}{r}, 0, '7b. and now the user\'s r=0';
 }
 
+# --- 12. error_page redirects ---------------------------------------------------
+
+# An admitted request whose upstream answer (404 intercepted, 502 of a
+# closed port) is replaced through error_page (a named location, a URI):
+# the final response keeps the RateLimit headers of the request.  They
+# were lost: the header filter looked for the module's ctx, which an
+# internal redirect clears.  The module's own 429 is not redirected.
+{
+    my $t = $T{EP};
+    my @r = (get($t, path => '/ep/missing'), get($t, path => '/ep/down/x'),
+             get($t, path => '/ep/items'));
+    is statuses(@r), '404 502 200', '12. tier fast (5/2s): 404 via @ep404, 502 via /ep-502.json, 200';
+    $N200{fast} += grep { $_->{status} != 200 && !code($_) } @r;    # admitted too
+    is $r[0]{body}, '{"error":"not found"}', '12. the 404 is error_page\'s';
+    is $r[1]{body}, '{"error":"bad gateway"}', '12. the 502 is error_page\'s';
+    is_deeply [map { (sf($_, 'RateLimit') || {})->{tenant}{r} } @r], [4, 3, 2],
+        '12. RateLimit on the 404 and 502 made by error_page, as on the 200: r=4, 3, 2'
+        or diag explain [map { $_->{headers} } @r];
+    is scalar(grep { (hdr($_, 'RateLimit') // '') !~ /^"tenant";r=\d;t=[12]$/ } @r), 0,
+        '12. ... with t=1 or 2';
+    is_deeply [map { hdr($_, 'RateLimit-Policy') } @r], [('"tenant";q=5;w=2') x 3],
+        '12. RateLimit-Policy on all three';
+    is scalar(grep { scalar @{ $_->{headers}{ratelimit} || [] } > 1 } @r), 0,
+        '12. one RateLimit header each';
+    is_deeply [map { hdr($_, 'X-RL-Remaining') } @r], [4, 3, 2],
+        '12. $tenant_ratelimit_remaining there too';
+
+    my @x = map { get($t, path => '/ep/items') } 1 .. 3;
+    is statuses(@x), '200 200 429', '12. then the quota runs out';
+    is code($x[2]), 'rate_limited', '12. the module\'s own 429, not @ep429\'s';
+    like hdr($x[2], 'RateLimit') // '', qr/^"tenant";r=0;t=\d+$/, '12. RateLimit on the 429';
+}
+
 # --- 9 (first part). /metrics so far -------------------------------------------
 
 {
@@ -534,11 +598,11 @@ token($T{USERLIM}{clerk_organization_id}, $_) for qw(user_a user_b);
     }
     is $m->{'tenant_requests_total{outcome="admitted",tier="hammer"}'}, 20,
         'metrics: admitted of tier hammer = 20';
-    # 13 keys so far (10 tenants, 3 users); idle ones expire a window + 2 s
+    # 14 keys so far (11 tenants, 3 users); idle ones expire a window + 2 s
     # after their last request and are reaped when new keys come in
     my $entries = $m->{'tenant_cache_entries{cache="ratelimit"}'};
-    ok defined $entries && $entries >= 1 && $entries <= 13,
-        'metrics: tenant_cache_entries{cache="ratelimit"} within 1..13 keys ('
+    ok defined $entries && $entries >= 1 && $entries <= 14,
+        'metrics: tenant_cache_entries{cache="ratelimit"} within 1..14 keys ('
         . ($entries // 'absent') . ')';
     is $m->{'tenant_cache_evictions_total{cache="ratelimit"}'}, 0,
         'metrics: no ratelimit evictions in a 1m zone';
