@@ -10,10 +10,12 @@
  * tenant_rate_limit_by) is one GCRA timestamp in a shared-memory zone,
  * read and advanced under the zone's mutex, so that all workers share one
  * limit exactly; see tenant_ratelimit.h for the arithmetic.  Its clock is
- * ngx_current_msec, the monotonic clock (as limit_req's): the same in
- * every worker and across reloads, which keep the zone, and not moved by
- * a step of the wall clock (NTP), which would refuse or refill every
- * recently active key; the zone expires its entries by it too.
+ * the monotonic clock (tenant_rate_now(), read under the mutex, as
+ * ngx_current_msec is cached per worker and may lag another worker's):
+ * the same in every worker and across reloads, which keep the zone, and
+ * not moved by a step of the wall clock (NTP), which would refuse or
+ * refill every recently active key.  The zone expires its entries by
+ * ngx_current_msec, the same clock in whole seconds.
  *
  * A rate-limit zone without room even after evicting lets the request
  * through (fails open, logged at [alert] by the cache): a full
@@ -36,7 +38,6 @@
 
 typedef struct {
     tenant_rate_t          *rate;
-    int64_t                 now_us;
     tenant_rate_result_t   *result;
     ngx_uint_t              refund;
 } ngx_tenant_rl_op_t;
@@ -167,7 +168,6 @@ ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
     ngx_tenant_rl_op_t   op;
 
     op.rate = rate;
-    op.now_us = (int64_t) ngx_current_msec * 1000;
     op.result = result;
     op.refund = refund;
 
@@ -204,15 +204,17 @@ ngx_tenant_ratelimit_gcra(void *value, void *data)
 {
     ngx_tenant_rl_op_t  *op = data;
 
-    int64_t  tat;
+    int64_t  tat, now;
 
     ngx_memcpy(&tat, value, sizeof(int64_t));
 
+    now = tenant_rate_now();
+
     if (op->refund) {
-        tenant_rate_refund(op->rate, &tat, op->now_us, op->result);
+        tenant_rate_refund(op->rate, &tat, now, op->result);
 
     } else {
-        tenant_rate_check(op->rate, &tat, op->now_us, op->result);
+        tenant_rate_check(op->rate, &tat, now, op->result);
     }
 
     ngx_memcpy(value, &tat, sizeof(int64_t));

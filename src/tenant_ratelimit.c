@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "tenant_ratelimit.h"
 
@@ -180,6 +181,23 @@ tenant_rate_parse(const char *s, size_t len, tenant_rate_t *rate,
 }
 
 
+int64_t
+tenant_rate_now(void)
+{
+    struct timespec  ts;
+
+    /* fails only for an unknown clock (as nginx, not checked): then 0,
+     * which the limiter takes */
+
+    ts.tv_sec = 0;
+    ts.tv_nsec = 0;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+
 /*
  * GCRA, computed relative to now so that every quantity is a non-negative
  * number of microseconds:
@@ -193,8 +211,9 @@ tenant_rate_parse(const char *s, size_t len, tenant_rate_t *rate,
  * A request is allowed if d + t <= tau; the state then becomes now + d + t.
  * An allowed request never leaves the state more than tau ahead: a state
  * further ahead was written under a larger bucket (the key's rate changed
- * on a reload or with its tier); it is brought back to a full bucket, not
- * only read as one, else the refusals would go on past their Retry-After.
+ * on a reload or with its tier), or with a clock that went back; it is
+ * brought back to a full bucket, not only read as one, else the refusals
+ * would go on past their Retry-After.
  */
 
 void

@@ -63,6 +63,7 @@ static void test_epoch(void);
 static void test_large(void);
 static void test_bad_rate(void);
 static void test_refund(void);
+static void test_now(void);
 static void test_fuzz(void);
 static tenant_rate_t rate_of(const char *spec, uint64_t burst);
 static void simulate(const tenant_rate_t *rate, int64_t step_us,
@@ -92,6 +93,7 @@ main(void)
     test_large();
     test_bad_rate();
     test_refund();
+    test_now();
     test_fuzz();
 
     return done_testing();
@@ -565,10 +567,10 @@ test_uneven(void)
 
 
 /*
- * The caller's clock is monotonic (ngx_current_msec), so a state ahead of
- * now by more than the bucket comes from a rate whose bucket shrank (a
- * reload, a tier change), or from a worker whose cached clock is a few ms
- * behind the one that wrote the state.  This test used to step the clock
+ * The caller's clock is monotonic (tenant_rate_now(), read under the
+ * zone's lock), so a state ahead of now by more than the bucket comes from
+ * a rate whose bucket shrank (a reload, a tier change).  This test used to
+ * step the clock
  * back 10 s and assert that the state stayed 10 s ahead, refusing with a
  * Retry-After of 200 ms until "the clock caught up": refusals that outlive
  * their Retry-After.  Now such a state reads as a full bucket and is
@@ -585,15 +587,15 @@ test_clock_back(void)
 
     rate = rate_of("5r/s", 0);
 
-    /* a state a little ahead of a lagging clock: counted normally */
+    /* a state a little ahead of now: counted normally */
 
     tat = 0;
     tenant_rate_check(&rate, &tat, BASE + 100 * MS, &res);
     tenant_rate_check(&rate, &tat, BASE, &res);
-    ok(res.allowed, "100 ms behind: allowed");
-    is_int(res.remaining, 2, "100 ms behind: remaining 2");
-    is_int(res.reset_ms, 500, "100 ms behind: reset 500");
-    is_int(tat, BASE + 500 * MS, "100 ms behind: state advanced by T");
+    ok(res.allowed, "state 100 ms back: allowed");
+    is_int(res.remaining, 2, "100 ms back: remaining 2");
+    is_int(res.reset_ms, 500, "100 ms back: reset 500");
+    is_int(tat, BASE + 500 * MS, "100 ms back: state advanced by T");
 
     /* a state 10 s beyond a 1 s bucket: one full bucket, not ten */
 
@@ -886,6 +888,34 @@ test_refund(void)
     tenant_rate_refund(&rate, &tat, INT64_MIN, &res);
     ok(res.allowed && res.remaining == 5 && tat == INT64_MIN,
        "refund, state and now INT64_MIN: unchanged");
+}
+
+
+/* The clock: positive (the monotonic clock counts from boot), never back. */
+
+static void
+test_now(void)
+{
+    int      i, back;
+    int64_t  t0, t, prev;
+
+    t0 = tenant_rate_now();
+    ok(t0 > 0, "tenant_rate_now(): positive (%lld us)", (long long) t0);
+
+    back = 0;
+    prev = t0;
+
+    for (i = 0; i < 1000000 && (t = tenant_rate_now()) == t0; i++) {
+        /* void */
+    }
+
+    for (i = 0; i < 1000; i++) {
+        t = tenant_rate_now();
+        back += t < prev;
+        prev = t;
+    }
+
+    ok(prev > t0 && back == 0, "tenant_rate_now(): advances, never back");
 }
 
 
