@@ -1334,6 +1334,10 @@ ngx_tenant_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    /* GCRA states are ngx_current_msec times: they expire by that clock */
+
+    tmcf->rl_zone->monotonic = 1;
+
     return NGX_CONF_OK;
 }
 

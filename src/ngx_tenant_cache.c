@@ -207,7 +207,7 @@ ngx_tenant_cache_get(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
     if (node) {
         cn = (ngx_tenant_cache_node_t *) &node->color;
 
-        if (cn->expire > ngx_time()) {
+        if (cn->expire > ngx_tenant_cache_now(cache)) {
             ngx_queue_remove(&cn->queue);
             ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
 
@@ -284,7 +284,7 @@ ngx_tenant_cache_apply(ngx_tenant_cache_t *cache, u_char *key,
         return NGX_ERROR;
     }
 
-    if (cn->expire <= ngx_time()) {
+    if (cn->expire <= ngx_tenant_cache_now(cache)) {
         ngx_memzero(ngx_tenant_cache_value(cache, cn), cache->value_size);
     }
 
@@ -330,8 +330,8 @@ ngx_tenant_cache_find_or_add(ngx_tenant_cache_t *cache, u_char *key,
            + offsetof(ngx_tenant_cache_node_t, data)
            + cache->key_max + cache->value_size;
 
-    ngx_tenant_cache_expire(cache, ngx_time(), NGX_TENANT_CACHE_EXPIRE_STEP,
-                            0);
+    ngx_tenant_cache_expire(cache, ngx_tenant_cache_now(cache),
+                            NGX_TENANT_CACHE_EXPIRE_STEP, 0);
 
     for (tries = 0; /* void */; tries++) {
 
@@ -347,7 +347,7 @@ ngx_tenant_cache_find_or_add(ngx_tenant_cache_t *cache, u_char *key,
             return NULL;
         }
 
-        ngx_tenant_cache_expire(cache, ngx_time(),
+        ngx_tenant_cache_expire(cache, ngx_tenant_cache_now(cache),
                                 NGX_TENANT_CACHE_EVICT_MAX, 1);
     }
 
@@ -388,7 +388,7 @@ ngx_tenant_cache_update(ngx_tenant_cache_t *cache, u_char *key,
     if (node) {
         cn = (ngx_tenant_cache_node_t *) &node->color;
 
-        if (cn->expire > ngx_time()) {
+        if (cn->expire > ngx_tenant_cache_now(cache)) {
             rc = handler(ngx_tenant_cache_value(cache, cn), data);
         }
     }
@@ -426,7 +426,7 @@ ngx_tenant_cache_walk(ngx_tenant_cache_t *cache,
     ngx_rbtree_node_t        *node;
     ngx_tenant_cache_node_t  *cn;
 
-    now = ngx_time();
+    now = ngx_tenant_cache_now(cache);
 
     ngx_shmtx_lock(&cache->shpool->mutex);
 

@@ -38,6 +38,7 @@ struct ngx_tenant_cache_s {
     size_t                    value_size;
     size_t                    key_max;
     ngx_str_t                 name;
+    unsigned                  monotonic:1;   /* see ngx_tenant_cache_now() */
 };
 
 
@@ -58,8 +59,18 @@ ngx_tenant_cache_t *ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec,
 ngx_int_t ngx_tenant_cache_get(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len, void *value);
 
-/* Inserts or replaces; the entry is dropped at "expire" (ngx_time()
- * seconds).  NGX_OK, or NGX_ERROR when even evictions found no room. */
+/*
+ * The clock of a cache's "expire" times, in seconds: ngx_time(), or, for a
+ * cache marked monotonic (whose values hold ngx_current_msec times, as the
+ * rate limits do), ngx_current_msec / 1000, which a step of the wall
+ * clock does not move: entries then neither expire early nor late.
+ */
+#define ngx_tenant_cache_now(cache)                                           \
+    ((cache)->monotonic ? (time_t) (ngx_current_msec / 1000) : ngx_time())
+
+/* Inserts or replaces; the entry is dropped at "expire" (seconds of
+ * ngx_tenant_cache_now()).  NGX_OK, or NGX_ERROR when even evictions found
+ * no room. */
 ngx_int_t ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len, void *value, time_t expire);
 

@@ -9,7 +9,13 @@
  * The state of each key (the tenant's id, or the id and a value of
  * tenant_rate_limit_by) is one GCRA timestamp in a shared-memory zone,
  * read and advanced under the zone's mutex, so that all workers share one
- * limit exactly; see tenant_ratelimit.h for the arithmetic.
+ * limit exactly; see tenant_ratelimit.h for the arithmetic.  Its clock is
+ * the monotonic clock (tenant_rate_now(), read under the mutex, as
+ * ngx_current_msec is cached per worker and may lag another worker's):
+ * the same in every worker and across reloads, which keep the zone, and
+ * not moved by a step of the wall clock (NTP), which would refuse or
+ * refill every recently active key.  The zone expires its entries by
+ * ngx_current_msec, the same clock in whole seconds.
  *
  * A rate-limit zone without room even after evicting lets the request
  * through (fails open, logged at [alert] by the cache): a full
@@ -32,14 +38,14 @@
 
 typedef struct {
     tenant_rate_t          *rate;
-    int64_t                 now_us;
     tenant_rate_result_t   *result;
+    ngx_uint_t              refund;
 } ngx_tenant_rl_op_t;
 
 
 static void ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf,
     u_char *key, size_t len, tenant_rate_t *rate,
-    tenant_rate_result_t *result);
+    tenant_rate_result_t *result, ngx_uint_t refund);
 static ngx_int_t ngx_tenant_ratelimit_gcra(void *value, void *data);
 static ngx_int_t ngx_tenant_ratelimit_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_tenant_ratelimit_header(ngx_http_request_t *r,
@@ -56,6 +62,7 @@ ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx)
 {
     u_char               *p;
+    size_t                len;
     ngx_str_t             value;
     tenant_rate_t         rate;
     const tenant_tier_t  *tier;
@@ -65,8 +72,17 @@ ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         return NGX_OK;
     }
 
-    /* the narrower limit first: a request it refuses costs the tenant
-     * nothing */
+    /*
+     * The narrower limit first: a request it refuses costs the tenant
+     * nothing.  One the tenant's limit then refuses is given back to the
+     * narrower one: a refusal by either costs the other nothing.  (Each
+     * key is checked and advanced under the zone's mutex; meanwhile
+     * another request of the narrower key may find the quota this one
+     * holds until it gives it back: a refusal too many at worst, never an
+     * admission too many.)
+     */
+
+    len = 0;
 
     if (tlcf->rl_by) {
         if (ngx_http_complex_value(r, tlcf->rl_by, &value) != NGX_OK) {
@@ -79,11 +95,13 @@ ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
             p = ngx_cpymem(p, value.data,
                            ngx_min(value.len, (size_t) TENANT_CLAIM_MAX));
 
+            len = p - key;
+
             ctx->rl_by_rate = tlcf->rl_by_rate;
             ctx->rl_by_set = 1;
 
-            ngx_tenant_ratelimit_key(tmcf, key, p - key, &ctx->rl_by_rate,
-                                     &ctx->rl_by);
+            ngx_tenant_ratelimit_key(tmcf, key, len, &ctx->rl_by_rate,
+                                     &ctx->rl_by, 0);
 
             if (!ctx->rl_by.allowed) {
                 return NGX_DECLINED;
@@ -124,25 +142,34 @@ ngx_tenant_ratelimit(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ctx->rl_set = 1;
 
     ngx_tenant_ratelimit_key(tmcf, ctx->tenant.id, ctx->tenant.id_len,
-                             &ctx->rl_rate, &ctx->rl);
+                             &ctx->rl_rate, &ctx->rl, 0);
 
-    return ctx->rl.allowed ? NGX_OK : NGX_DECLINED;
+    if (ctx->rl.allowed) {
+        return NGX_OK;
+    }
+
+    if (len) {
+        ngx_tenant_ratelimit_key(tmcf, key, len, &ctx->rl_by_rate,
+                                 &ctx->rl_by, 1);
+    }
+
+    return NGX_DECLINED;
 }
 
 
+/* A request for the key, or with refund the one it admitted given back. */
+
 static void
 ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
-    size_t len, tenant_rate_t *rate, tenant_rate_result_t *result)
+    size_t len, tenant_rate_t *rate, tenant_rate_result_t *result,
+    ngx_uint_t refund)
 {
     uint64_t             bucket_ms;
-    ngx_time_t          *tp;
     ngx_tenant_rl_op_t   op;
 
-    tp = ngx_timeofday();
-
     op.rate = rate;
-    op.now_us = (int64_t) tp->sec * 1000000 + (int64_t) tp->msec * 1000;
     op.result = result;
+    op.refund = refund;
 
     /*
      * A key idle until its whole burst is back is as good as new: let it
@@ -158,7 +185,8 @@ ngx_tenant_ratelimit_key(ngx_tenant_main_conf_t *tmcf, u_char *key,
 
     if (ngx_tenant_cache_apply(tmcf->rl_zone, key, len,
                                ngx_tenant_ratelimit_gcra, &op,
-                               tp->sec + (time_t) (bucket_ms / 1000) + 2)
+                               ngx_tenant_cache_now(tmcf->rl_zone)
+                               + (time_t) (bucket_ms / 1000) + 2)
         != NGX_OK)
     {
         /* no room even after evictions (logged): do not refuse for it */
@@ -176,11 +204,18 @@ ngx_tenant_ratelimit_gcra(void *value, void *data)
 {
     ngx_tenant_rl_op_t  *op = data;
 
-    int64_t  tat;
+    int64_t  tat, now;
 
     ngx_memcpy(&tat, value, sizeof(int64_t));
 
-    tenant_rate_check(op->rate, &tat, op->now_us, op->result);
+    now = tenant_rate_now();
+
+    if (op->refund) {
+        tenant_rate_refund(op->rate, &tat, now, op->result);
+
+    } else {
+        tenant_rate_check(op->rate, &tat, now, op->result);
+    }
 
     ngx_memcpy(value, &tat, sizeof(int64_t));
 
@@ -204,7 +239,9 @@ ngx_tenant_ratelimit_header_filter(ngx_http_request_t *r)
     ngx_tenant_ctx_t  *ctx;
 
     if (r == r->main) {
-        ctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+        /* also after an error_page redirect, which clears module ctxs */
+
+        ctx = ngx_tenant_get_ctx(r);
 
         if (ctx && (ctx->rl_set || ctx->rl_by_set)) {
             if (ngx_tenant_ratelimit_header(r, ctx) != NGX_OK) {

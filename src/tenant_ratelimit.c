@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "tenant_ratelimit.h"
 
@@ -180,6 +181,23 @@ tenant_rate_parse(const char *s, size_t len, tenant_rate_t *rate,
 }
 
 
+int64_t
+tenant_rate_now(void)
+{
+    struct timespec  ts;
+
+    /* fails only for an unknown clock (as nginx, not checked): then 0,
+     * which the limiter takes */
+
+    ts.tv_sec = 0;
+    ts.tv_nsec = 0;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+
 /*
  * GCRA, computed relative to now so that every quantity is a non-negative
  * number of microseconds:
@@ -191,6 +209,11 @@ tenant_rate_parse(const char *s, size_t len, tenant_rate_t *rate,
  *     tau the bucket, t * burst.
  *
  * A request is allowed if d + t <= tau; the state then becomes now + d + t.
+ * An allowed request never leaves the state more than tau ahead: a state
+ * further ahead was written under a larger bucket (the key's rate changed
+ * on a reload or with its tier), or with a clock that went back; it is
+ * brought back to a full bucket, not only read as one, else the refusals
+ * would go on past their Retry-After.
  */
 
 void
@@ -207,12 +230,8 @@ tenant_rate_check(const tenant_rate_t *rate, int64_t *tat_us,
         d = (uint64_t) *tat_us - (uint64_t) now_us;
 
         if (d > tau) {
-            /*
-             * an allowed request never leaves the state more than tau
-             * ahead: the clock went back; report a full bucket rather
-             * than the size of the jump
-             */
             d = tau;
+            *tat_us = now_us + (int64_t) tau;
         }
     }
 
@@ -237,6 +256,41 @@ tenant_rate_check(const tenant_rate_t *rate, int64_t *tat_us,
     res->remaining = (tau - nd) / t;
     res->retry_after_ms = 0;
     res->reset_ms = tenant_rate_ms(nd);
+}
+
+
+void
+tenant_rate_refund(const tenant_rate_t *rate, int64_t *tat_us,
+    int64_t now_us, tenant_rate_result_t *res)
+{
+    uint64_t  t, tau, d;
+
+    tenant_rate_interval(rate, &t, &tau);
+
+    d = 0;
+
+    if (*tat_us > now_us) {
+        d = (uint64_t) *tat_us - (uint64_t) now_us;
+
+        if (d > t) {
+            /* t < d = tat - now: no overflow */
+            d -= t;
+            *tat_us -= (int64_t) t;
+
+        } else {
+            d = 0;
+            *tat_us = now_us;
+        }
+
+        if (d > tau) {
+            d = tau;
+        }
+    }
+
+    res->allowed = 1;
+    res->remaining = (tau - d) / t;
+    res->retry_after_ms = 0;
+    res->reset_ms = tenant_rate_ms(d);
 }
 
 

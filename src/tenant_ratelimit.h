@@ -54,12 +54,34 @@ int tenant_rate_parse(const char *s, size_t len, tenant_rate_t *rate,
     char *err, size_t errlen);
 
 /*
- * One request at now_us (microseconds since any fixed epoch).  *tat_us is
- * the key's state (0 for a new key); it is advanced only when the request
- * is allowed.  A clock that goes back never yields negative or huge
- * values in *res (a state beyond the bucket reads as a full bucket).
+ * Microseconds of CLOCK_MONOTONIC: system-wide (the same in every process),
+ * not moved by steps of the wall clock, restarted at boot.  Read under the
+ * lock that guards the states, so that the times of successive updates of
+ * a state never go back, whichever process makes them (a per-process
+ * cached time, such as nginx's ngx_current_msec, can lag another's).
+ */
+int64_t tenant_rate_now(void);
+
+/*
+ * One request at now_us, microseconds of a clock that never goes back
+ * (tenant_rate_now(): a wall clock stepped back would refuse every key
+ * used within the step, one stepped forward would refill them all).
+ * *tat_us is the key's state (0 for a new key); it is advanced only when
+ * the request is allowed.  A state beyond the bucket (its rate's bucket
+ * shrank) reads as a full bucket and is brought back to one, so that a
+ * request retry_after_ms later passes; nothing in *res is ever negative or
+ * larger than the bucket.
  */
 void tenant_rate_check(const tenant_rate_t *rate, int64_t *tat_us,
+    int64_t now_us, tenant_rate_result_t *res);
+
+/*
+ * Gives back the request an earlier tenant_rate_check() admitted (another
+ * limit refused it), as if it had not been made: the state moves back by
+ * one emission interval, never before now_us.  *res is then what the key
+ * offers at now_us: allowed 1, remaining, reset_ms.
+ */
+void tenant_rate_refund(const tenant_rate_t *rate, int64_t *tat_us,
     int64_t now_us, tenant_rate_result_t *res);
 
 

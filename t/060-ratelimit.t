@@ -23,11 +23,16 @@
 #   3   the tier's rate, else tenant_rate_limit's; neither: no limit
 #   4   public.tenants.rate_limit_override
 #   5   two workers hammering one tenant: exactly the quota passes
-#   6   the state survives nginx -s reload
-#   7   tenant_rate_limit_by $tenant_user_id: a second, narrower key
+#   6   the state survives nginx -s reload; a reload that shrinks a
+#       rate's bucket: the refusals end when Retry-After says
+#   7   tenant_rate_limit_by $tenant_user_id: a second, narrower key; a
+#       request the tenant's limit refuses costs the user's nothing
 #   8   a tiny zone and 300 tenants: evictions, never a 500, no alert
 #   9   /metrics counts the 429s per tier
 #   10  configuration errors
+#   11  the wall clock stepped back or forward (libfaketime): the limits
+#       keep to the monotonic clock
+#   12  the RateLimit headers on a response made by an error_page redirect
 
 use strict;
 use warnings;
@@ -49,6 +54,7 @@ my $SIGNING_KEY = '0123456789abcdef' x 4;
 # An upstream that writes the X-Probe header of every request it gets to a
 # file, so that a test can tell whether a request reached it.
 my $TMP      = File::Temp::tempdir('t060-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+my $CLOSED_PORT = free_port();          # nothing listens: a 502
 my $UPSTREAM_LOG = "$TMP/upstream.log";
 my $upstream = echo_start(handler => sub {
     my ($req) = @_;
@@ -56,6 +62,8 @@ my $upstream = echo_start(handler => sub {
         print $fh (($req->{headers}{'x-probe'} || ['-'])->[0], "\n");
         close $fh;
     }
+    return (404, ['Content-Type' => 'text/plain'], "no such thing\n")
+        if $req->{uri} =~ m{/missing};
     return (200, ['Content-Type' => 'application/json'],
             JSON::XS->new->canonical->encode({ uri => $req->{uri},
                                                headers => $req->{headers} }));
@@ -70,6 +78,9 @@ my $upstream = echo_start(handler => sub {
 #   reload   rate=2/4s          case 6
 #   userlim  rate=1000r/h       case 7: the tenant's limit, high
 #   many     rate=100r/m        case 8
+#   shrink   rate=1r/m          case 6: %%SHRINK%%, 10r/s after a reload
+#   clock    rate=20/60s        case 11 (emission interval 3 s)
+#   tight    rate=2/10s         case 7b, under a looser user limit
 # %%RATELIMIT%% is the tenant_rate_limit line (replaced below).
 my $HTTP = <<"EOF";
     tenant_database     "%%PG%%" pool=4 timeout=3s;
@@ -87,6 +98,9 @@ my $HTTP = <<"EOF";
     tenant_tier reload   features=api rate=2/4s;
     tenant_tier userlim  features=api rate=1000r/h;
     tenant_tier many     features=api rate=100r/m;
+    tenant_tier shrink   features=api rate=%%SHRINK%%;
+    tenant_tier clock    features=api rate=20/60s;
+    tenant_tier tight    features=api rate=2/10s;
 
     server {
         listen 127.0.0.1:%%PORT%% reuseport;
@@ -94,6 +108,7 @@ my $HTTP = <<"EOF";
         add_header X-Worker       \$pid always;
         add_header X-RL-Limit     \$tenant_ratelimit_limit always;
         add_header X-RL-Remaining \$tenant_ratelimit_remaining always;
+        add_header X-Msec         \$msec always;
 
         location /api/ {
             tenant_gateway on;
@@ -106,6 +121,38 @@ my $HTTP = <<"EOF";
             proxy_pass     http://$upstream->{addr};
         }
 
+        location /userq/ {
+            tenant_gateway on;
+            tenant_rate_limit_by \$tenant_user_id rate=3/60s;
+            proxy_pass     http://$upstream->{addr};
+        }
+
+        # case 12: responses made by error_page redirects
+        location /ep/ {
+            tenant_gateway on;
+            proxy_intercept_errors on;
+            error_page 404 = \@ep404;
+            error_page 429 = \@ep429;
+            error_page 502 /ep-502.json;
+            location /ep/down/ {
+                proxy_pass http://127.0.0.1:$CLOSED_PORT;
+            }
+            proxy_pass     http://$upstream->{addr};
+        }
+
+        location \@ep404 {
+            return 404 '{"error":"not found"}';
+        }
+
+        location \@ep429 {
+            return 429 '{"error":"slow down"}';
+        }
+
+        location = /ep-502.json {
+            internal;
+            return 502 '{"error":"bad gateway"}';
+        }
+
         location = /metrics {
             tenant_metrics;
         }
@@ -113,8 +160,9 @@ my $HTTP = <<"EOF";
 EOF
 
 sub http_conf {
-    my ($ratelimit) = @_;
-    return $HTTP =~ s/%%RATELIMIT%%/$ratelimit/r;
+    my ($ratelimit, $shrink) = @_;
+    $shrink //= '1r/m';
+    return $HTTP =~ s/%%RATELIMIT%%/$ratelimit/r =~ s/%%SHRINK%%/$shrink/r;
 }
 
 # The default rate is 3 requests a minute (the "r/m" syntax).
@@ -214,6 +262,11 @@ my %T = (
     HAMMER   => create_tenant(tier => 'hammer',  status => 'active'),
     RELOAD   => create_tenant(tier => 'reload',  status => 'active'),
     USERLIM  => create_tenant(tier => 'userlim', status => 'active'),
+    SHRINK   => create_tenant(tier => 'shrink',  status => 'active'),
+    BACK     => create_tenant(tier => 'clock',   status => 'active'),
+    FORTH    => create_tenant(tier => 'clock',   status => 'active'),
+    TIGHT    => create_tenant(tier => 'tight',   status => 'active'),
+    EP       => create_tenant(tier => 'fast',    status => 'active'),
 );
 
 nginx_start(workers => 2, http => http_conf($RL_DEFAULT));
@@ -420,6 +473,29 @@ token($T{USERLIM}{clerk_organization_id}, $_) for qw(user_a user_b);
     is statuses(@r), '200 200 429', 'after the window: the quota (2) is back';
 }
 
+# A reload that shrinks a tier's bucket (1r/m, a minute, to 10r/s, a
+# second) finds states up to a minute ahead in the zone it keeps: such a
+# state counts as a full bucket, so a refusal's Retry-After (1 s) holds;
+# it used to stay ahead, refusing with Retry-After 1 for the whole minute.
+{
+    my @r = map { get($T{SHRINK}) } 1 .. 2;
+    is statuses(@r), '200 429', '6b. shrink (1r/m): the second request 429';
+
+    nginx_reload(http => http_conf($RL_DEFAULT, '10r/s'));
+    my $r = get($T{SHRINK});
+    is $r->{status}, 429, '6b. after a reload to 10r/s: the state a minute ahead counts as a full bucket, 429'
+        or diag brief($r);
+    my $ra = hdr($r, 'Retry-After') // 99;
+    is $ra, 1, '6b. its Retry-After: 1 s (one request every 0.1 s)';
+    is hdr($r, 'RateLimit'), '"tenant";r=0;t=1', '6b. RateLimit t=1';
+    sleep $ra + 0.1;
+    @r = map { get($T{SHRINK}) } 1 .. 10;
+    is statuses(@r), join(' ', ('200') x 10),
+        '6b. Retry-After later the whole new burst (10) passes, not 429 for a minute';
+
+    nginx_reload(http => http_conf($RL_DEFAULT));
+}
+
 
 # --- 7. tenant_rate_limit_by $tenant_user_id --------------------------------------
 
@@ -458,6 +534,60 @@ token($T{USERLIM}{clerk_organization_id}, $_) for qw(user_a user_b);
 }
 
 
+# A request the tenant's limit refuses is given back to the user's: tier
+# tight (2/10s, one request every 5 s) under a user limit of 3/60s (one
+# every 20 s, so none refills here).  It used to keep the user's quota:
+# the fourth request, 5 s later, was refused as "this caller's" quota.
+{
+    my $t  = $T{TIGHT};
+    my $t0 = time;
+    my @r  = map { get($t, path => '/userq/x', user => 'user_q') } 1 .. 3;
+    is statuses(@r), '200 200 429', '7b. tight (2/10s) under user 3/60s: the third 429';
+    is $r[2]{json}{limit}, 2, '7b. the 429 is the tenant\'s (limit 2)';
+    is_deeply [map { sf($_, 'RateLimit')->{user}{r} } @r], [2, 1, 1],
+        '7b. user r=2, 1, and still 1 on the tenant\'s 429';
+    my $ra = hdr($r[2], 'Retry-After') // 99;
+    ok $ra >= 4 && $ra <= 5, "7b. the tenant's Retry-After, 5 s ($ra)";
+    sleep_until($t0 + 5.2);
+    my $r = get($t, path => '/userq/x', user => 'user_q');
+    is $r->{status}, 200, '7b. 5 s later (one tenant request refilled): 200, the user had one left'
+        or diag brief($r) . ' ' . ($r->{json}{detail} // '');
+    is sf($r, 'RateLimit')->{user}{r}, 0, '7b. and now the user\'s r=0';
+}
+
+# --- 12. error_page redirects ---------------------------------------------------
+
+# An admitted request whose upstream answer (404 intercepted, 502 of a
+# closed port) is replaced through error_page (a named location, a URI):
+# the final response keeps the RateLimit headers of the request.  They
+# were lost: the header filter looked for the module's ctx, which an
+# internal redirect clears.  The module's own 429 is not redirected.
+{
+    my $t = $T{EP};
+    my @r = (get($t, path => '/ep/missing'), get($t, path => '/ep/down/x'),
+             get($t, path => '/ep/items'));
+    is statuses(@r), '404 502 200', '12. tier fast (5/2s): 404 via @ep404, 502 via /ep-502.json, 200';
+    $N200{fast} += grep { $_->{status} != 200 && !code($_) } @r;    # admitted too
+    is $r[0]{body}, '{"error":"not found"}', '12. the 404 is error_page\'s';
+    is $r[1]{body}, '{"error":"bad gateway"}', '12. the 502 is error_page\'s';
+    is_deeply [map { (sf($_, 'RateLimit') || {})->{tenant}{r} } @r], [4, 3, 2],
+        '12. RateLimit on the 404 and 502 made by error_page, as on the 200: r=4, 3, 2'
+        or diag explain [map { $_->{headers} } @r];
+    is scalar(grep { (hdr($_, 'RateLimit') // '') !~ /^"tenant";r=\d;t=[12]$/ } @r), 0,
+        '12. ... with t=1 or 2';
+    is_deeply [map { hdr($_, 'RateLimit-Policy') } @r], [('"tenant";q=5;w=2') x 3],
+        '12. RateLimit-Policy on all three';
+    is scalar(grep { scalar @{ $_->{headers}{ratelimit} || [] } > 1 } @r), 0,
+        '12. one RateLimit header each';
+    is_deeply [map { hdr($_, 'X-RL-Remaining') } @r], [4, 3, 2],
+        '12. $tenant_ratelimit_remaining there too';
+
+    my @x = map { get($t, path => '/ep/items') } 1 .. 3;
+    is statuses(@x), '200 200 429', '12. then the quota runs out';
+    is code($x[2]), 'rate_limited', '12. the module\'s own 429, not @ep429\'s';
+    like hdr($x[2], 'RateLimit') // '', qr/^"tenant";r=0;t=\d+$/, '12. RateLimit on the 429';
+}
+
 # --- 9 (first part). /metrics so far -------------------------------------------
 
 {
@@ -468,11 +598,11 @@ token($T{USERLIM}{clerk_organization_id}, $_) for qw(user_a user_b);
     }
     is $m->{'tenant_requests_total{outcome="admitted",tier="hammer"}'}, 20,
         'metrics: admitted of tier hammer = 20';
-    # 10 keys so far (8 tenants, 2 users); idle ones expire a window + 2 s
+    # 14 keys so far (11 tenants, 3 users); idle ones expire a window + 2 s
     # after their last request and are reaped when new keys come in
     my $entries = $m->{'tenant_cache_entries{cache="ratelimit"}'};
-    ok defined $entries && $entries >= 1 && $entries <= 10,
-        'metrics: tenant_cache_entries{cache="ratelimit"} within 1..10 keys ('
+    ok defined $entries && $entries >= 1 && $entries <= 14,
+        'metrics: tenant_cache_entries{cache="ratelimit"} within 1..14 keys ('
         . ($entries // 'absent') . ')';
     is $m->{'tenant_cache_evictions_total{cache="ratelimit"}'}, 0,
         'metrics: no ratelimit evictions in a 1m zone';
@@ -552,6 +682,74 @@ my @MANY;
         is $m->{"tenant_requests_total{outcome=\"admitted\",tier=\"$tier\"}"}, $N200{$tier} // 0,
             "metrics: admitted of tier $tier = the 200s seen (" . ($N200{$tier} // 0) . ')';
     }
+}
+
+
+# --- 11. the wall clock stepped (libfaketime) ----------------------------------------
+
+# nginx with libfaketime preloaded, its wall clock (gettimeofday, time,
+# CLOCK_REALTIME) offset by what the file holds, re-read on every call;
+# CLOCK_MONOTONIC left alone (DONT_FAKE_MONOTONIC), as NTP leaves it.
+# The limits used the wall clock: a step back refused every tenant active
+# within the step (its state ahead of "now" by more than its bucket), a
+# step forward handed every tenant a new burst (its state, and its zone
+# entry, behind "now").  $msec (the wall clock) in X-Msec shows the step.
+SKIP: {
+    my $lib = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
+    skip "no $lib (scripts/deps.sh installs faketime)", 10 unless -f $lib;
+
+    # read by the workers, which run as nobody
+    chmod 0755, $TMP or die "chmod $TMP: $!";
+    my $file = "$TMP/faketime";
+    my $step = sub {
+        open my $fh, '>', "$file.new" or die "$file.new: $!";
+        print $fh "$_[0]\n";
+        close $fh;
+        rename "$file.new", $file or die "rename $file: $!";
+    };
+    $step->('+0s');
+
+    nginx_stop();
+    nginx_start(workers => 2, http => http_conf($RL_DEFAULT),
+                main => "env FAKETIME_TIMESTAMP_FILE;\nenv FAKETIME_NO_CACHE;\n"
+                        . "env DONT_FAKE_MONOTONIC;",
+                env => { LD_PRELOAD => $lib, FAKETIME_TIMESTAMP_FILE => $file,
+                         FAKETIME_NO_CACHE => 1, DONT_FAKE_MONOTONIC => 1 });
+
+    # back: one request, then the wall clock two minutes (two buckets) back
+    my $r = get($T{BACK});
+    is $r->{status}, 200, '11. clock (20/60s): the first request passes' or diag brief($r);
+    $step->('-120s');
+    $r = get($T{BACK});
+    my $skew = time - (hdr($r, 'X-Msec') // 0);
+    ok $skew > 110 && $skew < 130, sprintf '11. nginx\'s wall clock is 120 s back (%.1f s)', $skew;
+    is $r->{status}, 200, '11. wall clock 120 s back: the second request passes'
+        or diag brief($r) . ' Retry-After ' . (hdr($r, 'Retry-After') // '-');
+    my $left = sf($r, 'RateLimit')->{tenant}{r} // -1;
+    ok $left == 18 || $left == 19,
+        "11. wall clock back: r=$left, two of 20 used (19 if 3 s went by)";
+    ok +(sf($r, 'RateLimit')->{tenant}{t} // 99) <= 6,
+        '11. wall clock back: t within the two requests\' 6 s, not the step';
+
+    # forward: a tenant that used its quota, then the wall clock two
+    # minutes forward
+    $step->('+0s');
+    my @r = map { get($T{FORTH}) } 1 .. 21;
+    is statuses(@r[19, 20]), '200 429', '11. clock (20/60s): 20 pass, the 21st 429';
+    $step->('+120s');
+    my @after = map { get($T{FORTH}) } 1 .. 3;
+    $skew = (hdr($after[0], 'X-Msec') // 0) - time;
+    ok $skew > 110 && $skew < 130, sprintf '11. nginx\'s wall clock is 120 s ahead (%.1f s)', $skew;
+    is statuses(@after), '429 429 429',
+        '11. wall clock 120 s forward: still 429, no new burst';
+    my $ra = hdr($after[0], 'Retry-After') // 99;
+    ok $ra >= 1 && $ra <= 3, "11. wall clock forward: Retry-After within the 3 s interval ($ra)";
+    sleep_until(time + 3.1);
+    $r = get($T{FORTH});
+    is $r->{status}, 200, '11. 3 s later (one interval by the monotonic clock): one passes'
+        or diag brief($r);
+
+    $step->('+0s');
 }
 
 

@@ -700,6 +700,8 @@ sub _expand {
 #   workers     worker_processes (1)
 #   error_level error_log level (info)
 #   no_module   1: no load_module line (plain nginx)
+#   env         { NAME => value }: extra environment of the nginx command
+#               (nginx_start; e.g. LD_PRELOAD), not a config line
 # Placeholders: %%PORT%% %%PORT2%% (free ports), %%ECHO%% (127.0.0.1:port
 # of the echo upstream, started on demand), %%PG%% (libpq conninfo,
 # cluster started on demand), %%RSA_PUB%% %%EC_PUB%% %%JWKS%% (paths),
@@ -807,7 +809,7 @@ sub nginx_start {
     $NGX = { dir => $dir, port => $ports->[0], port2 => $ports->[1],
              opts => \%o, conf => $conf, log => $log, log_from => $from };
 
-    eval { run_cmd({}, _nginx_cmd($dir)); 1 }
+    eval { run_cmd($o{env}, _nginx_cmd($dir)); 1 }
         or die "nginx_start: nginx did not start:\n$@"
                . _slurp($log, $from) . "\nconfig:\n$conf";
 

@@ -3,7 +3,8 @@
  *
  * Unit tests for tenant_ratelimit.c: the rate syntax and the GCRA
  * limiter (admission, remaining, retry-after, reset, long-run and
- * sliding-window bounds, clock going back, large values, random runs).
+ * sliding-window bounds, a state beyond the bucket, large values, refunds,
+ * random runs).
  */
 
 #include <stdint.h>
@@ -61,6 +62,8 @@ static void test_clock_back(void);
 static void test_epoch(void);
 static void test_large(void);
 static void test_bad_rate(void);
+static void test_refund(void);
+static void test_now(void);
 static void test_fuzz(void);
 static tenant_rate_t rate_of(const char *spec, uint64_t burst);
 static void simulate(const tenant_rate_t *rate, int64_t step_us,
@@ -89,6 +92,8 @@ main(void)
     test_epoch();
     test_large();
     test_bad_rate();
+    test_refund();
+    test_now();
     test_fuzz();
 
     return done_testing();
@@ -561,61 +566,91 @@ test_uneven(void)
 }
 
 
+/*
+ * The caller's clock is monotonic (tenant_rate_now(), read under the
+ * zone's lock), so a state ahead of now by more than the bucket comes from
+ * a rate whose bucket shrank (a reload, a tier change).  This test used to
+ * step the clock
+ * back 10 s and assert that the state stayed 10 s ahead, refusing with a
+ * Retry-After of 200 ms until "the clock caught up": refusals that outlive
+ * their Retry-After.  Now such a state reads as a full bucket and is
+ * brought back to one: the request Retry-After later passes.
+ */
+
 static void
 test_clock_back(void)
 {
     int                    i;
-    int64_t                tat, saved;
+    int64_t                tat;
     tenant_rate_t          rate;
     tenant_rate_result_t   res;
 
     rate = rate_of("5r/s", 0);
 
-    /* a short step back: within the bucket, counted normally */
+    /* a state a little ahead of now: counted normally */
 
     tat = 0;
     tenant_rate_check(&rate, &tat, BASE + 100 * MS, &res);
     tenant_rate_check(&rate, &tat, BASE, &res);
-    ok(res.allowed, "100 ms back: allowed");
+    ok(res.allowed, "state 100 ms back: allowed");
     is_int(res.remaining, 2, "100 ms back: remaining 2");
     is_int(res.reset_ms, 500, "100 ms back: reset 500");
     is_int(tat, BASE + 500 * MS, "100 ms back: state advanced by T");
 
-    /* a long step back: refused, values bounded by the window */
+    /* a state 10 s beyond a 1 s bucket: one full bucket, not ten */
 
     tat = 0;
     for (i = 0; i < 5; i++) {
         tenant_rate_check(&rate, &tat, BASE + 10 * SEC, &res);
     }
 
-    saved = tat;
-
     tenant_rate_check(&rate, &tat, BASE, &res);
-    ok(!res.allowed, "10 s back, bucket empty: refused");
-    is_int(res.retry_after_ms, 200, "10 s back: retry after T, not 10 s");
-    is_int(res.reset_ms, 1000, "10 s back: reset one window, not 11 s");
-    is_int(res.remaining, 0, "10 s back: remaining 0");
-    is_int(tat, saved, "10 s back: state unchanged");
+    ok(!res.allowed, "state 11 s ahead, bucket 1 s: refused");
+    is_int(res.retry_after_ms, 200, "state 11 s ahead: retry after T");
+    is_int(res.reset_ms, 1000, "state 11 s ahead: reset one bucket");
+    is_int(res.remaining, 0, "state 11 s ahead: remaining 0");
+    is_int(tat, BASE + SEC, "state 11 s ahead: brought back to one bucket");
 
-    tenant_rate_check(&rate, &tat, 0, &res);
-    ok(!res.allowed && res.retry_after_ms == 200 && res.reset_ms == 1000,
-       "back to 0: bounded values");
+    tenant_rate_check(&rate, &tat, BASE + 200 * MS, &res);
+    ok(res.allowed && res.remaining == 0,
+       "state 11 s ahead: the request Retry-After later passes");
 
-    tenant_rate_check(&rate, &tat, INT64_MIN, &res);
-    ok(!res.allowed && res.retry_after_ms == 200 && res.reset_ms == 1000,
-       "back to INT64_MIN: bounded values");
+    tenant_rate_check(&rate, &tat, BASE + 200 * MS, &res);
+    ok(!res.allowed && res.retry_after_ms == 200,
+       "state 11 s ahead: then one every T, as for a full bucket");
 
-    tenant_rate_check(&rate, &tat, BASE + 11 * SEC, &res);
+    tenant_rate_check(&rate, &tat, BASE + 1400 * MS, &res);
     ok(res.allowed && res.remaining == 4,
-       "when the clock catches up, the bucket is full");
+       "state 11 s ahead: a bucket after it, the whole burst again");
+
+    /* a state ahead of a clock that starts at 0 (just after boot) */
+
+    tat = BASE;
+    tenant_rate_check(&rate, &tat, 0, &res);
+    ok(!res.allowed && res.retry_after_ms == 200 && res.reset_ms == 1000
+       && tat == SEC,
+       "now 0, state far ahead: bounded values, state one bucket ahead");
+
+    tat = BASE;
+    tenant_rate_check(&rate, &tat, INT64_MIN, &res);
+    ok(!res.allowed && res.retry_after_ms == 200 && res.reset_ms == 1000
+       && tat == INT64_MIN + SEC,
+       "now INT64_MIN, state far ahead: bounded values, no overflow");
 
     /* a state from far in the future */
 
     tat = INT64_MAX;
     tenant_rate_check(&rate, &tat, BASE, &res);
     ok(!res.allowed && res.retry_after_ms == 200 && res.reset_ms == 1000
-       && tat == INT64_MAX,
-       "state INT64_MAX: refused, bounded values, state unchanged");
+       && tat == BASE + SEC,
+       "state INT64_MAX: refused, bounded values, one bucket ahead");
+
+    /* a state from far in the past reads as a new key */
+
+    tat = INT64_MIN;
+    tenant_rate_check(&rate, &tat, BASE, &res);
+    ok(res.allowed && res.remaining == 4 && tat == BASE + 200 * MS,
+       "state INT64_MIN: a full bucket");
 
     /* now at the end of the range: the state saturates, never wraps */
 
@@ -784,6 +819,107 @@ test_bad_rate(void)
 
 
 /*
+ * A request one limit admitted and another refused is given back: the
+ * state is as if it had not been made, and the result what the key offers.
+ */
+
+static void
+test_refund(void)
+{
+    int                    i;
+    int64_t                tat;
+    tenant_rate_t          rate;
+    tenant_rate_result_t   res;
+
+    rate = rate_of("5r/s", 0);
+
+    tat = 0;
+    tenant_rate_check(&rate, &tat, BASE, &res);
+    tenant_rate_refund(&rate, &tat, BASE, &res);
+    ok(res.allowed && res.remaining == 5 && res.reset_ms == 0
+       && res.retry_after_ms == 0 && tat == BASE,
+       "refund of a new key's first request: a full bucket again");
+
+    for (i = 0; i < 5; i++) {
+        tenant_rate_check(&rate, &tat, BASE, &res);
+    }
+
+    tenant_rate_refund(&rate, &tat, BASE, &res);
+    ok(res.allowed && res.remaining == 1 && res.reset_ms == 800
+       && tat == BASE + 800 * MS,
+       "refund of the fifth: remaining 1, reset 800 ms");
+
+    tenant_rate_check(&rate, &tat, BASE, &res);
+    ok(res.allowed && res.remaining == 0 && tat == BASE + SEC,
+       "after the refund: the fifth passes again");
+
+    tenant_rate_check(&rate, &tat, BASE, &res);
+    ok(!res.allowed, "and the sixth is refused");
+
+    /* a key idle since: nothing to give back */
+
+    tat = BASE - SEC;
+    tenant_rate_refund(&rate, &tat, BASE, &res);
+    ok(res.allowed && res.remaining == 5 && res.reset_ms == 0
+       && tat == BASE - SEC,
+       "refund on an idle key: unchanged, a full bucket");
+
+    /* less than T ahead: back to now, never before */
+
+    tat = BASE + 50 * MS;
+    tenant_rate_refund(&rate, &tat, BASE, &res);
+    ok(tat == BASE && res.remaining == 5, "refund less than T ahead: now");
+
+    /* extreme states and clocks: bounded, no overflow */
+
+    tat = INT64_MAX;
+    tenant_rate_refund(&rate, &tat, BASE, &res);
+    ok(res.allowed && res.remaining == 0 && res.reset_ms == 1000
+       && tat == INT64_MAX - 200 * MS,
+       "refund, state INT64_MAX: bounded values");
+
+    tat = INT64_MAX;
+    tenant_rate_refund(&rate, &tat, INT64_MIN, &res);
+    ok(res.allowed && res.remaining == 0 && res.reset_ms == 1000
+       && tat == INT64_MAX - 200 * MS,
+       "refund, state INT64_MAX, now INT64_MIN: no overflow");
+
+    tat = INT64_MIN;
+    tenant_rate_refund(&rate, &tat, INT64_MIN, &res);
+    ok(res.allowed && res.remaining == 5 && tat == INT64_MIN,
+       "refund, state and now INT64_MIN: unchanged");
+}
+
+
+/* The clock: positive (the monotonic clock counts from boot), never back. */
+
+static void
+test_now(void)
+{
+    int      i, back;
+    int64_t  t0, t, prev;
+
+    t0 = tenant_rate_now();
+    ok(t0 > 0, "tenant_rate_now(): positive (%lld us)", (long long) t0);
+
+    back = 0;
+    prev = t0;
+
+    for (i = 0; i < 1000000 && (t = tenant_rate_now()) == t0; i++) {
+        /* void */
+    }
+
+    for (i = 0; i < 1000; i++) {
+        t = tenant_rate_now();
+        back += t < prev;
+        prev = t;
+    }
+
+    ok(prev > t0 && back == 0, "tenant_rate_now(): advances, never back");
+}
+
+
+/*
  * Random rates and request sequences, compared with a straightforward
  * model of the contract, and checked against its invariants.
  */
@@ -881,7 +1017,7 @@ test_fuzz(void)
                 retry = CEIL_MS(t);
                 reset = CEIL_MS(tau);
                 remaining = 0;
-                ntat = old;
+                ntat = now + tau;
 
             } else if (at + t - tau > now) {
                 allowed = 0;
@@ -933,7 +1069,7 @@ test_fuzz(void)
 
             if (!res.allowed
                 && (res.retry_after_ms == 0 || res.remaining != 0
-                    || tat != old))
+                    || tat != (old > now + tau ? now + tau : old)))
             {
                 refused_bad++;
             }
@@ -992,7 +1128,8 @@ test_fuzz(void)
     is_int(model_bad, 0, "random runs: results as the model");
     is_int(remain_bad, 0, "random runs: remaining <= burst - 1");
     is_int(refused_bad, 0,
-           "random runs: refused: retry > 0, state kept; allowed: advanced");
+           "random runs: refused: retry > 0, state kept (within the "
+           "bucket); allowed: advanced");
     is_int(reset_bad, 0, "random runs: reset <= bucket (window + 1 ms)");
     is_int(retry_bad, 0, "random runs: retry-after <= window");
     is_int(idle_bad, 0, "random runs: an idle key passes with a full bucket");
