@@ -33,7 +33,8 @@
  *     on a blocking socket or pipe
  * A violation only when the module's code is on the stack (nginx itself
  * opens static and temporary files by design):
- *   open, openat, fopen, stat of a regular file or a directory
+ *   open, openat, fopen of a regular file or a directory; stat of any
+ *   path (libpq's stat of ~/.pgpass that is not there is a lookup too)
  * "The module's code" is any object whose file name contains one of the
  * ':'-separated words of TENANT_BLOCKGUARD_CODE (default
  * "ngx_tenant_module:libpq.so").
@@ -42,7 +43,10 @@
  * (a libc function calling another inside libc, e.g. fread's read, or
  * getpwuid's open of /etc/passwd: the outer call is what is checked), raw
  * syscall(), a non-blocking call that takes long (a big pread), CPU-bound
- * work (an RSA check), and paths the tests do not run.
+ * work (an RSA check), waits on a lock (nginx's shared-memory mutex may
+ * sleep in a futex, by design), and paths the tests do not run.  A
+ * process that never calls epoll_wait (nginx with "use poll;") is never
+ * checked.
  */
 
 #define _GNU_SOURCE
