@@ -3,6 +3,7 @@
 #   make            build build/nginx/objs/ngx_tenant_module.so
 #   make run        install what is missing, build, migrate, start the gateway
 #   make test       the whole suite (unit + integration), as CI runs it
+#   make guard      the blocking-call guard the integration tests preload
 #   make stop       stop the embedded PostgreSQL of make run
 #   make migrate    apply pending migrations to DATABASE_URL
 #   make bench      gateway vs plain proxy_pass (bench/run.sh)
@@ -29,7 +30,14 @@ UNIT_LIBS    = -ljansson -lcrypto
 UNIT_SRCS    = $(wildcard src/tenant_*.c)
 UNIT_TESTS   = $(patsubst t/unit/%.c,$(BUILD)/unit/%,$(wildcard t/unit/test_*.c))
 
-.PHONY: all module unit deps run stop test migrate bench bench-provision smoke clean
+# t/guard/blockguard.c: preloaded into nginx by t/lib/TenantTest.pm;
+# blockguard_test calls what it must report (t/000-nonblocking.t).
+GUARD_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -g -O1
+GUARD        = $(BUILD)/guard/blockguard.so
+GUARD_TEST   = $(BUILD)/guard/blockguard_test
+
+.PHONY: all module unit guard deps run stop test migrate bench bench-provision \
+        smoke clean
 
 all: module
 
@@ -54,6 +62,16 @@ $(BUILD)/unit/%: t/unit/%.c $(UNIT_SRCS) $(wildcard src/tenant_*.h) t/unit/tap.h
 	@mkdir -p $(BUILD)/unit
 	$(CC) $(UNIT_CFLAGS) -It/unit -o $@ $< $(UNIT_SRCS) $(UNIT_LIBS)
 
+guard: $(GUARD) $(GUARD_TEST)
+
+$(GUARD): t/guard/blockguard.c
+	@mkdir -p $(BUILD)/guard
+	$(CC) $(GUARD_CFLAGS) -fPIC -shared -o $@ $< -ldl
+
+$(GUARD_TEST): t/guard/blockguard_test.c
+	@mkdir -p $(BUILD)/guard
+	$(CC) $(GUARD_CFLAGS) -I$(shell pg_config --includedir) -o $@ $< -lpq
+
 deps:
 	scripts/deps.sh
 
@@ -75,7 +93,7 @@ bench-provision: module
 smoke:
 	scripts/smoke.sh
 
-test: deps module unit
+test: deps module unit guard
 	prove --exec "" $(UNIT_TESTS)
 	prove -j1 t/
 

@@ -48,6 +48,6 @@ $(ASAN_BUILD)/objs/Makefile: config
 $(ASAN_NGINX): $(ASAN_BUILD)/objs/Makefile $(MODULE_SRCS)
 	$(MAKE) -C $(ASAN_BUILD) -f objs/Makefile binary modules
 
-test-asan: deps module asan
+test-asan: deps module asan guard
 	$(ASAN_ENV) TENANT_NGINX=$(CURDIR)/$(ASAN_NGINX) \
 	    TENANT_MODULE=$(CURDIR)/$(ASAN_MODULE) prove -j1 t/

@@ -47,7 +47,7 @@ $(COV_DIR)/unit/%: t/unit/%.c $(UNIT_SRCS) $(wildcard src/tenant_*.h) t/unit/tap
 	    -I$(CURDIR)/t/unit -o $(CURDIR)/$@ $(CURDIR)/$< \
 	    $(addprefix $(CURDIR)/,$(UNIT_SRCS)) $(UNIT_LIBS)
 
-coverage: deps module coverage-module $(COV_UNITS)
+coverage: deps module coverage-module $(COV_UNITS) guard
 	find $(COV_DIR) -name '*.gcda' -delete
 	prove --exec "" $(COV_UNITS)
 	chmod -R a+rwX $(COV_BUILD)/objs/addon

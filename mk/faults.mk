@@ -6,5 +6,5 @@
 
 .PHONY: faults
 
-faults: deps module
+faults: deps module guard
 	prove t/040-database-outage.t t/140-faults.t

@@ -36,17 +36,23 @@
 /* decoded base64url: at most 3/4 of the encoded length, plus slack */
 #define TENANT_B64_BUF(n)         (((n) * 3) / 4 + 3)
 
+/* a key that could not be imported for want of memory, not for its content */
+#define TENANT_JWKS_NOMEM         -2
+
 
 static int tenant_jwks_parse_key(json_t *jwk, tenant_key_t *key, char *err,
     size_t errlen);
-static EVP_PKEY *tenant_jwks_rsa(json_t *jwk, char *err, size_t errlen);
-static EVP_PKEY *tenant_jwks_ec(json_t *jwk, char *err, size_t errlen);
+static EVP_PKEY *tenant_jwks_rsa(json_t *jwk, int *nomem, char *err,
+    size_t errlen);
+static EVP_PKEY *tenant_jwks_ec(json_t *jwk, int *nomem, char *err,
+    size_t errlen);
 static long tenant_jwks_member(json_t *jwk, const char *name,
     unsigned char *dst, size_t size);
 static EVP_PKEY *tenant_jwks_fromdata(const char *type,
     OSSL_PARAM_BLD *bld);
-static int tenant_key_check(EVP_PKEY *pkey, tenant_key_type_t *type,
-    char *err, size_t errlen);
+static int tenant_key_check(EVP_PKEY *pkey, tenant_key_type_t built,
+    tenant_key_type_t *type, char *err, size_t errlen);
+static int tenant_ossl_nomem(void);
 static int tenant_jwks_no_password(char *buf, int size, int rwflag,
     void *data);
 static int tenant_jwks_str_eq(json_t *value, const char *s);
@@ -126,7 +132,7 @@ tenant_keyset_add_pem(tenant_keyset_t *ks, const unsigned char *pem,
         return -1;
     }
 
-    if (tenant_key_check(pkey, &type, err, errlen) != 0) {
+    if (tenant_key_check(pkey, TENANT_KEY_ANY, &type, err, errlen) != 0) {
         EVP_PKEY_free(pkey);
         return -1;
     }
@@ -149,6 +155,7 @@ int
 tenant_keyset_add_jwks(tenant_keyset_t *ks, const unsigned char *json,
     size_t len, char *err, size_t errlen)
 {
+    int            rc;
     size_t         i, n, added;
     json_t        *doc, *keys;
     json_error_t   error;
@@ -192,10 +199,20 @@ tenant_keyset_add_jwks(tenant_keyset_t *ks, const unsigned char *json,
 
     for (i = 0; i < n; i++) {
 
-        if (tenant_jwks_parse_key(json_array_get(keys, i), &key,
-                                  why, sizeof(why))
-            != 0)
-        {
+        rc = tenant_jwks_parse_key(json_array_get(keys, i), &key, why,
+                                   sizeof(why));
+
+        if (rc == TENANT_JWKS_NOMEM) {
+            /*
+             * Not the key's fault: the document is refused whole (the
+             * caller keeps its previous keys) rather than accepted
+             * without a key that tokens may name.
+             */
+            tenant_jwks_error(err, errlen, "JWKS key #%zu: %s", i, why);
+            goto failed;
+        }
+
+        if (rc != 0) {
             /* skipped: not for us, or not usable; the last reason is kept */
             (void) snprintf(reason, sizeof(reason), "key #%zu: %s", i, why);
             continue;
@@ -359,18 +376,20 @@ tenant_keyset_free(tenant_keyset_t *ks)
 
 
 /*
- * Returns 0 with *key filled, or -1 when the key is skipped (not for us,
- * or not usable) with the reason in err.
+ * Returns 0 with *key filled, -1 when the key is skipped (not for us, or
+ * not usable) or TENANT_JWKS_NOMEM when it could not be imported for want
+ * of memory, with the reason in err.
  */
 
 static int
 tenant_jwks_parse_key(json_t *jwk, tenant_key_t *key, char *err,
     size_t errlen)
 {
+    int                 rc, try, nomem;
     size_t              kid_len;
     json_t             *kid, *use, *alg, *kty;
     EVP_PKEY           *pkey;
-    tenant_key_type_t   type;
+    tenant_key_type_t   built, type;
 
     if (!json_is_object(jwk)) {
         tenant_jwks_error(err, errlen, "not an object");
@@ -411,7 +430,7 @@ tenant_jwks_parse_key(json_t *jwk, tenant_key_t *key, char *err,
             return -1;
         }
 
-        pkey = tenant_jwks_rsa(jwk, err, errlen);
+        built = TENANT_KEY_RSA;
 
     } else if (tenant_jwks_str_eq(kty, "EC")) {
         if (alg != NULL && !tenant_jwks_str_eq(alg, "ES256")) {
@@ -424,20 +443,40 @@ tenant_jwks_parse_key(json_t *jwk, tenant_key_t *key, char *err,
             return -1;
         }
 
-        pkey = tenant_jwks_ec(jwk, err, errlen);
+        built = TENANT_KEY_EC_P256;
 
     } else {
         tenant_jwks_error(err, errlen, "\"kty\" is neither RSA nor EC");
         return -1;
     }
 
-    if (pkey == NULL) {
-        return -1;
+    /*
+     * OpenSSL 3.0 does not always queue ERR_R_MALLOC_FAILURE when an
+     * allocation fails inside EVP_PKEY_fromdata(): an import that failed
+     * without saying why is tried once more.  A key's content fails again
+     * the same way; a failed allocation does not, or shows in the second
+     * try (the first allocations of an import fail only for memory).
+     */
+
+    for (try = 0; try < 2; try++) {
+        pkey = (built == TENANT_KEY_RSA) ? tenant_jwks_rsa(jwk, &nomem, err,
+                                                           errlen)
+                                         : tenant_jwks_ec(jwk, &nomem, err,
+                                                          errlen);
+        if (pkey != NULL || nomem) {
+            break;
+        }
     }
 
-    if (tenant_key_check(pkey, &type, err, errlen) != 0) {
+    if (pkey == NULL) {
+        return nomem ? TENANT_JWKS_NOMEM : -1;
+    }
+
+    rc = tenant_key_check(pkey, built, &type, err, errlen);
+
+    if (rc != 0) {
         EVP_PKEY_free(pkey);
-        return -1;
+        return rc;
     }
 
     if (kid_len) {
@@ -454,8 +493,9 @@ tenant_jwks_parse_key(json_t *jwk, tenant_key_t *key, char *err,
 
 
 static EVP_PKEY *
-tenant_jwks_rsa(json_t *jwk, char *err, size_t errlen)
+tenant_jwks_rsa(json_t *jwk, int *nomem, char *err, size_t errlen)
 {
+    int              bits;
     long             nlen, elen;
     BIGNUM          *n, *e;
     EVP_PKEY        *pkey;
@@ -465,6 +505,8 @@ tenant_jwks_rsa(json_t *jwk, char *err, size_t errlen)
 
     nlen = tenant_jwks_member(jwk, "n", nbuf, sizeof(nbuf));
     elen = tenant_jwks_member(jwk, "e", ebuf, sizeof(ebuf));
+
+    *nomem = 0;
 
     if (nlen <= 0 || elen <= 0 || elen > TENANT_RSA_MAX_E) {
         tenant_jwks_error(err, errlen,
@@ -477,28 +519,44 @@ tenant_jwks_rsa(json_t *jwk, char *err, size_t errlen)
     bld = OSSL_PARAM_BLD_new();
     pkey = NULL;
 
-    if (n != NULL && e != NULL && bld != NULL
+    /*
+     * The size is the key's own: checked here, where no failure inside
+     * OpenSSL can stand for it (see tenant_key_check).
+     */
+
+    bits = (n != NULL) ? BN_num_bits(n) : TENANT_RSA_MIN_BITS;
+
+    if (bits < TENANT_RSA_MIN_BITS || bits > TENANT_RSA_MAX_BITS) {
+        tenant_jwks_error(err, errlen, "RSA key of %d bits (%d to %d "
+                          "required)", bits, TENANT_RSA_MIN_BITS,
+                          TENANT_RSA_MAX_BITS);
+
+    } else if (n != NULL && e != NULL && bld != NULL
         && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n)
         && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e))
     {
         pkey = tenant_jwks_fromdata("RSA", bld);
     }
 
+    if (pkey == NULL
+        && bits >= TENANT_RSA_MIN_BITS && bits <= TENANT_RSA_MAX_BITS)
+    {
+        /* the first three fail only for want of memory */
+        *nomem = tenant_ossl_nomem() || n == NULL || e == NULL || bld == NULL;
+        tenant_jwks_error(err, errlen, "RSA key could not be imported%s",
+                          *nomem ? " (out of memory)" : "");
+    }
+
     OSSL_PARAM_BLD_free(bld);
     BN_free(n);
     BN_free(e);
-
-    if (pkey == NULL) {
-        ERR_clear_error();
-        tenant_jwks_error(err, errlen, "RSA key could not be imported");
-    }
 
     return pkey;
 }
 
 
 static EVP_PKEY *
-tenant_jwks_ec(json_t *jwk, char *err, size_t errlen)
+tenant_jwks_ec(json_t *jwk, int *nomem, char *err, size_t errlen)
 {
     long             xlen, ylen;
     EVP_PKEY        *pkey;
@@ -510,6 +568,8 @@ tenant_jwks_ec(json_t *jwk, char *err, size_t errlen)
 
     xlen = tenant_jwks_member(jwk, "x", x, sizeof(x));
     ylen = tenant_jwks_member(jwk, "y", y, sizeof(y));
+
+    *nomem = 0;
 
     if (xlen != TENANT_EC_P256_COORD || ylen != TENANT_EC_P256_COORD) {
         tenant_jwks_error(err, errlen,
@@ -535,14 +595,13 @@ tenant_jwks_ec(json_t *jwk, char *err, size_t errlen)
         pkey = tenant_jwks_fromdata("EC", bld);
     }
 
-    OSSL_PARAM_BLD_free(bld);
-
     if (pkey == NULL) {
-        ERR_clear_error();
-        tenant_jwks_error(err, errlen,
-                          "EC key could not be imported (not a point "
-                          "of P-256?)");
+        *nomem = tenant_ossl_nomem() || bld == NULL;
+        tenant_jwks_error(err, errlen, "EC key could not be imported (%s)",
+                          *nomem ? "out of memory" : "not a point of P-256?");
     }
+
+    OSSL_PARAM_BLD_free(bld);
 
     return pkey;
 }
@@ -603,11 +662,17 @@ tenant_jwks_fromdata(const char *type, OSSL_PARAM_BLD *bld)
 }
 
 
-/* RSA of 2048 to 8192 bits or EC on P-256, passing OpenSSL's checks */
+/*
+ * RSA of 2048 to 8192 bits or EC on P-256, passing OpenSSL's checks.  A key
+ * built from JWK parameters (built: its type, else TENANT_KEY_ANY) has the
+ * type, the size and the curve it was built with: when OpenSSL cannot tell
+ * them, it failed inside (OpenSSL 3.0 does not always queue
+ * ERR_R_MALLOC_FAILURE for it), and the key is not to blame.
+ */
 
 static int
-tenant_key_check(EVP_PKEY *pkey, tenant_key_type_t *type, char *err,
-    size_t errlen)
+tenant_key_check(EVP_PKEY *pkey, tenant_key_type_t built,
+    tenant_key_type_t *type, char *err, size_t errlen)
 {
     int            bits, rc;
     char           group[64];
@@ -618,11 +683,12 @@ tenant_key_check(EVP_PKEY *pkey, tenant_key_type_t *type, char *err,
         bits = EVP_PKEY_get_bits(pkey);
 
         if (bits < TENANT_RSA_MIN_BITS || bits > TENANT_RSA_MAX_BITS) {
+            ERR_clear_error();
             tenant_jwks_error(err, errlen,
                               "RSA key of %d bits (%d to %d required)",
                               bits, TENANT_RSA_MIN_BITS,
                               TENANT_RSA_MAX_BITS);
-            return -1;
+            goto failed;
         }
 
         *type = TENANT_KEY_RSA;
@@ -635,22 +701,27 @@ tenant_key_check(EVP_PKEY *pkey, tenant_key_type_t *type, char *err,
         {
             ERR_clear_error();
             tenant_jwks_error(err, errlen, "EC key not on curve P-256");
-            return -1;
+            goto failed;
         }
 
         *type = TENANT_KEY_EC_P256;
 
     } else {
+        ERR_clear_error();
         tenant_jwks_error(err, errlen,
                           "unsupported key type (RSA or EC P-256 expected)");
-        return -1;
+        goto failed;
+    }
+
+    if (built != TENANT_KEY_ANY && *type != built) {
+        goto failed;
     }
 
     ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
     if (ctx == NULL) {
         ERR_clear_error();
         tenant_jwks_error(err, errlen, "out of memory");
-        return -1;
+        return TENANT_JWKS_NOMEM;
     }
 
     rc = EVP_PKEY_public_check(ctx);
@@ -658,12 +729,50 @@ tenant_key_check(EVP_PKEY *pkey, tenant_key_type_t *type, char *err,
     EVP_PKEY_CTX_free(ctx);
 
     if (rc != 1) {
-        ERR_clear_error();
+        if (tenant_ossl_nomem()) {
+            tenant_jwks_error(err, errlen, "public key could not be checked "
+                              "(out of memory)");
+            return TENANT_JWKS_NOMEM;
+        }
+
         tenant_jwks_error(err, errlen, "public key fails validation");
         return -1;
     }
 
     return 0;
+
+failed:
+
+    if (built == TENANT_KEY_ANY) {
+        return -1;
+    }
+
+    tenant_jwks_error(err, errlen, "key could not be checked (out of memory)");
+
+    return TENANT_JWKS_NOMEM;
+}
+
+
+/*
+ * Empties OpenSSL's error queue; returns whether it held an allocation
+ * failure (a key that failed for it says nothing about the key).
+ */
+
+static int
+tenant_ossl_nomem(void)
+{
+    int            nomem;
+    unsigned long  e;
+
+    nomem = 0;
+
+    while ((e = ERR_get_error()) != 0) {
+        if (ERR_GET_REASON(e) == ERR_GET_REASON(ERR_R_MALLOC_FAILURE)) {
+            nomem = 1;
+        }
+    }
+
+    return nomem;
 }
 
 

@@ -158,6 +158,30 @@ EOF
     is_deeply [TenantTest::_log_problems()], [], 'allowed lines are not';
 }
 
+{
+    # The blocking-call guard runs in the workers, and its marker fails the
+    # final check; the known blocking calls (@BLOCKING_KNOWN) do not.
+    my ($w) = nginx_workers();
+    open my $maps, '<', "/proc/$w/maps" or die "/proc/$w/maps: $!";
+    my $mapped = do { local $/; <$maps> };
+    if ($TenantTest::GUARD) {
+        like $mapped, qr/\Q$TenantTest::GUARD\E/, 'the guard is loaded in the worker';
+    } else {
+        unlike $mapped, qr/blockguard/, 'TENANT_BLOCKGUARD=0: no guard in the worker';
+    }
+
+    my $line = '2025/01/01 00:00:00 [warn] 1#1: BLOCKING CALL: sleep(1) (pid 1) '
+               . 'at ngx_tenant_module.so+0x1 < nginx(main+0x2)';
+    my $known = '2025/01/01 00:00:00 [warn] 1#1: BLOCKING CALL: stat("/x/.pgpass") '
+                . '(pid 1) at libpq.so.5+0x3 < libpq.so.5(PQconnectStartParams+0x4) < x';
+    open my $fh, '>>', "$ngx->{dir}/error.log" or die;
+    print $fh "$line\n$known\n";
+    close $fh;
+    is_deeply [TenantTest::_log_problems()], [$line],
+        'a BLOCKING CALL line is found, a known one is not';
+    error_log_allow(qr/BLOCKING CALL: sleep\(1\) \(pid 1\)/);
+}
+
 # --- keys and tokens -----------------------------------------------------
 
 {

@@ -70,11 +70,16 @@ sub shipped {
     my ($out) = TenantTest::run_cmd(\%env, "$root/scripts/render-conf.sh", $conf);
     ok -s $conf, 'the shipped configuration renders';
 
-    # stdout and stderr of the daemonized nginx go to files of the test dir
+    # stdout and stderr of the daemonized nginx go to files of the test dir;
+    # the blocking-call guard is preloaded as the harness does
     TenantTest::run_cmd({}, $nginx, '-p', $dir, '-c', $conf, '-t');
-    system("$nginx -p '$dir' -c '$conf' -g 'daemon on;' "
-           . ">'$dir/stdout.log' 2>'$dir/stderr.log'") == 0
-        or BAIL_OUT("nginx with the shipped configuration did not start");
+    {
+        local @ENV{keys %{ TenantTest::_nginx_env() }}
+            = values %{ TenantTest::_nginx_env() };
+        system("$nginx -p '$dir' -c '$conf' -g 'daemon on;' "
+               . ">'$dir/stdout.log' 2>'$dir/stderr.log'") == 0
+            or BAIL_OUT("nginx with the shipped configuration did not start");
+    }
 
     my $pid;
     for (1 .. 50) {
@@ -172,6 +177,8 @@ sub shipped {
     my $log = do { local (@ARGV, $/) = "$dir/stderr.log"; <> } // '';
     unlike $log, qr/\[(alert|emerg|crit)\]|signal 11|AddressSanitizer/,
         'the shipped gateway logged no alert, crit or crash';
+    is_deeply [TenantTest::blocking_calls($log)], [],
+        'the shipped gateway\'s workers made no blocking call (the guard)';
 }
 
 done_testing();

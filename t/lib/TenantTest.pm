@@ -34,14 +34,23 @@ package TenantTest;
 # one temp dir per test process and is stopped and removed at exit, also
 # when the test dies or is interrupted (TENANT_TEST_KEEP=1 keeps the dir).
 # Before done_testing() finishes, nginx is stopped and one more test checks
-# its error log: it fails on [alert], [emerg], sanitizer reports and
-# crashed workers (error_log_allow() exempts lines a test provokes).
+# its error log: it fails on [alert], [emerg], sanitizer reports, crashed
+# workers and blocking calls (error_log_allow() exempts lines a test
+# provokes).
+#
+# Blocking calls: nginx runs with build/guard/blockguard.so preloaded
+# (t/guard/blockguard.c, built by make test / make guard), which writes a
+# "BLOCKING CALL: ..." line to the error log when a worker that serves
+# calls something that can block (a blocking libpq call, a name lookup, a
+# sleep, a wait with a timeout, I/O on a blocking socket, a file opened
+# by the module's code).
 #
 # Use done_testing(), not a fixed plan: that last check is a test too.
 #
 # Environment: TENANT_MODULE (the .so, default build/nginx/objs/
 # ngx_tenant_module.so), NGINX (default /usr/sbin/nginx),
-# TENANT_TEST_KEEP=1.
+# TENANT_TEST_KEEP=1, TENANT_BLOCKGUARD (0: no guard; a path: that guard
+# instead of build/guard/blockguard.so).
 
 use strict;
 use warnings;
@@ -81,6 +90,8 @@ our $ROOT   = abs_path(dirname(__FILE__) . '/../..');
 our $NGINX  = $ENV{TENANT_NGINX} || '/usr/sbin/nginx';
 our $MODULE = $ENV{TENANT_MODULE}
               || "$ROOT/build/nginx/objs/ngx_tenant_module.so";
+our $GUARD  = ($ENV{TENANT_BLOCKGUARD} // '') eq '0' ? undef
+              : $ENV{TENANT_BLOCKGUARD} || "$ROOT/build/guard/blockguard.so";
 
 my $JSON  = JSON::XS->new->utf8->canonical;
 my $OWNER = $$;            # forked children must not clean up
@@ -754,8 +765,23 @@ EOF
 sub _check_module {
     my (%o) = @_;
 
+    Test::More::BAIL_OUT("$GUARD does not exist: build it (make guard), or "
+                         . "run without it (TENANT_BLOCKGUARD=0)")
+        if $GUARD && !-f $GUARD;
     return if $o{no_module} || -f $MODULE;
     Test::More::BAIL_OUT("$MODULE does not exist: build it first (make)");
+}
+
+# The environment nginx starts with: the blocking-call guard preloaded
+# (after any library already preloaded, e.g. a sanitizer's runtime).
+sub _nginx_env {
+    my ($extra) = @_;
+    my %env = %{ $extra || {} };
+
+    return \%env unless $GUARD;
+    $env{LD_PRELOAD} = join ':', grep { defined && length }
+                           $ENV{LD_PRELOAD}, $env{LD_PRELOAD}, $GUARD;
+    return \%env;
 }
 
 sub _nginx_cmd {
@@ -809,7 +835,7 @@ sub nginx_start {
     $NGX = { dir => $dir, port => $ports->[0], port2 => $ports->[1],
              opts => \%o, conf => $conf, log => $log, log_from => $from };
 
-    eval { run_cmd($o{env}, _nginx_cmd($dir)); 1 }
+    eval { run_cmd(_nginx_env($o{env}), _nginx_cmd($dir)); 1 }
         or die "nginx_start: nginx did not start:\n$@"
                . _slurp($log, $from) . "\nconfig:\n$conf";
 
@@ -940,16 +966,55 @@ sub error_log_allow {
 }
 
 my @BAD = (qr/\[alert\]/, qr/\[emerg\]/, qr/AddressSanitizer|LeakSanitizer/,
-           qr/runtime error:/, qr/segfault/, qr/exited on signal/);
+           qr/runtime error:/, qr/segfault/, qr/exited on signal/,
+           qr/BLOCKING CALL:/);
+
+# Blocking calls the guard reports that are known and left for a decision
+# (each names its issue; the final check counts them in a note, so they
+# stay visible).
+my @BLOCKING_KNOWN = (
+    # Issue 11, item 14 (for the lead): with no password in the connection
+    # string, libpq's PQconnectStartParams() looks up the worker user's
+    # home directory (getpwuid_r: /etc/passwd, or NSS: LDAP, sssd) and
+    # stat()s ~/.pgpass on every new connection, on the worker; were the
+    # file there, it would fopen() and read it too.
+    qr/BLOCKING\ CALL:\ (?:getpwuid_r\(\d+\)|stat\("[^"]*\.pgpass"\))
+       .*\ <\ libpq\.so[.\d]*\(PQconnectStartParams\+/x,
+
+    # Issue 11, item 14 (for the lead): over TCP, with gssencmode left at
+    # its default (prefer), libpq's PQconnectPoll() asks GSSAPI for
+    # Kerberos credentials on the worker: libkrb5 reads /etc/krb5.conf
+    # and the credential cache (seen in t/045).  gssencmode=disable in
+    # tenant_database avoids it.
+    qr/BLOCKING\ CALL:\ .*\ <\ libgssapi_krb5\.so[.\d]*[(+]
+       .*\ <\ libpq\.so[.\d]*\(PQconnectPoll\+/x,
+);
+my $BLOCKING_KNOWN_SEEN = 0;
+
+# The guard's lines in $text that are not known (for a log the harness
+# does not watch, e.g. an nginx a test starts itself with _nginx_env()).
+sub blocking_calls {
+    my ($text) = @_;
+    return grep { /BLOCKING CALL:/ && !_blocking_known($_) } split /\n/, $text;
+}
+
+sub _blocking_known {
+    my ($line) = @_;
+    return 0 unless grep { $line =~ $_ } @BLOCKING_KNOWN;
+    $BLOCKING_KNOWN_SEEN++;
+    return 1;
+}
 
 # Bad lines of every error log this process produced.
 sub _log_problems {
     my @bad;
+    $BLOCKING_KNOWN_SEEN = 0;
     for my $l (@LOGS) {
         my ($path, $from) = @$l;
         for my $line (split /\n/, _slurp($path, $from)) {
             next unless grep { $line =~ $_ } @BAD;
             next if grep { $line =~ $_ } @ALLOWED;
+            next if _blocking_known($line);
             push @bad, $line;
         }
     }
@@ -1091,8 +1156,11 @@ Test2::API::test2_add_callback_testing_done(sub {
 
     nginx_stop();
     my @bad = _log_problems();
+    Test::More::note("blocking calls known and allowed (TenantTest.pm, "
+                     . "\@BLOCKING_KNOWN): $BLOCKING_KNOWN_SEEN")
+        if $BLOCKING_KNOWN_SEEN;
     Test::More::ok(!@bad, 'nginx error log: no alert, emerg, sanitizer '
-                          . 'report or crash')
+                          . 'report, crash or blocking call')
         or Test::More::diag(join "\n", 'bad lines:', @bad);
 });
 
