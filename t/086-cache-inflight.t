@@ -1,0 +1,245 @@
+#!/usr/bin/perl
+# Answers that were on their way when the tenant changed, and lookups
+# whose client went away.  The pool reaches PostgreSQL through a proxy
+# (pg_proxy) that holds back the answers to a lookup of one organization:
+# PostgreSQL has answered with the old row, the answer waits in the
+# proxy while the test changes the tenant, then it is delivered.  The
+# listener connects directly (no proxy).  Two workers: the one that gets
+# the NOTIFY is not always the one that looks up.
+#
+#   lookup    (issue 11, item 3) a request's lookup answered "active", the
+#             tenant suspended (UPDATE, its trigger's NOTIFY processed),
+#             then the answer delivered: the request asks again and is
+#             refused, and so is the next one (not admitted from a cache
+#             filled with the old row)
+#   refresh   the same with the background refresh of a row past its TTL:
+#             the stale row is served to the request that started the
+#             refresh, not to the ones after the change
+#   admin     the same with the change made through tenant_admin (PATCH),
+#             the listener off: the admin API's own invalidation holds
+#   reconnect the listener's connection lost and back while the answer
+#             is held: everything is invalidated, the held answer is not
+#             cached
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use TenantTest;
+use Test::More;
+use Time::HiRes qw(time sleep);
+
+
+my $DEBUG = `$TenantTest::NGINX -V 2>&1` =~ /--with-debug/;
+plan skip_all => 'needs a debug build of nginx (its debug log says when '
+               . 'a NOTIFY was processed)' unless $DEBUG;
+
+my $SIGNING_KEY = '0a1b2c3d' x 8;
+my $PG    = pg_start(tcp => 1);
+my $PROXY = pg_proxy();
+my $ADMIN = mint_token(sub => 'user_admin_086', metadata => { role => 'admin' },
+                       exp => int(time) + 900);
+
+sub conf {
+    my ($listen) = @_;
+    return <<"EOF";
+    tenant_database         "$PROXY->{conninfo}" pool=2 timeout=5s;
+    tenant_database_listen  $listen;
+    tenant_cache            zone=tenants:1m ttl=1s stale=5m;
+    tenant_token_cache      zone=tokens:1m;
+    tenant_jwks_file        %%JWKS%%;
+    tenant_signing_key      $SIGNING_KEY;
+    tenant_tier             starter features=api;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        listen 127.0.0.1:%%PORT2%% http2;
+
+        location /api/ {
+            tenant_gateway on;
+            proxy_pass     http://%%ECHO%%;
+        }
+
+        location /api/admin/tenants {
+            tenant_gateway admin;
+            tenant_admin;
+        }
+
+        location = /metrics {
+            tenant_metrics;
+        }
+    }
+EOF
+}
+
+my $NGX = nginx_start(workers => 2, error_level => 'debug',
+                      http => conf(qq{"$PG->{conninfo}"}));
+
+error_log_allow(
+    qr/\[warn\].*tenant: stopped listening for tenant changes/,
+    qr/\[info\].*tenant: idle PostgreSQL connection closed/,
+    qr/\[error\].*tenant: PostgreSQL failed while reading/,
+);
+
+my %TOKEN;
+
+# A gateway request of tenant $t: its answer, or (async) its handle.
+sub gw_args {
+    my ($t) = @_;
+    my $org = $t->{clerk_organization_id};
+    return (path => '/api/things', timeout => 15,
+            headers => [Authorization => 'Bearer '
+                            . ($TOKEN{$org} //= mint_token(org => $org)),
+                        'X-Organization-ID' => $org]);
+}
+
+sub gw       { return http(gw_args(@_)) }
+sub gw_async { return async_http(gw_args(@_)) }
+
+sub suspended {
+    my ($r) = @_;
+    return $r->{status} == 403 && ($r->{json}{type} // '') =~ /tenant_suspended$/;
+}
+
+# A lookup of tenant $t whose answer (active) PostgreSQL gave and the
+# proxy holds: the request's handle.
+sub held_lookup {
+    my ($t, $what) = @_;
+    $PROXY->hold($t->{clerk_organization_id});
+    my $h = gw_async($t);
+    ok $PROXY->wait_held(10), "$what: the lookup was answered (active), the answer is held";
+    return $h;
+}
+
+sub brief { my ($r) = @_; return "$r->{status} " . ($r->{json}{type} // '') }
+
+# Waits until a worker logged that the organization changed (NOTIFY).
+sub wait_notified {
+    my ($org, $mark) = @_;
+    my ($ok) = retry_until(5, sub { error_log(since => $mark) },
+                           sub { $_[0] =~ /tenant: organization "\Q$org\E" changed/ });
+    return $ok =~ /tenant: organization "\Q$org\E" changed/;
+}
+
+sub metric {
+    my ($name) = @_;
+    my $r = http(path => '/metrics');
+    my $sum = 0;
+    $sum += $1 while $r->{body} =~ /^\Q$name\E(?:\{[^}]*\})? (\d+)$/mg;
+    return $sum;
+}
+
+my $SEQ = 0;
+sub tenant {
+    my $n = ++$SEQ;
+    # organization ids that no other one contains: the proxy matches bytes
+    return create_tenant(org => "org_086_${n}_x", slug => "t086-$n", status => 'active');
+}
+
+
+# --- lookup ------------------------------------------------------------------
+
+{
+    my $t = tenant();
+    my $org = $t->{clerk_organization_id};
+
+    my $h = held_lookup($t, 'lookup');
+
+    my $mark = log_mark();
+    sql(q{UPDATE public.tenants SET subscription_status = 'suspended' WHERE id = $1}, $t->{id});
+    ok wait_notified($org, $mark), 'lookup: the gateway processed the NOTIFY';
+
+    $PROXY->release;
+    my $r = wait_http($h);
+    ok suspended($r), 'lookup: the request whose answer was overtaken asks again: 403 suspended'
+        or diag brief($r);
+
+    $r = gw($t);
+    ok suspended($r), 'lookup: the next request is refused (the old row was not cached)'
+        or diag brief($r);
+}
+
+
+# --- refresh -----------------------------------------------------------------
+
+{
+    my $t = tenant();
+    my $org = $t->{clerk_organization_id};
+
+    is gw($t)->{status}, 200, 'refresh: active tenant admitted (cached)';
+    sleep 1.5;                          # past ttl=1s
+
+    $PROXY->hold($org);
+    my $r = gw($t);
+    is $r->{status}, 200, 'refresh: past its TTL, the row is served while it is refreshed';
+    ok $PROXY->wait_held(10), 'refresh: the refresh was answered (active), the answer is held';
+
+    my $mark = log_mark();
+    sql(q{UPDATE public.tenants SET subscription_status = 'suspended' WHERE id = $1}, $t->{id});
+    ok wait_notified($org, $mark), 'refresh: the gateway processed the NOTIFY';
+
+    $PROXY->release;
+    sleep 0.5;                          # the refresh's answer is handled
+
+    for my $i (1 .. 3) {
+        $r = gw($t);
+        ok suspended($r), "refresh: request $i after the change is refused"
+            or diag brief($r);
+    }
+}
+
+
+# --- reconnect ---------------------------------------------------------------
+
+{
+    my $t = tenant();
+    my $org = $t->{clerk_organization_id};
+
+    my $h = held_lookup($t, 'reconnect');
+
+    # The change is made while nobody listens: the listener learns of it
+    # only by listening again (every row invalidated).
+    my $mark = log_mark();
+    sql(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE query = 'LISTEN tenant_changed'});
+    my ($lost) = retry_until(5, sub { error_log(since => $mark) },
+                             sub { $_[0] =~ /stopped listening/ });
+    like $lost, qr/stopped listening for tenant changes/, 'reconnect: the listener lost its connection';
+    sql(q{UPDATE public.tenants SET subscription_status = 'suspended' WHERE id = $1}, $t->{id});
+    my ($back) = retry_until(10, sub { error_log(since => $mark) },
+                             sub { $_[0] =~ /listening for tenant changes\n/ });
+    like $back, qr/\[notice\].*tenant: listening for tenant changes\n/, 'reconnect: the listener is back';
+
+    $PROXY->release;
+    my $r = wait_http($h);
+    ok suspended($r), 'reconnect: the request asks again: 403 suspended' or diag brief($r);
+    $r = gw($t);
+    ok suspended($r), 'reconnect: the next request is refused' or diag brief($r);
+}
+
+
+# --- admin (listener off: the admin API's own invalidation) ------------------
+
+nginx_stop();
+$NGX = nginx_start(workers => 2, error_level => 'debug', http => conf('off'));
+
+{
+    my $t = tenant();
+    my $h = held_lookup($t, 'admin');
+
+    my $r = http(method => 'PATCH', path => "/api/admin/tenants/$t->{id}",
+                 headers => [Authorization => "Bearer $ADMIN",
+                             'Content-Type' => 'application/json'],
+                 body => '{"subscriptionStatus":"suspended"}');
+    is $r->{status}, 200, 'admin: PATCH suspended answered 200';
+
+    $PROXY->release;
+    $r = wait_http($h);
+    ok suspended($r), 'admin: the request asks again: 403 suspended' or diag brief($r);
+    $r = gw($t);
+    ok suspended($r), 'admin: the next request is refused' or diag brief($r);
+}
+
+
+done_testing();
