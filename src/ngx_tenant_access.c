@@ -692,6 +692,9 @@ ngx_tenant_access_query(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     cln->handler = ngx_tenant_access_cleanup;
     cln->data = ctx;
 
+    /* a client that goes away ends the request meanwhile (499) */
+    r->read_event_handler = ngx_http_test_reading;
+
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "tenant: looking up organization \"%s\"", ctx->org_id);
 
@@ -815,6 +818,7 @@ ngx_tenant_lookup_done(ngx_tenant_pg_req_t *req, PGresult *res)
 
     ngx_http_set_log_request(c->log, r);
 
+    r->read_event_handler = ngx_http_block_reading;
     r->write_event_handler(r);
     ngx_http_run_posted_requests(c);
 }
@@ -1050,6 +1054,14 @@ ngx_tenant_record_from_row(PGresult *res, ngx_tenant_record_t *rec)
 }
 
 
+/*
+ * The request goes away while its lookup is in flight (its client went
+ * away: ngx_http_test_reading() while it waits; worker_shutdown_timeout):
+ * the query runs on, detached, on its connection, which stays in the
+ * pool, and its answer fills the cache (ngx_tenant_lookup_done).  One
+ * still waiting for a connection is dropped.
+ */
+
 static void
 ngx_tenant_access_cleanup(void *data)
 {
@@ -1063,9 +1075,16 @@ ngx_tenant_access_cleanup(void *data)
 
     lk = ctx->query->data;
     ctx->query = NULL;
+    lk->request = NULL;
 
-    ngx_tenant_pg_cancel(&lk->query);
-    ngx_destroy_pool(lk->pool);
+    if (ngx_tenant_pg_orphan(&lk->query) != NGX_AGAIN) {
+        ngx_destroy_pool(lk->pool);
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "tenant: request gone, its lookup of organization "
+                   "\"%s\" runs on", lk->org_id);
 }
 
 

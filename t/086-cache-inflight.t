@@ -20,6 +20,12 @@
 #   reconnect the listener's connection lost and back while the answer
 #             is held: everything is invalidated, the held answer is not
 #             cached
+#   abort     (issue 11, item 11) the client goes away (HTTP/1.1: closes
+#             its socket; HTTP/2: curl gives up) while its lookup is held:
+#             the request ends at once (499), its query runs on detached:
+#             no PostgreSQL connection is closed or opened, and the
+#             answer, once delivered, is cached (the next request of that
+#             organization makes no query)
 
 use strict;
 use warnings;
@@ -28,7 +34,9 @@ use lib "$FindBin::Bin/lib";
 
 use TenantTest;
 use Test::More;
-use Time::HiRes qw(time sleep);
+use IO::Socket::INET ();
+use POSIX            ();
+use Time::HiRes      qw(time sleep);
 
 
 my $DEBUG = `$TenantTest::NGINX -V 2>&1` =~ /--with-debug/;
@@ -42,11 +50,12 @@ my $ADMIN = mint_token(sub => 'user_admin_086', metadata => { role => 'admin' },
                        exp => int(time) + 900);
 
 sub conf {
-    my ($listen) = @_;
+    my ($listen, $ttl) = @_;
+    $ttl //= '1s';
     return <<"EOF";
     tenant_database         "$PROXY->{conninfo}" pool=2 timeout=5s;
     tenant_database_listen  $listen;
-    tenant_cache            zone=tenants:1m ttl=1s stale=5m;
+    tenant_cache            zone=tenants:1m ttl=$ttl stale=5m;
     tenant_token_cache      zone=tokens:1m;
     tenant_jwks_file        %%JWKS%%;
     tenant_signing_key      $SIGNING_KEY;
@@ -221,8 +230,9 @@ sub tenant {
 
 # --- admin (listener off: the admin API's own invalidation) ------------------
 
+# ttl=30s: the abort part counts queries (no refresh may run)
 nginx_stop();
-$NGX = nginx_start(workers => 2, error_level => 'debug', http => conf('off'));
+$NGX = nginx_start(workers => 2, error_level => 'debug', http => conf('off', '30s'));
 
 {
     my $t = tenant();
@@ -240,6 +250,77 @@ $NGX = nginx_start(workers => 2, error_level => 'debug', http => conf('off'));
     $r = gw($t);
     ok suspended($r), 'admin: the next request is refused' or diag brief($r);
 }
+
+
+
+# --- abort -------------------------------------------------------------------
+
+# Client $how (a sub: sends the request of tenant $t, returns once the
+# client is gone) while its lookup is held.
+sub abort_case {
+    my ($what, $t, $how) = @_;
+    my $org = $t->{clerk_organization_id};
+
+    $PROXY->hold($org);
+    my $mark = log_mark();
+    my $st0 = $PROXY->status;
+    my $q0 = metric('tenant_db_queries_total');
+
+    $how->($t);
+
+    my ($log) = retry_until(3, sub { error_log(since => $mark) },
+                            sub { $_[0] =~ /request gone, its lookup of organization "\Q$org\E" runs on/ });
+    like $log, qr/request gone, its lookup of organization "\Q$org\E" runs on/,
+        "abort $what: the request ended when its client went away, its lookup runs on";
+    like $log, qr/\[info\].*client prematurely closed connection/,
+        "abort $what: nginx logged the client's close";
+
+    $PROXY->release;
+    sleep 0.3;                          # the answer is handled
+    my $st1 = $PROXY->status;
+    is_deeply [@$st1{qw(accepted open)}], [@$st0{qw(accepted open)}],
+        "abort $what: no PostgreSQL connection closed or opened ($st1->{open} open, "
+        . "$st1->{accepted} accepted)";
+
+    my $r = gw($t);
+    is $r->{status}, 200, "abort $what: the next request of the organization: 200";
+    is metric('tenant_db_queries_total') - $q0, 1,
+        "abort $what: ... served from the cache (one query in all: the aborted one's)";
+    is $PROXY->status->{accepted}, $st0->{accepted}, "abort $what: still no new connection";
+}
+
+is gw(tenant())->{status}, 200, 'abort: a first lookup opens a pool connection';
+is gw(tenant())->{status}, 200, 'abort: a second lookup';
+
+abort_case('HTTP/1.1', tenant(), sub {
+    my ($t) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $NGX->{port})
+        or die "connect: $!";
+    my %h = gw_args($t);
+    my @h = @{ $h{headers} };
+    syswrite $s, "GET $h{path} HTTP/1.1\r\nHost: localhost\r\n"
+                 . join('', map { "$h[2 * $_]: $h[2 * $_ + 1]\r\n" } 0 .. $#h / 2)
+                 . "\r\n";
+    ok $PROXY->wait_held(10), 'abort HTTP/1.1: the lookup was answered, the answer is held';
+    close $s;
+});
+
+abort_case('HTTP/2', tenant(), sub {
+    my ($t) = @_;
+    my %h = gw_args($t);
+    my @h = @{ $h{headers} };
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        open STDOUT, '>', '/dev/null';
+        { exec 'curl', '-s', '--http2-prior-knowledge', '--max-time', '30',
+               (map { ('-H', "$h[2 * $_]: $h[2 * $_ + 1]") } 0 .. $#h / 2),
+               "http://127.0.0.1:$NGX->{port2}$h{path}" }
+        POSIX::_exit(127);
+    }
+    ok $PROXY->wait_held(10), 'abort HTTP/2: the lookup was answered, the answer is held';
+    kill 'TERM', $pid;                  # the client gives up
+    waitpid $pid, 0;
+});
 
 
 done_testing();
