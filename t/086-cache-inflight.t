@@ -17,6 +17,9 @@
 #             refresh, not to the ones after the change
 #   admin     the same with the change made through tenant_admin (PATCH),
 #             the listener off: the admin API's own invalidation holds
+#   evicted   the same in a small zone where lookups of other (unknown)
+#             organizations evict the suspended tenant's tombstone before
+#             the held answer arrives: still not cached (the zone's floor)
 #   reconnect the listener's connection lost and back while the answer
 #             is held: everything is invalidated, the held answer is not
 #             cached
@@ -50,12 +53,13 @@ my $ADMIN = mint_token(sub => 'user_admin_086', metadata => { role => 'admin' },
                        exp => int(time) + 900);
 
 sub conf {
-    my ($listen, $ttl) = @_;
+    my ($listen, $ttl, $zone) = @_;
     $ttl //= '1s';
+    $zone //= '1m';
     return <<"EOF";
     tenant_database         "$PROXY->{conninfo}" pool=2 timeout=5s;
     tenant_database_listen  $listen;
-    tenant_cache            zone=tenants:1m ttl=$ttl stale=5m;
+    tenant_cache            zone=tenants:$zone ttl=$ttl stale=5m;
     tenant_token_cache      zone=tokens:1m;
     tenant_jwks_file        %%JWKS%%;
     tenant_signing_key      $SIGNING_KEY;
@@ -131,6 +135,16 @@ sub wait_notified {
     return $ok =~ /tenant: organization "\Q$org\E" changed/;
 }
 
+# Suspends tenant $t in the database (its trigger sends the NOTIFY) and
+# waits until the gateway processed the notification.
+sub suspend_notified {
+    my ($t, $what) = @_;
+    my $mark = log_mark();
+    sql(q{UPDATE public.tenants SET subscription_status = 'suspended' WHERE id = $1}, $t->{id});
+    ok wait_notified($t->{clerk_organization_id}, $mark),
+        "$what: suspended, the gateway processed the NOTIFY";
+}
+
 sub metric {
     my ($name) = @_;
     my $r = http(path => '/metrics');
@@ -151,13 +165,9 @@ sub tenant {
 
 {
     my $t = tenant();
-    my $org = $t->{clerk_organization_id};
-
     my $h = held_lookup($t, 'lookup');
 
-    my $mark = log_mark();
-    sql(q{UPDATE public.tenants SET subscription_status = 'suspended' WHERE id = $1}, $t->{id});
-    ok wait_notified($org, $mark), 'lookup: the gateway processed the NOTIFY';
+    suspend_notified($t, 'lookup');
 
     $PROXY->release;
     my $r = wait_http($h);
@@ -184,9 +194,7 @@ sub tenant {
     is $r->{status}, 200, 'refresh: past its TTL, the row is served while it is refreshed';
     ok $PROXY->wait_held(10), 'refresh: the refresh was answered (active), the answer is held';
 
-    my $mark = log_mark();
-    sql(q{UPDATE public.tenants SET subscription_status = 'suspended' WHERE id = $1}, $t->{id});
-    ok wait_notified($org, $mark), 'refresh: the gateway processed the NOTIFY';
+    suspend_notified($t, 'refresh');
 
     $PROXY->release;
     sleep 0.5;                          # the refresh's answer is handled
@@ -321,6 +329,39 @@ abort_case('HTTP/2', tenant(), sub {
     kill 'TERM', $pid;                  # the client gives up
     waitpid $pid, 0;
 });
+
+
+
+# --- evicted (a small zone: the tombstone is evicted by the LRU) -------------
+
+nginx_stop();
+$NGX = nginx_start(workers => 2, error_level => 'debug',
+                   http => conf(qq{"$PG->{conninfo}"}, '30s', '32k'));
+
+{
+    my $t = tenant();
+    my $h = held_lookup($t, 'evicted');
+
+    suspend_notified($t, 'evicted');
+
+    # unknown organizations: each a lookup and a negative entry, until the
+    # LRU has evicted more entries than the zone holds
+    my $ev0 = metric('tenant_cache_evictions_total{cache="tenant"}');
+    my ($n, $ev) = (0, 0);
+    while ($n < 400) {
+        my $u = { clerk_organization_id => "org_086_unknown_" . ++$n . '_x' };
+        gw($u);
+        $ev = metric('tenant_cache_evictions_total{cache="tenant"}') - $ev0;
+        last if $ev > 2 * metric('tenant_cache_entries{cache="tenant"}');
+    }
+    ok $ev > 0, "evicted: $n lookups of unknown organizations, $ev evictions";
+
+    $PROXY->release;
+    my $r = wait_http($h);
+    ok suspended($r), 'evicted: the request asks again: 403 suspended' or diag brief($r);
+    $r = gw($t);
+    ok suspended($r), 'evicted: the next request is refused' or diag brief($r);
+}
 
 
 done_testing();
