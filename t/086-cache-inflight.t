@@ -17,6 +17,10 @@
 #             refresh, not to the ones after the change
 #   admin     the same with the change made through tenant_admin (PATCH),
 #             the listener off: the admin API's own invalidation holds
+#   cron      the same with the trial job (listener off): a past trial
+#             becomes "expired" while the answer ("trial") is held; the
+#             gateway's status ($tenant_status) is "expired" afterwards,
+#             not the old row's "trial" (both are refused with 402)
 #   evicted   the same in a small zone where lookups of other (unknown)
 #             organizations evict the suspended tenant's tombstone before
 #             the held answer arrives: still not cached (the zone's floor)
@@ -47,6 +51,7 @@ plan skip_all => 'needs a debug build of nginx (its debug log says when '
                . 'a NOTIFY was processed)' unless $DEBUG;
 
 my $SIGNING_KEY = '0a1b2c3d' x 8;
+my $CRON_SECRET = 'cron-secret-086-0123456789abcdefghij';
 my $PG    = pg_start(tcp => 1);
 my $PROXY = pg_proxy();
 my $ADMIN = mint_token(sub => 'user_admin_086', metadata => { role => 'admin' },
@@ -64,10 +69,16 @@ sub conf {
     tenant_jwks_file        %%JWKS%%;
     tenant_signing_key      $SIGNING_KEY;
     tenant_tier             starter features=api;
+    tenant_cron_secret      "$CRON_SECRET";
 
     server {
         listen 127.0.0.1:%%PORT%%;
         listen 127.0.0.1:%%PORT2%% http2;
+        add_header X-Tenant-Status \$tenant_status always;
+
+        location = /api/cron/expire-trials {
+            tenant_cron_expire_trials;
+        }
 
         location /api/ {
             tenant_gateway on;
@@ -115,13 +126,13 @@ sub suspended {
     return $r->{status} == 403 && ($r->{json}{type} // '') =~ /tenant_suspended$/;
 }
 
-# A lookup of tenant $t whose answer (active) PostgreSQL gave and the
+# A lookup of tenant $t whose answer (the old row) PostgreSQL gave and the
 # proxy holds: the request's handle.
 sub held_lookup {
     my ($t, $what) = @_;
     $PROXY->hold($t->{clerk_organization_id});
     my $h = gw_async($t);
-    ok $PROXY->wait_held(10), "$what: the lookup was answered (active), the answer is held";
+    ok $PROXY->wait_held(10), "$what: the lookup was answered (the old row), the answer is held";
     return $h;
 }
 
@@ -257,6 +268,23 @@ $NGX = nginx_start(workers => 2, error_level => 'debug', http => conf('off', '30
     ok suspended($r), 'admin: the request asks again: 403 suspended' or diag brief($r);
     $r = gw($t);
     ok suspended($r), 'admin: the next request is refused' or diag brief($r);
+}
+
+{
+    my $t = create_tenant(org => 'org_086_trial_x', slug => 't086-trial',
+                          status => 'trial', trial_ends_at => -60);
+    my $h = held_lookup($t, 'cron');
+
+    my $r = http(method => 'POST', path => '/api/cron/expire-trials',
+                 headers => [Authorization => "Bearer $CRON_SECRET"]);
+    is $r->{json}{expired}, 1, 'cron: the trial job expired the trial';
+
+    $PROXY->release;
+    for my $which ('the request that asks again', 'the next request') {
+        $r = $which eq 'the next request' ? gw($t) : wait_http($h);
+        is "$r->{status} " . ($r->{headers}{'x-tenant-status'}[0] // ''), '402 expired',
+            "cron: $which: 402, the new row's status (expired)";
+    }
 }
 
 
