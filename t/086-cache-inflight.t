@@ -311,8 +311,11 @@ sub abort_case {
     like $log, qr/\[info\].*client prematurely closed connection/,
         "abort $what: nginx logged the client's close";
 
+    my $e0 = metric('tenant_cache_entries{cache="tenant"}');
     $PROXY->release;
-    sleep 0.3;                          # the answer is handled
+    my ($e1) = retry_until(5, sub { metric('tenant_cache_entries{cache="tenant"}') },
+                           sub { $_[0] > $e0 });
+    is $e1, $e0 + 1, "abort $what: the answer went into the cache (tenant_cache_entries + 1)";
     my $st1 = $PROXY->status;
     is_deeply [@$st1{qw(accepted open)}], [@$st0{qw(accepted open)}],
         "abort $what: no PostgreSQL connection closed or opened ($st1->{open} open, "
