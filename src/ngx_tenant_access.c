@@ -41,13 +41,24 @@ typedef struct {
 } ngx_tenant_refusal_t;
 
 
+/*
+ * A tenant lookup, in a pool of its own: it outlives the request that
+ * started it (a background refresh; a request whose client went away),
+ * and its answer still goes into the cache.
+ */
+
 typedef struct {
     ngx_pool_t               *pool;
     ngx_tenant_main_conf_t   *tmcf;
+    ngx_http_request_t       *request;       /* waiting for it, or NULL */
     ngx_tenant_pg_req_t       query;
+    ngx_uint_t                generation;    /* the cache's, when sent */
+    unsigned                  refresh:1;
+    unsigned                  superseded:1;  /* changed while in flight */
+    unsigned                  again:1;       /* sent a second time */
     size_t                    org_id_len;
     u_char                    org_id[TENANT_ORG_ID_MAX + 1];
-} ngx_tenant_refresh_t;
+} ngx_tenant_lookup_t;
 
 
 typedef struct {
@@ -127,16 +138,16 @@ static ngx_int_t ngx_tenant_access_cookie(ngx_http_request_t *r,
 static ngx_uint_t ngx_tenant_is_preflight(ngx_http_request_t *r);
 static ngx_int_t ngx_tenant_access_query(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
-static void ngx_tenant_access_db_done(ngx_tenant_pg_req_t *req,
+static ngx_tenant_lookup_t *ngx_tenant_lookup_create(
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+static ngx_int_t ngx_tenant_lookup_send(ngx_tenant_lookup_t *lk);
+static void ngx_tenant_lookup_done(ngx_tenant_pg_req_t *req,
     PGresult *res);
-static ngx_tenant_db_result_e ngx_tenant_store(ngx_tenant_main_conf_t *tmcf,
-    u_char *org, size_t len, PGresult *res, ngx_tenant_record_t *rec,
-    ngx_log_t *log);
+static ngx_tenant_db_result_e ngx_tenant_store(ngx_tenant_lookup_t *lk,
+    PGresult *res, ngx_tenant_record_t *rec, ngx_log_t *log);
 static void ngx_tenant_refresh(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
-static void ngx_tenant_refresh_done(ngx_tenant_pg_req_t *req,
-    PGresult *res);
-static void ngx_tenant_refresh_failed(ngx_tenant_refresh_t *rf);
+static void ngx_tenant_refresh_failed(ngx_tenant_lookup_t *lk);
 static ngx_int_t ngx_tenant_refresh_claim(void *value, void *data);
 static ngx_int_t ngx_tenant_record_from_row(PGresult *res,
     ngx_tenant_record_t *rec);
@@ -707,31 +718,24 @@ static ngx_int_t
 ngx_tenant_access_query(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ngx_tenant_ctx_t *ctx)
 {
-    ngx_int_t             rc;
-    ngx_tenant_pg_req_t  *req;
     ngx_http_cleanup_t   *cln;
-
-    req = ngx_pcalloc(r->pool, sizeof(ngx_tenant_pg_req_t));
-    if (req == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    ngx_tenant_lookup_t  *lk;
 
     cln = ngx_http_cleanup_add(r, 0);
     if (cln == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    req->handler = ngx_tenant_access_db_done;
-    req->data = r;
-    req->sql = ngx_tenant_lookup_sql;
-    req->nparams = 1;
-    req->values[0] = (const char *) ctx->org_id;
-    req->lengths[0] = (int) ctx->org_id_len;
-    req->resend = 1;
+    lk = ngx_tenant_lookup_create(tmcf, ctx);
+    if (lk == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
-    rc = ngx_tenant_pg_query(tmcf->pg, req);
+    lk->request = r;
 
-    if (rc == NGX_DECLINED) {
+    if (ngx_tenant_lookup_send(lk) == NGX_DECLINED) {
+        ngx_destroy_pool(lk->pool);
+
         /* the database failed moments ago: do not wait for it again */
         ctx->db_result = NGX_TENANT_DB_ERROR;
         ctx->state = NGX_TENANT_STATE_RESOLVED;
@@ -740,11 +744,14 @@ ngx_tenant_access_query(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
                    ngx_http_get_module_loc_conf(r, ngx_tenant_module), ctx);
     }
 
-    ctx->query = req;
+    ctx->query = &lk->query;
     ctx->state = NGX_TENANT_STATE_WAIT_DB;
 
     cln->handler = ngx_tenant_access_cleanup;
     cln->data = ctx;
+
+    /* a client that goes away ends the request meanwhile (499) */
+    r->read_event_handler = ngx_http_test_reading;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "tenant: looking up organization \"%s\"", ctx->org_id);
@@ -753,43 +760,147 @@ ngx_tenant_access_query(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 }
 
 
-static void
-ngx_tenant_access_db_done(ngx_tenant_pg_req_t *req, PGresult *res)
+static ngx_tenant_lookup_t *
+ngx_tenant_lookup_create(ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx)
 {
-    ngx_http_request_t      *r;
+    ngx_pool_t           *pool;
+    ngx_tenant_lookup_t  *lk;
+
+    pool = ngx_create_pool(1024, ngx_cycle->log);
+    if (pool == NULL) {
+        return NULL;
+    }
+
+    lk = ngx_pcalloc(pool, sizeof(ngx_tenant_lookup_t));
+    if (lk == NULL) {
+        ngx_destroy_pool(pool);
+        return NULL;
+    }
+
+    lk->pool = pool;
+    lk->tmcf = tmcf;
+    lk->org_id_len = ctx->org_id_len;
+    ngx_memcpy(lk->org_id, ctx->org_id, ctx->org_id_len + 1);
+
+    lk->query.handler = ngx_tenant_lookup_done;
+    lk->query.data = lk;
+    lk->query.sql = ngx_tenant_lookup_sql;
+    lk->query.nparams = 1;
+    lk->query.values[0] = (const char *) lk->org_id;
+    lk->query.lengths[0] = (int) lk->org_id_len;
+    lk->query.resend = 1;
+
+    return lk;
+}
+
+
+/*
+ * The cache's generation is read before the query leaves: an
+ * invalidation of the organization after this point makes the answer
+ * unfit for the cache (ngx_tenant_store).
+ */
+
+static ngx_int_t
+ngx_tenant_lookup_send(ngx_tenant_lookup_t *lk)
+{
+    lk->generation = ngx_tenant_cache_generation(lk->tmcf->tenant_cache);
+    lk->superseded = 0;
+
+    return ngx_tenant_pg_query(lk->tmcf->pg, &lk->query);
+}
+
+
+/*
+ * The answer of a lookup.  A request waiting for it is resumed; when the
+ * organization changed while the answer was on its way (an invalidation
+ * came after the query left), the request asks once more instead of
+ * acting on what may be the old row, and acts on the second answer
+ * (cached only if nothing changed meanwhile again).  A lookup nobody
+ * waits for (a background refresh, a request whose client went away)
+ * only fills the cache.
+ */
+
+static void
+ngx_tenant_lookup_done(ngx_tenant_pg_req_t *req, PGresult *res)
+{
     ngx_connection_t        *c;
     ngx_tenant_ctx_t        *ctx;
+    ngx_http_request_t      *r;
+    ngx_tenant_lookup_t     *lk;
+    ngx_tenant_record_t      rec;
+    ngx_tenant_db_result_e   rc;
 
-    r = req->data;
+    lk = req->data;
+    r = lk->request;
+
+    rc = ngx_tenant_store(lk, res, &rec, r ? r->connection->log
+                                           : ngx_cycle->log);
+
+    if (r == NULL) {
+        if (rc == NGX_TENANT_DB_ERROR && lk->refresh) {
+            ngx_tenant_refresh_failed(lk);
+            return;
+        }
+
+        ngx_destroy_pool(lk->pool);
+        return;
+    }
+
     c = r->connection;
+
+    if (lk->superseded && !lk->again) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                       "tenant: organization \"%s\" changed during its "
+                       "lookup, looking it up again", lk->org_id);
+
+        lk->again = 1;
+
+        if (ngx_tenant_lookup_send(lk) == NGX_AGAIN) {
+            return;
+        }
+
+        rc = NGX_TENANT_DB_ERROR;
+    }
 
     ctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
 
     ctx->query = NULL;
     ctx->state = NGX_TENANT_STATE_RESOLVED;
-    ctx->db_result = ngx_tenant_store(
-                         ngx_http_get_module_main_conf(r, ngx_tenant_module),
-                         ctx->org_id, ctx->org_id_len, res, &ctx->tenant,
-                         c->log);
+    ctx->db_result = rc;
+
+    if (rc != NGX_TENANT_DB_ERROR) {
+        ctx->tenant = rec;
+    }
+
+    ngx_destroy_pool(lk->pool);
 
     ngx_http_set_log_request(c->log, r);
 
+    r->read_event_handler = ngx_http_block_reading;
     r->write_event_handler(r);
     ngx_http_run_posted_requests(c);
 }
 
 
-/* Caches what the lookup found (or that it found nothing). */
+/*
+ * Caches what the lookup found (or that it found nothing), unless the
+ * organization was invalidated after the query left: lk->superseded.
+ */
 
 static ngx_tenant_db_result_e
-ngx_tenant_store(ngx_tenant_main_conf_t *tmcf, u_char *org, size_t len,
-    PGresult *res, ngx_tenant_record_t *rec, ngx_log_t *log)
+ngx_tenant_store(ngx_tenant_lookup_t *lk, PGresult *res,
+    ngx_tenant_record_t *rec, ngx_log_t *log)
 {
-    u_char  *msg, *p;
+    u_char                  *msg, *p;
+    time_t                   expire;
+    ngx_tenant_main_conf_t  *tmcf;
+    ngx_tenant_db_result_e   rc;
 
     if (res == NULL) {
         return NGX_TENANT_DB_ERROR;
     }
+
+    tmcf = lk->tmcf;
 
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         msg = (u_char *) PQresultErrorMessage(res);
@@ -805,23 +916,33 @@ ngx_tenant_store(ngx_tenant_main_conf_t *tmcf, u_char *org, size_t len,
     rec->fetched = ngx_time();
 
     if (PQntuples(res) == 0) {
-        (void) ngx_tenant_cache_put(tmcf->tenant_cache, org, len, rec,
-                                    rec->fetched + tmcf->tenant_negative_ttl);
-        return NGX_TENANT_DB_NOT_FOUND;
-    }
+        rc = NGX_TENANT_DB_NOT_FOUND;
+        expire = rec->fetched + tmcf->tenant_negative_ttl;
 
-    if (ngx_tenant_record_from_row(res, rec) != NGX_OK) {
+    } else if (ngx_tenant_record_from_row(res, rec) == NGX_OK) {
+        rc = NGX_TENANT_DB_FOUND;
+        expire = rec->fetched + tmcf->tenant_ttl + tmcf->tenant_stale;
+
+    } else {
         ngx_log_error(NGX_LOG_ERR, log, 0,
                       "tenant: the tenants row of organization \"%*s\" "
-                      "has a value out of bounds", len, org);
+                      "has a value out of bounds", lk->org_id_len,
+                      lk->org_id);
         return NGX_TENANT_DB_ERROR;
     }
 
-    (void) ngx_tenant_cache_put(tmcf->tenant_cache, org, len, rec,
-                                rec->fetched + tmcf->tenant_ttl
-                                + tmcf->tenant_stale);
+    if (ngx_tenant_cache_put_since(tmcf->tenant_cache, lk->org_id,
+                                   lk->org_id_len, rec, expire,
+                                   lk->generation)
+        == NGX_DECLINED)
+    {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
+                       "tenant: organization \"%s\" changed since its "
+                       "lookup was sent: answer not cached", lk->org_id);
+        lk->superseded = 1;
+    }
 
-    return NGX_TENANT_DB_FOUND;
+    return rc;
 }
 
 
@@ -837,9 +958,8 @@ ngx_tenant_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ngx_tenant_ctx_t *ctx)
 {
     time_t                   now;
-    ngx_pool_t              *pool;
     ngx_tenant_claim_t       claim;
-    ngx_tenant_refresh_t    *rf;
+    ngx_tenant_lookup_t     *lk;
 
     now = ngx_time();
 
@@ -867,37 +987,33 @@ ngx_tenant_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         return;
     }
 
-    pool = ngx_create_pool(1024, ngx_cycle->log);
-    if (pool == NULL) {
+    lk = ngx_tenant_lookup_create(tmcf, ctx);
+    if (lk == NULL) {
         return;
     }
 
-    rf = ngx_pcalloc(pool, sizeof(ngx_tenant_refresh_t));
-    if (rf == NULL) {
-        ngx_destroy_pool(pool);
-        return;
-    }
-
-    rf->pool = pool;
-    rf->tmcf = tmcf;
-    rf->org_id_len = ctx->org_id_len;
-    ngx_memcpy(rf->org_id, ctx->org_id, ctx->org_id_len + 1);
-
-    rf->query.handler = ngx_tenant_refresh_done;
-    rf->query.data = rf;
-    rf->query.sql = ngx_tenant_lookup_sql;
-    rf->query.nparams = 1;
-    rf->query.values[0] = (const char *) rf->org_id;
-    rf->query.lengths[0] = (int) rf->org_id_len;
-    rf->query.cancelable = 1;
-    rf->query.resend = 1;
+    lk->refresh = 1;
+    lk->query.cancelable = 1;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "tenant: refreshing organization \"%s\"", rf->org_id);
+                   "tenant: refreshing organization \"%s\"", lk->org_id);
 
-    if (ngx_tenant_pg_query(tmcf->pg, &rf->query) != NGX_AGAIN) {
-        ngx_tenant_refresh_failed(rf);
+    if (ngx_tenant_lookup_send(lk) != NGX_AGAIN) {
+        ngx_tenant_refresh_failed(lk);
     }
+}
+
+
+/* The stale row stays in use until it is refreshed or expires. */
+
+static void
+ngx_tenant_refresh_failed(ngx_tenant_lookup_t *lk)
+{
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "tenant: database unavailable, serving the cached tenant "
+                  "of organization \"%s\" past its TTL", lk->org_id);
+
+    ngx_destroy_pool(lk->pool);
 }
 
 
@@ -918,39 +1034,6 @@ ngx_tenant_refresh_claim(void *value, void *data)
     rec->refresh_at = claim->until;
 
     return NGX_OK;
-}
-
-
-static void
-ngx_tenant_refresh_done(ngx_tenant_pg_req_t *req, PGresult *res)
-{
-    ngx_tenant_record_t    rec;
-    ngx_tenant_refresh_t  *rf;
-
-    rf = req->data;
-
-    if (ngx_tenant_store(rf->tmcf, rf->org_id, rf->org_id_len, res, &rec,
-                         ngx_cycle->log)
-        == NGX_TENANT_DB_ERROR)
-    {
-        ngx_tenant_refresh_failed(rf);
-        return;
-    }
-
-    ngx_destroy_pool(rf->pool);
-}
-
-
-/* The stale row stays in use until it is refreshed or expires. */
-
-static void
-ngx_tenant_refresh_failed(ngx_tenant_refresh_t *rf)
-{
-    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                  "tenant: database unavailable, serving the cached tenant "
-                  "of organization \"%s\" past its TTL", rf->org_id);
-
-    ngx_destroy_pool(rf->pool);
 }
 
 
@@ -1029,15 +1112,37 @@ ngx_tenant_record_from_row(PGresult *res, ngx_tenant_record_t *rec)
 }
 
 
+/*
+ * The request goes away while its lookup is in flight (its client went
+ * away: ngx_http_test_reading() while it waits; worker_shutdown_timeout):
+ * the query runs on, detached, on its connection, which stays in the
+ * pool, and its answer fills the cache (ngx_tenant_lookup_done).  One
+ * still waiting for a connection is dropped.
+ */
+
 static void
 ngx_tenant_access_cleanup(void *data)
 {
     ngx_tenant_ctx_t  *ctx = data;
 
-    if (ctx->query) {
-        ngx_tenant_pg_cancel(ctx->query);
-        ctx->query = NULL;
+    ngx_tenant_lookup_t  *lk;
+
+    if (ctx->query == NULL) {
+        return;
     }
+
+    lk = ctx->query->data;
+    ctx->query = NULL;
+    lk->request = NULL;
+
+    if (ngx_tenant_pg_orphan(&lk->query) != NGX_AGAIN) {
+        ngx_destroy_pool(lk->pool);
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "tenant: request gone, its lookup of organization "
+                   "\"%s\" runs on", lk->org_id);
 }
 
 

@@ -17,13 +17,22 @@
 #define NGX_TENANT_CACHE_EXPIRE_STEP   2     /* expired entries per put */
 #define NGX_TENANT_CACHE_EVICT_MAX     16    /* LRU victims per put */
 
+/*
+ * How long a tombstone stays: longer than any answer can be in flight
+ * (a database wait is bounded by tenant_database's timeout, seconds).
+ * Not needed for correctness: a tombstone dropped earlier raises the
+ * zone's floor, which only refuses more answers than needed.
+ */
+#define NGX_TENANT_CACHE_TOMBSTONE     60
+
 
 typedef struct {
     u_char                    color;
-    u_char                    dummy;
+    u_char                    tomb;          /* invalidated: no value */
     u_short                   key_len;
     ngx_queue_t               queue;
     time_t                    expire;
+    ngx_uint_t                generation;    /* of its last invalidation */
     u_char                    data[1];       /* key, then value */
 } ngx_tenant_cache_node_t;
 
@@ -32,7 +41,7 @@ typedef struct {
  * The value starts key_max bytes into data, key_max being aligned: the
  * handlers of apply/update/walk get a pointer to a struct in place, which
  * must be aligned for its type (data is: the node comes from the slab
- * allocator and data is 32 bytes into it).
+ * allocator and data is 40 bytes into it).
  */
 
 #define ngx_tenant_cache_value(cache, cn)  ((cn)->data + (cache)->key_max)
@@ -49,6 +58,9 @@ static ngx_rbtree_node_t *ngx_tenant_cache_lookup(ngx_tenant_cache_t *cache,
     u_char *key, size_t key_len, uint32_t hash);
 static ngx_tenant_cache_node_t *ngx_tenant_cache_find_or_add(
     ngx_tenant_cache_t *cache, u_char *key, size_t key_len);
+static ngx_int_t ngx_tenant_cache_store(ngx_tenant_cache_t *cache,
+    u_char *key, size_t key_len, void *value, time_t expire,
+    ngx_uint_t check, ngx_uint_t since);
 static void ngx_tenant_cache_free_node(ngx_tenant_cache_t *cache,
     ngx_rbtree_node_t *node);
 static void ngx_tenant_cache_expire(ngx_tenant_cache_t *cache, time_t now,
@@ -207,7 +219,10 @@ ngx_tenant_cache_get(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
     if (node) {
         cn = (ngx_tenant_cache_node_t *) &node->color;
 
-        if (cn->expire > ngx_tenant_cache_now(cache)) {
+        if (cn->tomb) {
+            /* a miss; the tombstone stays until its time is up */
+
+        } else if (cn->expire > ngx_tenant_cache_now(cache)) {
             ngx_queue_remove(&cn->queue);
             ngx_queue_insert_head(&cache->sh->queue, &cn->queue);
 
@@ -233,6 +248,32 @@ ngx_int_t
 ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
     void *value, time_t expire)
 {
+    return ngx_tenant_cache_store(cache, key, key_len, value, expire, 0, 0);
+}
+
+
+ngx_uint_t
+ngx_tenant_cache_generation(ngx_tenant_cache_t *cache)
+{
+    return cache->sh->generation;
+}
+
+
+ngx_int_t
+ngx_tenant_cache_put_since(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len, void *value, time_t expire, ngx_uint_t since)
+{
+    return ngx_tenant_cache_store(cache, key, key_len, value, expire, 1,
+                                  since);
+}
+
+
+static ngx_int_t
+ngx_tenant_cache_store(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len, void *value, time_t expire, ngx_uint_t check,
+    ngx_uint_t since)
+{
+    ngx_rbtree_node_t        *node;
     ngx_tenant_cache_node_t  *cn;
 
     /* defensive: every caller's key fits (a SHA-256, an org id of at
@@ -244,6 +285,26 @@ ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
 
     ngx_shmtx_lock(&cache->shpool->mutex);
 
+    if (check) {
+
+        /* an answer asked for before the last invalidation of its key,
+         * or before one that was forgotten, may be the old value */
+
+        if (since < cache->sh->forgotten) {
+            goto refused;
+        }
+
+        node = ngx_tenant_cache_lookup(cache, key, key_len,
+                                       ngx_crc32_short(key, key_len));
+        if (node) {
+            cn = (ngx_tenant_cache_node_t *) &node->color;
+
+            if (since < cn->generation) {
+                goto refused;
+            }
+        }
+    }
+
     cn = ngx_tenant_cache_find_or_add(cache, key, key_len);
 
     if (cn == NULL) {
@@ -253,10 +314,17 @@ ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key, size_t key_len,
 
     ngx_memcpy(ngx_tenant_cache_value(cache, cn), value, cache->value_size);
     cn->expire = expire;
+    cn->tomb = 0;
 
     ngx_shmtx_unlock(&cache->shpool->mutex);
 
     return NGX_OK;
+
+refused:
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    return NGX_DECLINED;
 }
 
 
@@ -284,12 +352,13 @@ ngx_tenant_cache_apply(ngx_tenant_cache_t *cache, u_char *key,
         return NGX_ERROR;
     }
 
-    if (cn->expire <= ngx_tenant_cache_now(cache)) {
+    if (cn->expire <= ngx_tenant_cache_now(cache) || cn->tomb) {
         ngx_memzero(ngx_tenant_cache_value(cache, cn), cache->value_size);
     }
 
     rc = handler(ngx_tenant_cache_value(cache, cn), data);
     cn->expire = expire;
+    cn->tomb = 0;
 
     ngx_shmtx_unlock(&cache->shpool->mutex);
 
@@ -356,7 +425,9 @@ ngx_tenant_cache_find_or_add(ngx_tenant_cache_t *cache, u_char *key,
     cn = (ngx_tenant_cache_node_t *) &node->color;
 
     cn->key_len = (u_short) key_len;
+    cn->tomb = 0;
     cn->expire = 0;
+    cn->generation = 0;
     ngx_memcpy(cn->data, key, key_len);
     ngx_memzero(ngx_tenant_cache_value(cache, cn), cache->value_size);
 
@@ -388,7 +459,7 @@ ngx_tenant_cache_update(ngx_tenant_cache_t *cache, u_char *key,
     if (node) {
         cn = (ngx_tenant_cache_node_t *) &node->color;
 
-        if (cn->expire > ngx_tenant_cache_now(cache)) {
+        if (!cn->tomb && cn->expire > ngx_tenant_cache_now(cache)) {
             rc = handler(ngx_tenant_cache_value(cache, cn), data);
         }
     }
@@ -400,17 +471,29 @@ ngx_tenant_cache_update(ngx_tenant_cache_t *cache, u_char *key,
 
 
 void
-ngx_tenant_cache_delete(ngx_tenant_cache_t *cache, u_char *key,
+ngx_tenant_cache_invalidate(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len)
 {
-    ngx_rbtree_node_t  *node;
+    ngx_uint_t                generation;
+    ngx_tenant_cache_node_t  *cn;
 
     ngx_shmtx_lock(&cache->shpool->mutex);
 
-    node = ngx_tenant_cache_lookup(cache, key, key_len,
-                                   ngx_crc32_short(key, key_len));
-    if (node) {
-        ngx_tenant_cache_free_node(cache, node);
+    generation = ++cache->sh->generation;
+
+    cn = (key_len <= cache->key_max)
+         ? ngx_tenant_cache_find_or_add(cache, key, key_len) : NULL;
+
+    if (cn) {
+        ngx_memzero(ngx_tenant_cache_value(cache, cn), cache->value_size);
+        cn->tomb = 1;
+        cn->generation = generation;
+        cn->expire = ngx_tenant_cache_now(cache) + NGX_TENANT_CACHE_TOMBSTONE;
+
+    } else {
+        /* no room even for a tombstone (logged): older answers are
+         * refused for every key */
+        cache->sh->forgotten = generation;
     }
 
     ngx_shmtx_unlock(&cache->shpool->mutex);
@@ -419,7 +502,7 @@ ngx_tenant_cache_delete(ngx_tenant_cache_t *cache, u_char *key,
 
 void
 ngx_tenant_cache_walk(ngx_tenant_cache_t *cache,
-    ngx_tenant_cache_update_pt handler, void *data)
+    ngx_tenant_cache_update_pt handler, void *data, ngx_uint_t invalidate)
 {
     time_t                    now;
     ngx_queue_t              *q, *next;
@@ -430,6 +513,10 @@ ngx_tenant_cache_walk(ngx_tenant_cache_t *cache,
 
     ngx_shmtx_lock(&cache->shpool->mutex);
 
+    if (invalidate) {
+        cache->sh->forgotten = ++cache->sh->generation;
+    }
+
     for (q = ngx_queue_head(&cache->sh->queue);
          q != ngx_queue_sentinel(&cache->sh->queue);
          q = next)
@@ -438,7 +525,11 @@ ngx_tenant_cache_walk(ngx_tenant_cache_t *cache,
 
         cn = ngx_queue_data(q, ngx_tenant_cache_node_t, queue);
 
-        if (cn->expire > now
+        if (cn->tomb && cn->expire > now) {
+            continue;
+        }
+
+        if (!cn->tomb && cn->expire > now
             && handler(ngx_tenant_cache_value(cache, cn), data)
                != NGX_DECLINED)
         {
@@ -501,6 +592,12 @@ ngx_tenant_cache_free_node(ngx_tenant_cache_t *cache, ngx_rbtree_node_t *node)
     ngx_tenant_cache_node_t  *cn;
 
     cn = (ngx_tenant_cache_node_t *) &node->color;
+
+    /* what the entry remembered is now the whole zone's to remember */
+
+    if (cn->generation > cache->sh->forgotten) {
+        cache->sh->forgotten = cn->generation;
+    }
 
     ngx_queue_remove(&cn->queue);
     ngx_rbtree_delete(&cache->sh->rbtree, node);

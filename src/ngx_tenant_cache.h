@@ -6,6 +6,16 @@
  * states.  Values are copied in and out under the zone's mutex; when the
  * zone is full, the least recently used entries make room.  The zone is
  * reused by nginx -s reload.
+ *
+ * Invalidations are counted: each one takes the next generation of the
+ * zone, and leaves a tombstone that remembers it in place of the entry
+ * (a miss for readers).  A writer that read the generation before asking
+ * the source (ngx_tenant_cache_generation) stores its answer with
+ * ngx_tenant_cache_put_since, which refuses it when the key was
+ * invalidated since: an answer in flight cannot undo an invalidation.  A
+ * tombstone that is dropped (its time is up, or the LRU evicts it) leaves
+ * its generation in the zone's "forgotten" floor, which refuses every
+ * answer older than it, whatever its key.
  */
 
 #ifndef _NGX_TENANT_CACHE_H_INCLUDED_
@@ -28,6 +38,8 @@ typedef struct {
     ngx_atomic_t              hits;
     ngx_atomic_t              misses;
     ngx_atomic_t              evictions;
+    ngx_atomic_uint_t         generation;    /* of the last invalidation */
+    ngx_atomic_uint_t         forgotten;     /* of a dropped tombstone */
 } ngx_tenant_cache_sh_t;
 
 
@@ -74,6 +86,16 @@ ngx_int_t ngx_tenant_cache_get(ngx_tenant_cache_t *cache, u_char *key,
 ngx_int_t ngx_tenant_cache_put(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len, void *value, time_t expire);
 
+/* The zone's invalidation generation: read it before asking the source
+ * of a value that ngx_tenant_cache_put_since will store. */
+ngx_uint_t ngx_tenant_cache_generation(ngx_tenant_cache_t *cache);
+
+/* As put, unless the key was invalidated after generation "since" (or a
+ * tombstone of that age was forgotten): then NGX_DECLINED, and nothing
+ * is stored. */
+ngx_int_t ngx_tenant_cache_put_since(ngx_tenant_cache_t *cache, u_char *key,
+    size_t key_len, void *value, time_t expire, ngx_uint_t since);
+
 /* Runs handler on the live value under the mutex (a compare-and-set):
  * its result, or NGX_DECLINED when the entry is absent or expired. */
 ngx_int_t ngx_tenant_cache_update(ngx_tenant_cache_t *cache, u_char *key,
@@ -88,13 +110,18 @@ ngx_int_t ngx_tenant_cache_apply(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len, ngx_tenant_cache_update_pt handler, void *data,
     time_t expire);
 
-void ngx_tenant_cache_delete(ngx_tenant_cache_t *cache, u_char *key,
+/* Drops the key's value, leaving a tombstone of the next generation. */
+void ngx_tenant_cache_invalidate(ngx_tenant_cache_t *cache, u_char *key,
     size_t key_len);
 
-/* Runs handler on every live value under the mutex: NGX_DECLINED drops
- * the entry, anything else keeps it (as the handler left it). */
+/*
+ * Runs handler on every live value under the mutex: NGX_DECLINED drops
+ * the entry, anything else keeps it (as the handler left it).  With
+ * "invalidate", it is an invalidation of every key: no answer asked for
+ * before it is stored after it.
+ */
 void ngx_tenant_cache_walk(ngx_tenant_cache_t *cache,
-    ngx_tenant_cache_update_pt handler, void *data);
+    ngx_tenant_cache_update_pt handler, void *data, ngx_uint_t invalidate);
 
 
 #endif /* _NGX_TENANT_CACHE_H_INCLUDED_ */

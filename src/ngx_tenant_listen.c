@@ -11,7 +11,8 @@
  * sent while it was away are lost: each time it starts listening, every
  * cached row is marked past its TTL (served while a background lookup
  * refreshes it, and while the database is down) and every negative entry
- * dropped.
+ * dropped.  Both are invalidations (ngx_tenant_cache.h): a lookup that
+ * was sent before one cannot put its answer in the cache after it.
  *
  * Allocation failures at worker start fail that start, as nginx does for
  * its own modules; tests do not provoke them (class A of
@@ -136,7 +137,7 @@ ngx_tenant_listen_ready(ngx_tenant_pg_req_t *req, PGresult *res)
     /* what changed while nobody listened is not known: look again */
 
     ngx_tenant_cache_walk(ls->tmcf->tenant_cache, ngx_tenant_listen_stale,
-                          NULL);
+                          NULL, 1);
 
     ls->listening = 1;
     ls->backoff = NGX_TENANT_LISTEN_RETRY;
@@ -181,8 +182,8 @@ ngx_tenant_listen_notify(void *data, const char *channel,
                    "tenant: organization \"%*s\" changed", len, payload);
 
     if (len && len <= TENANT_ORG_ID_MAX) {
-        ngx_tenant_cache_delete(ls->tmcf->tenant_cache, (u_char *) payload,
-                                len);
+        ngx_tenant_cache_invalidate(ls->tmcf->tenant_cache,
+                                    (u_char *) payload, len);
     }
 }
 

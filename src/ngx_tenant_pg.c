@@ -277,6 +277,24 @@ ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req)
 }
 
 
+ngx_int_t
+ngx_tenant_pg_orphan(ngx_tenant_pg_req_t *req)
+{
+    /* an armed request is queued, or bound to a connection, or failed
+     * (its handler runs at the next tick): the test is defensive */
+
+    if (req->queued || !req->timer.timer_set) {
+        ngx_tenant_pg_cancel(req);
+        return NGX_DECLINED;
+    }
+
+    /* an exiting worker does not wait for it */
+    req->timer.cancelable = 1;
+
+    return NGX_AGAIN;
+}
+
+
 void
 ngx_tenant_pg_pool_watch(ngx_tenant_pg_pool_t *pool,
     ngx_tenant_pg_notify_pt notify, ngx_tenant_pg_closed_pt closed,

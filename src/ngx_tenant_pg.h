@@ -84,6 +84,14 @@ const char *ngx_tenant_pg_result_error(PGresult *res);
 /* The caller no longer wants the answer (its request is going away). */
 void ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req);
 
+/*
+ * The caller no longer waits, but the answer is still of use (a lookup
+ * fills the cache): a query on a connection runs on, within its timeout,
+ * and keeps the connection; the handler is called as usual (NGX_AGAIN).
+ * One still waiting for a connection is dropped: NGX_DECLINED.
+ */
+ngx_int_t ngx_tenant_pg_orphan(ngx_tenant_pg_req_t *req);
+
 /* For a pool that LISTENs: notifications, and losses of the connection
  * (after which it must LISTEN again on a new one). */
 void ngx_tenant_pg_pool_watch(ngx_tenant_pg_pool_t *pool,

@@ -82,7 +82,7 @@ our @EXPORT = qw(
     nginx_start nginx_reload nginx_stop nginx_conf_test nginx_workers
     error_log log_mark error_log_allow
     http async_http wait_http http_done retry_until free_port project_root
-    alive
+    alive pg_proxy
 );
 
 our $ROOT   = abs_path(dirname(__FILE__) . '/../..');
@@ -670,6 +670,160 @@ sub echo_stop {
     }
     @ECHOS = $which ? grep { $_ != $which } @ECHOS : ();
     undef $ECHO if !$which || ($ECHO && $ECHO == $which);
+}
+
+
+###########################################################################
+# A TCP proxy in front of PostgreSQL that can hold answers
+
+# pg_proxy() forks a proxy to the cluster's TCP port (pg_start(tcp => 1)
+# first) and returns an object:
+#   conninfo       libpq conninfo through the proxy
+#   hold($text)    from now on, a connection whose client sends bytes
+#                  containing $text (an organization id: a lookup's
+#                  parameter) gets the server's answers held back
+#   release        stops holding and delivers what was held
+#   status         { accepted, open, held (bytes), complete (1: what is
+#                  held ends with ReadyForQuery), holding (connections) }
+#   wait_held($s)  waits up to $s seconds until an answer is held whole
+# It ends with the test (or when its parent is gone).
+my @PROXIES;
+
+sub pg_proxy {
+    die "pg_proxy: pg_start(tcp => 1) first\n"
+        unless $PG && $PG->{tcp_conninfo};
+
+    my $dir = tmpdir() . '/pgproxy.' . (@PROXIES + 1);
+    make_path($dir);
+    my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                    Listen => 64, ReuseAddr => 1)
+        or die "pg_proxy: $!";
+    my $to = $PG->{port};
+
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP);
+        $SIG{PIPE} = 'IGNORE';
+        _proxy_loop($srv, $to, $dir);
+        POSIX::_exit(0);
+    }
+
+    my $p = bless { pid => $pid, dir => $dir, port => $srv->sockport,
+                    conninfo => 'host=127.0.0.1 port=' . $srv->sockport
+                                . ' dbname=capliquify user=postgres' },
+                  'TenantTest::PgProxy';
+    close $srv;
+    push @PROXIES, $p;
+    $p->status(5);          # up
+    return $p;
+}
+
+sub _proxy_loop {
+    my ($srv, $to, $dir) = @_;
+
+    my $parent = getppid;
+    my $sel = IO::Select->new($srv);
+    my (%by_fd, %pair, $accepted);  # fileno -> pair; id -> pair
+    my $status = '';
+
+    while (getppid == $parent) {
+        my $hold = -e "$dir/hold" ? _slurp("$dir/hold") : undef;
+        my ($held, $complete) = (0, 0);
+
+        for my $x (values %pair) {
+            if (!defined $hold && $x->{held}) {
+                syswrite $x->{c}, $x->{buf} if length $x->{buf};
+                $x->{buf} = '';
+                $x->{held} = 0;
+            }
+            $held += length $x->{buf};
+            $complete = 1 if $x->{buf} =~ /Z\0\0\0\x05[ITE]\z/;
+        }
+
+        my $now = sprintf "accepted=%d open=%d held=%d complete=%d holding=%d\n",
+            $accepted // 0, scalar keys %pair, $held, $complete,
+            scalar grep { $_->{held} } values %pair;
+        if ($now ne $status) {
+            _spew("$dir/status.tmp", $now);
+            rename "$dir/status.tmp", "$dir/status";
+            $status = $now;
+        }
+
+        for my $fh ($sel->can_read(0.02)) {
+            if ($fh == $srv) {
+                my $c = $srv->accept or next;
+                my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                              PeerPort => $to)
+                    or do { close $c; next };
+                my $x = { c => $c, s => $s, held => 0, buf => '',
+                          id => ++$accepted };
+                $by_fd{ $c->fileno } = $by_fd{ $s->fileno } = $pair{ $x->{id} } = $x;
+                $sel->add($c, $s);
+                next;
+            }
+
+            my $x = $by_fd{ $fh->fileno } or next;
+            my $n = sysread $fh, my $data, 65536;
+
+            if (!$n) {
+                delete @by_fd{ $x->{c}->fileno, $x->{s}->fileno };
+                delete $pair{ $x->{id} };
+                $sel->remove($x->{c}, $x->{s});
+                close $x->{c};
+                close $x->{s};
+                next;
+            }
+
+            if ($fh == $x->{c}) {
+                $hold = -e "$dir/hold" ? _slurp("$dir/hold") : undef;
+                $x->{held} = 1
+                    if defined $hold && length $hold && index($data, $hold) >= 0;
+                syswrite $x->{s}, $data;
+
+            } elsif ($x->{held}) {
+                $x->{buf} .= $data;
+
+            } else {
+                syswrite $x->{c}, $data;
+            }
+        }
+    }
+}
+
+sub TenantTest::PgProxy::hold {
+    my ($p, $text) = @_;
+    _spew("$p->{dir}/hold.tmp", $text);
+    rename "$p->{dir}/hold.tmp", "$p->{dir}/hold";
+}
+
+sub TenantTest::PgProxy::release {
+    my ($p) = @_;
+    unlink "$p->{dir}/hold";
+    # delivered: nothing held any more
+    retry_until(5, sub { $p->status }, sub { !$_[0]{held} }, 0.02);
+}
+
+sub TenantTest::PgProxy::status {
+    my ($p, $wait) = @_;
+    my ($line) = retry_until($wait // 0, sub { _slurp("$p->{dir}/status") },
+                             sub { length $_[0] }, 0.02);
+    die "pg_proxy: no status\n" unless length $line;
+    return { $line =~ /(\w+)=(\d+)/g };
+}
+
+sub TenantTest::PgProxy::wait_held {
+    my ($p, $secs) = @_;
+    my ($st) = retry_until($secs, sub { $p->status }, sub { $_[0]{complete} },
+                           0.02);
+    return $st->{complete};
+}
+
+END {
+    local $?;                   # the test's exit status
+    if ($$ == $OWNER) {
+        kill 'TERM', map { $_->{pid} } @PROXIES;
+        waitpid $_->{pid}, 0 for @PROXIES;
+    }
 }
 
 
