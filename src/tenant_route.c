@@ -336,8 +336,8 @@ tenant_route_denied(const tenant_route_t *routes, size_t n,
             }
         }
 
-        if (v == 0) {
-            break;
+        if (v == 0 || found == 0) {
+            break;                      /* all read, or none comes before */
         }
 
         v = (v - 1) & mask;
