@@ -97,35 +97,56 @@ invalid:
 unsigned
 tenant_route_flags(const unsigned char *path, size_t len)
 {
-    size_t    i;
-    unsigned  flags;
+    size_t          i, dots;
+    unsigned        flags, plain;
+    unsigned char   c;
 
     flags = 0;
 
-    for (i = 0; i < len; i++) {
-        switch (path[i]) {
+    /* the segment's name so far: "plain" dots only, and how many */
+
+    dots = 0;
+    plain = 1;
+
+    for (i = 0; i <= len; i++) {
+        c = (i < len) ? path[i] : '/';
+
+        switch (c) {
 
         case '%':
             /* %2F and %5C, %2E, %3B */
             flags |= TENANT_ROUTE_SLASH | TENANT_ROUTE_DOTS
                      | TENANT_ROUTE_PARAMS;
-            break;
-
-        case '\\':
-            flags |= TENANT_ROUTE_SLASH;
-            break;
-
-        case '#':
-            flags |= TENANT_ROUTE_FRAGMENT;
+            plain = 0;
             break;
 
         case '.':
-            flags |= TENANT_ROUTE_DOTS;
+            dots++;
             break;
 
+        case '/':
+        case '\\':
+        case '#':
         case ';':
-            flags |= TENANT_ROUTE_PARAMS;
+            /* where a name ends in some reading: "." or ".." before it */
+
+            if (plain && (dots == 1 || dots == 2)) {
+                flags |= TENANT_ROUTE_DOTS;
+            }
+
+            if (c == '/' || c == '\\') {
+                flags |= (c == '\\') ? TENANT_ROUTE_SLASH : 0;
+                dots = 0;
+                plain = 1;
+                break;
+            }
+
+            flags |= (c == '#') ? TENANT_ROUTE_FRAGMENT : TENANT_ROUTE_PARAMS;
+            plain = 0;
             break;
+
+        default:
+            plain = 0;
         }
     }
 

@@ -152,8 +152,24 @@ test_flags(void)
            "a plain path has one reading");
     is_int(tenant_route_flags(S("/api/forecasts/ai/run")), 0,
            "... so has a longer one");
-    is_int(tenant_route_flags(S("/api/forecasts/ai.json")),
-           TENANT_ROUTE_DOTS | TENANT_ROUTE_MERGE, "'.': dots and merge");
+    is_int(tenant_route_flags(S("/api/forecasts/ai.json")), 0,
+           "a '.' inside a name: one reading");
+    is_int(tenant_route_flags(S("/a/.../b.")), 0, "\"...\" is a name");
+    is_int(tenant_route_flags(S("/a/./b")),
+           TENANT_ROUTE_DOTS | TENANT_ROUTE_MERGE, "\".\": dots and merge");
+    is_int(tenant_route_flags(S("..")),
+           TENANT_ROUTE_DOTS | TENANT_ROUTE_MERGE, "\"..\" alone");
+    is_int(tenant_route_flags(S("/a/..;x/b")),
+           TENANT_ROUTE_DOTS | TENANT_ROUTE_MERGE | TENANT_ROUTE_PARAMS,
+           "\"..;x\"");
+    is_int(tenant_route_flags(S("/a/..#x")),
+           TENANT_ROUTE_DOTS | TENANT_ROUTE_MERGE | TENANT_ROUTE_FRAGMENT,
+           "\"..#x\"");
+    is_int(tenant_route_flags(S("/a\\..\\b")),
+           TENANT_ROUTE_DOTS | TENANT_ROUTE_MERGE | TENANT_ROUTE_SLASH,
+           "\"\\..\\\"");
+    is_int(tenant_route_flags(S("/a/x;..")), TENANT_ROUTE_PARAMS,
+           "\"..\" among the params");
     is_int(tenant_route_flags(S("/a;b")), TENANT_ROUTE_PARAMS, "';'");
     is_int(tenant_route_flags(S("/a#b")), TENANT_ROUTE_FRAGMENT, "'#'");
     is_int(tenant_route_flags(S("/a\\b")), TENANT_ROUTE_SLASH, "'\\'");
