@@ -1002,6 +1002,9 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
     ngx_tenant_record_t  *t;
     const tenant_tier_t  *tier, *required;
 
+    static ngx_str_t  above_root =
+        ngx_string("the request path climbs above the root");
+
     switch (ctx->db_result) {
 
     case NGX_TENANT_DB_FOUND:
@@ -1089,9 +1092,8 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
 
         if (rc == TENANT_ROUTE_INVALID) {
             return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_PATH_INVALID,
-                                     "the request path climbs above the "
-                                     "root", sizeof("the request path "
-                                     "climbs above the root") - 1);
+                                     (char *) above_root.data,
+                                     above_root.len);
         }
 
         if (rc >= 0) {
