@@ -56,6 +56,11 @@ static char *ngx_tenant_jwt_authorized_parties(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_tenant_tier(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_tenant_feature_route(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_tenant_merge_routes(ngx_conf_t *cf,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *prev,
+    ngx_tenant_loc_conf_t *conf);
 static char *ngx_tenant_signing_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_tenant_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -228,6 +233,13 @@ static ngx_command_t  ngx_tenant_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_tenant_loc_conf_t, feature_name),
+      NULL },
+
+    { ngx_string("tenant_feature_route"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_tenant_feature_route,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("tenant_cors_preflight"),
@@ -542,6 +554,7 @@ ngx_tenant_create_loc_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     tlcf->feature_name = { 0, NULL };
+     *     tlcf->routes = NULL;
      *     tlcf->problem_type_base = { 0, NULL };
      *     tlcf->rl_by_rate = { 0, 0, 0 };
      */
@@ -630,6 +643,10 @@ ngx_tenant_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         }
     }
 
+    if (ngx_tenant_merge_routes(cf, tmcf, prev, conf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     if (conf->gateway == NGX_TENANT_GATEWAY_OFF) {
         return NGX_CONF_OK;
     }
@@ -660,6 +677,124 @@ ngx_tenant_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                            "\"tenant_tier\"");
         return NGX_CONF_ERROR;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The feature routes of a level are those of the levels above it, then
+ * its own: a location adds routes, it cannot drop one (unlike add_header,
+ * where one directive in a location hides all of the server's).  Their
+ * features are looked up here, where every tenant_tier is known.
+ */
+
+static char *
+ngx_tenant_merge_routes(ngx_conf_t *cf, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_loc_conf_t *prev, ngx_tenant_loc_conf_t *conf)
+{
+    ngx_uint_t       i;
+    ngx_array_t     *all;
+    tenant_route_t  *route;
+
+    if (prev->routes && prev->routes != conf->routes) {
+
+        if (conf->routes == NULL) {
+            conf->routes = prev->routes;
+
+        } else {
+            all = ngx_array_create(cf->pool,
+                                   prev->routes->nelts + conf->routes->nelts,
+                                   sizeof(tenant_route_t));
+            if (all == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            /* never fails: the array has room for both */
+
+            ngx_memcpy(ngx_array_push_n(all, prev->routes->nelts),
+                       prev->routes->elts,
+                       prev->routes->nelts * sizeof(tenant_route_t));
+            ngx_memcpy(ngx_array_push_n(all, conf->routes->nelts),
+                       conf->routes->elts,
+                       conf->routes->nelts * sizeof(tenant_route_t));
+
+            conf->routes = all;
+        }
+    }
+
+    if (conf->routes == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    route = conf->routes->elts;
+
+    for (i = 0; i < conf->routes->nelts; i++) {
+        if (route[i].feature >= 0) {
+            continue;
+        }
+
+        route[i].feature = tenant_tiers_feature(tmcf->tiers,
+                                                route[i].feature_name,
+                                                route[i].feature_name_len);
+        if (route[i].feature == -1) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "feature \"%s\" of tenant_feature_route "
+                               "\"%s\" is not listed by any tenant_tier",
+                               route[i].feature_name, route[i].prefix);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* tenant_feature_route <path prefix> <feature>; */
+
+static char *
+ngx_tenant_feature_route(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_loc_conf_t *tlcf = conf;
+
+    char             err[256];
+    ngx_str_t       *value;
+    tenant_route_t  *route;
+
+    value = cf->args->elts;
+
+    if (value[2].len == 0 || value[2].len > TENANT_NAME_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid feature name \"%V\"", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (tlcf->routes == NULL) {
+        tlcf->routes = ngx_array_create(cf->pool, 2, sizeof(tenant_route_t));
+        if (tlcf->routes == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    route = ngx_array_push(tlcf->routes);
+    if (route == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(route, sizeof(tenant_route_t));
+
+    if (tenant_route_prefix(route, value[1].data, value[1].len, err,
+                            sizeof(err))
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s", &value[1],
+                           err);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(route->feature_name, value[2].data, value[2].len);
+    route->feature_name_len = value[2].len;
+    route->feature = -1;
 
     return NGX_CONF_OK;
 }

@@ -19,6 +19,7 @@
 #include "tenant_sign.h"
 #include "tenant_request.h"
 #include "tenant_ratelimit.h"
+#include "tenant_route.h"
 
 
 #define NGX_TENANT_ID_MAX         40      /* uuid text is 36 */
@@ -183,6 +184,7 @@ typedef struct {
     ngx_uint_t                gateway;
     ngx_int_t                 feature;         /* -1: none */
     ngx_str_t                 feature_name;
+    ngx_array_t              *routes;          /* of tenant_route_t */
     ngx_flag_t                cors_preflight;
     ngx_uint_t                refusal_log_level;
     ngx_str_t                 problem_type_base;
@@ -244,6 +246,7 @@ typedef struct {
     unsigned                  counted:1;
     unsigned                  url_escape:1;    /* $tenant_* in a URL */
     ngx_str_t                 required_tier;
+    ngx_str_t                 feature;         /* refused: its name */
 
     /* rate limits applied, for the RateLimit headers and variables */
     unsigned                  rl_set:1;

@@ -82,7 +82,8 @@ typedef enum {
     NGX_TENANT_R_UNAVAILABLE,
     NGX_TENANT_R_RATE_LIMITED,
     NGX_TENANT_R_ADMIN_REQUIRED,
-    NGX_TENANT_R_KEYS_UNAVAILABLE
+    NGX_TENANT_R_KEYS_UNAVAILABLE,
+    NGX_TENANT_R_PATH_INVALID
 } ngx_tenant_refusal_e;
 
 
@@ -114,7 +115,9 @@ static ngx_tenant_refusal_t  ngx_tenant_refusals[] = {
     { "admin_required", NGX_HTTP_FORBIDDEN,
       "Administrator token required", NGX_TENANT_OUT_FORBIDDEN },
     { "keys_unavailable", NGX_HTTP_SERVICE_UNAVAILABLE,
-      "Signing keys unavailable", NGX_TENANT_OUT_UNAVAILABLE }
+      "Signing keys unavailable", NGX_TENANT_OUT_UNAVAILABLE },
+    { "invalid_path", NGX_HTTP_BAD_REQUEST,
+      "Invalid request path", NGX_TENANT_OUT_BAD_REQUEST }
 };
 
 
@@ -160,7 +163,10 @@ static ngx_int_t ngx_tenant_refuse_token(ngx_http_request_t *r,
     tenant_jwt_status_t status);
 static ngx_int_t ngx_tenant_refuse_upgrade(ngx_http_request_t *r,
     ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx,
-    ngx_tenant_refusal_e reason, const tenant_tier_t *required);
+    ngx_tenant_refusal_e reason, ngx_str_t *feature,
+    const tenant_tier_t *required);
+static ngx_int_t ngx_tenant_access_routes(ngx_http_request_t *r,
+    ngx_tenant_loc_conf_t *tlcf, const tenant_tier_t *tier, int *denied);
 static ngx_int_t ngx_tenant_refuse_rate(ngx_http_request_t *r,
     ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx);
 static void ngx_tenant_ctx_cleanup(void *data);
@@ -1151,9 +1157,16 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
     ngx_tenant_ctx_t *ctx)
 {
+    int                   rc;
     time_t                now;
+    ngx_int_t             feature;
+    ngx_str_t             name;
+    tenant_route_t       *route;
     ngx_tenant_record_t  *t;
     const tenant_tier_t  *tier, *required;
+
+    static ngx_str_t  above_root =
+        ngx_string("the request path climbs above the root");
 
     switch (ctx->db_result) {
 
@@ -1193,14 +1206,15 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
         if (t->trial_ends_at && now >= t->trial_ends_at) {
             return ngx_tenant_refuse_upgrade(r, tlcf, ctx,
                                              NGX_TENANT_R_TRIAL_EXPIRED,
-                                             NULL);
+                                             NULL, NULL);
         }
 
     } else if (t->status_len == 7
                && ngx_strncmp(t->status, "expired", 7) == 0)
     {
         return ngx_tenant_refuse_upgrade(r, tlcf, ctx,
-                                         NGX_TENANT_R_TRIAL_EXPIRED, NULL);
+                                         NGX_TENANT_R_TRIAL_EXPIRED, NULL,
+                                         NULL);
 
     } else {
         return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_SUSPENDED,
@@ -1221,22 +1235,47 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* feature */
+    /*
+     * feature: the location's (tenant_require_feature), then the routes'
+     * (tenant_feature_route); a tier no tenant_tier declares has none
+     */
 
-    if (tlcf->feature >= 0) {
-        tier = tenant_tiers_find(tmcf->tiers, (char *) t->tier, t->tier_len);
+    tier = tenant_tiers_find(tmcf->tiers, (char *) t->tier, t->tier_len);
+    feature = tlcf->feature;
+    name = tlcf->feature_name;
 
-        if (tier == NULL || !tenant_tier_has(tier, (int) tlcf->feature)) {
-            /* never NULL: a feature is registered by the tier that lists
-             * it, and tenant_require_feature takes registered ones only;
-             * ngx_tenant_refuse_upgrade() copes anyway */
+    if (feature >= 0 && tenant_tier_has(tier, (int) feature)) {
+        feature = -1;
+    }
 
-            required = tenant_tiers_lowest_with(tmcf->tiers,
-                                                (int) tlcf->feature);
-
-            return ngx_tenant_refuse_upgrade(r, tlcf, ctx,
-                                             NGX_TENANT_R_FEATURE, required);
+    if (feature == -1 && tlcf->routes) {
+        if (ngx_tenant_access_routes(r, tlcf, tier, &rc) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+
+        if (rc == TENANT_ROUTE_INVALID) {
+            return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_PATH_INVALID,
+                                     (char *) above_root.data,
+                                     above_root.len);
+        }
+
+        if (rc >= 0) {
+            route = tlcf->routes->elts;
+            feature = route[rc].feature;
+            name.data = (u_char *) route[rc].feature_name;
+            name.len = route[rc].feature_name_len;
+        }
+    }
+
+    if (feature >= 0) {
+        /* never NULL: a feature is registered by the tier that lists it,
+         * and the directives take registered ones only;
+         * ngx_tenant_refuse_upgrade() copes anyway */
+
+        required = tenant_tiers_lowest_with(tmcf->tiers, (int) feature);
+
+        return ngx_tenant_refuse_upgrade(r, tlcf, ctx, NGX_TENANT_R_FEATURE,
+                                         &name, required);
     }
 
     if (ngx_tenant_headers_inject(r, tmcf, ctx) != NGX_OK) {
@@ -1297,9 +1336,63 @@ ngx_tenant_refuse_token(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
 }
 
 
+/*
+ * *denied: the first of the location's feature routes that the request's
+ * path matches (under any reading, see src/tenant_route.h) and whose
+ * feature the tier lacks: its index; -1 for none; TENANT_ROUTE_INVALID
+ * when some reading of the path climbs above the root.  Two paths are
+ * read: the one the client sent without its query string (what
+ * proxy_pass forwards), and nginx's decoded URI (what locations matched;
+ * what proxy_pass forwards after a rewrite), decoded once more, so that
+ * a double encoding is caught too.
+ */
+
+static ngx_int_t
+ngx_tenant_access_routes(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
+    const tenant_tier_t *tier, int *denied)
+{
+    int              rc, rc2;
+    u_char          *buf, *q;
+    size_t           n, len;
+    tenant_route_t  *routes;
+
+    routes = tlcf->routes->elts;
+    n = tlcf->routes->nelts;
+
+    len = r->unparsed_uri.len;
+
+    q = ngx_strlchr(r->unparsed_uri.data, r->unparsed_uri.data + len, '?');
+    if (q) {
+        len = q - r->unparsed_uri.data;
+    }
+
+    buf = ngx_pnalloc(r->pool, ngx_max(len, r->uri.len) + 1);
+    if (buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = tenant_route_denied(routes, n, tier, r->unparsed_uri.data, len, buf);
+
+    if (rc < 0
+        && (len != r->uri.len
+            || ngx_strncmp(r->unparsed_uri.data, r->uri.data, len) != 0))
+    {
+        rc2 = tenant_route_denied(routes, n, tier, r->uri.data, r->uri.len,
+                                  buf);
+        if (rc2 != -1) {
+            rc = rc2;
+        }
+    }
+
+    *denied = rc;
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_tenant_refuse_upgrade(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
-    ngx_tenant_ctx_t *ctx, ngx_tenant_refusal_e reason,
+    ngx_tenant_ctx_t *ctx, ngx_tenant_refusal_e reason, ngx_str_t *feature,
     const tenant_tier_t *required)
 {
     ngx_int_t          rc;
@@ -1318,9 +1411,11 @@ ngx_tenant_refuse_upgrade(ngx_http_request_t *r, ngx_tenant_loc_conf_t *tlcf,
             ctx->required_tier.len = required->name_len;
         }
 
+        ctx->feature = *feature;
+
         pb.members[n].name = "feature";
-        pb.members[n].value = (char *) tlcf->feature_name.data;
-        pb.members[n].value_len = tlcf->feature_name.len;
+        pb.members[n].value = (char *) feature->data;
+        pb.members[n].value_len = feature->len;
         n++;
 
         pb.members[n].name = "currentTier";

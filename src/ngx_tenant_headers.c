@@ -443,9 +443,17 @@ ngx_tenant_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     len = 0;
 
     if (data == NGX_TENANT_VAR_FEATURE) {
-        tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
-        p = tlcf->feature_name.data;
-        len = tlcf->feature_name.len;
+        /* the feature refused (maybe a route's), else the location's */
+
+        if (ctx && ctx->feature.len) {
+            p = ctx->feature.data;
+            len = ctx->feature.len;
+
+        } else {
+            tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+            p = tlcf->feature_name.data;
+            len = tlcf->feature_name.len;
+        }
 
     } else if (ctx == NULL) {
         v->not_found = 1;

@@ -140,8 +140,11 @@ sub render {
         '... open health location';
     like $c, qr/location \/api\/ \{[^}]*tenant_gateway\s+on;[^}]*proxy_pass/,
         '... /api/ is gated and proxied';
-    like $c, qr/location = \/api\/forecasts\/ai \{[^}]*tenant_require_feature\s+ai_forecasting;/,
-        '... /api/forecasts/ai requires ai_forecasting';
+    like $c, qr/^\s*tenant_feature_route\s+\/api\/forecasts\/ai\s+ai_forecasting;/m,
+        '... /api/forecasts/ai requires ai_forecasting in every location '
+        . '(tenant_feature_route, not a location of its own)';
+    unlike $c, qr/location\s+(=\s*)?\/api\/forecasts/,
+        '... and no location of its own that variants would bypass';
     like $c, qr/location \/mcp\/ \{[^}]*tenant_gateway\s+on;[^}]*proxy_pass\s+http:\/\/mcp;/,
         '... /mcp/ is gated and proxied';
     like $c, qr/log_format tenant_json escape=json/, '... JSON access log';

@@ -115,6 +115,13 @@ sub shipped {
     };
     like $smoke // $@, qr/^6 passed, 0 failed$/m, 'make smoke twice: still passes';
 
+    # a request line nginx refuses itself (%00 in the path) has no URI:
+    # its 400 must still be the problem+json one, not a 500
+    my $r = http(port => $port, path => '/api/forecasts/ai%00');
+    is $r->{status}, 400, 'a request line nginx refuses: 400'
+        or diag $r->{body};
+    is $r->{json}{title}, 'Bad Request', '... as problem+json';
+
     is sql_value(q{SELECT count(*) FROM public.tenants
                    WHERE slug IN ('smoke-test-001', 'smoke-starter-001')}), 2,
         'the smoke tenants exist once each';
