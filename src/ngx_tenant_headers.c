@@ -41,7 +41,6 @@ typedef struct {
 } ngx_tenant_header_t;
 
 
-static ngx_uint_t ngx_tenant_header_is_reserved(ngx_table_elt_t *h);
 static ngx_int_t ngx_tenant_header_add(ngx_http_request_t *r,
     ngx_tenant_header_t *h, u_char *value, size_t len);
 static ngx_int_t ngx_tenant_variable(ngx_http_request_t *r,
@@ -132,7 +131,9 @@ ngx_tenant_headers_init(ngx_conf_t *cf)
 
 /*
  * The client's X-Organization-ID: *org (len 0 when absent) and *count,
- * the number of such headers.
+ * the number of such headers, spelled in any case and with '_' for '-' as
+ * the backends read them (X_Organization_ID next to X-Organization-ID is
+ * two of them, refused as ambiguous; alone, it is the header).
  */
 
 void
@@ -161,9 +162,9 @@ ngx_tenant_headers_read_org(ngx_http_request_t *r, ngx_str_t *org,
             i = 0;
         }
 
-        if (h[i].key.len == sizeof("X-Organization-ID") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "X-Organization-ID",
-                               sizeof("X-Organization-ID") - 1) == 0)
+        if (tenant_header_name_is(h[i].key.data, h[i].key.len,
+                                  "x-organization-id",
+                                  sizeof("x-organization-id") - 1))
         {
             *org = h[i].value;
             (*count)++;
@@ -174,7 +175,8 @@ ngx_tenant_headers_read_org(ngx_http_request_t *r, ngx_str_t *org,
 
 /*
  * Removes every client-sent header named like one the gateway sets:
- * X-Tenant-*, X-User-*, X-Org-Role, X-Organization-ID.  Elements of
+ * X-Tenant-*, X-User-*, X-Org-Role, X-Organization-ID, in any case and
+ * with '_' for '-' (tenant_header_reserved()).  Elements of
  * r->headers_in.headers are pointed to by r->headers_in.host and others,
  * so they are not moved: a new list is built without the reserved ones,
  * and only when there is one (rarely: a client that tries).
@@ -206,7 +208,7 @@ ngx_tenant_headers_strip(ngx_http_request_t *r)
         }
 
         total++;
-        n += ngx_tenant_header_is_reserved(&h[i]);
+        n += tenant_header_reserved(h[i].key.data, h[i].key.len);
     }
 
     if (n == 0) {
@@ -246,7 +248,7 @@ ngx_tenant_headers_strip(ngx_http_request_t *r)
             i = 0;
         }
 
-        if (ngx_tenant_header_is_reserved(&h[i])) {
+        if (tenant_header_reserved(h[i].key.data, h[i].key.len)) {
             continue;
         }
 
@@ -259,41 +261,6 @@ ngx_tenant_headers_strip(ngx_http_request_t *r)
     }
 
     return NGX_OK;
-}
-
-
-static ngx_uint_t
-ngx_tenant_header_is_reserved(ngx_table_elt_t *h)
-{
-    if (h->key.len >= sizeof("X-Tenant-") - 1
-        && ngx_strncasecmp(h->key.data, (u_char *) "X-Tenant-",
-                           sizeof("X-Tenant-") - 1) == 0)
-    {
-        return 1;
-    }
-
-    if (h->key.len >= sizeof("X-User-") - 1
-        && ngx_strncasecmp(h->key.data, (u_char *) "X-User-",
-                           sizeof("X-User-") - 1) == 0)
-    {
-        return 1;
-    }
-
-    if (h->key.len == sizeof("X-Org-Role") - 1
-        && ngx_strncasecmp(h->key.data, (u_char *) "X-Org-Role",
-                           sizeof("X-Org-Role") - 1) == 0)
-    {
-        return 1;
-    }
-
-    if (h->key.len == sizeof("X-Organization-ID") - 1
-        && ngx_strncasecmp(h->key.data, (u_char *) "X-Organization-ID",
-                           sizeof("X-Organization-ID") - 1) == 0)
-    {
-        return 1;
-    }
-
-    return 0;
 }
 
 

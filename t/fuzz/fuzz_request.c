@@ -7,8 +7,9 @@
  *
  * The whole input is tried as an Authorization header value
  * (tenant_bearer_token()), a Cookie header value (tenant_cookie_value()
- * for "__session") and an organization id (tenant_org_id_valid()), each
- * compared with an independent reading of its rules.
+ * for "__session"), an organization id (tenant_org_id_valid()) and a
+ * header name (tenant_header_reserved()), each compared with an
+ * independent reading of its rules.
  *
  * Then the input is cut at 0xff bytes into: control bytes, type_base,
  * code, title, detail, and (name, value) pairs for the members, and
@@ -54,6 +55,7 @@ static void fuzz_bearer(const uint8_t *data, size_t size);
 static void fuzz_cookie(const uint8_t *data, size_t size, const char *name,
     size_t name_len);
 static void fuzz_org_id(const uint8_t *data, size_t size);
+static void fuzz_header_name(const uint8_t *data, size_t size);
 static void fuzz_problem(const uint8_t *data, size_t size);
 static void fuzz_escape(const char *s, size_t len);
 static void fuzz_check_string(json_t *v, const char *s, size_t len);
@@ -76,6 +78,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_bearer(data, size);
     fuzz_cookie(data, size, "__session", 9);
     fuzz_org_id(data, size);
+    fuzz_header_name(data, size);
 
     sep = memchr(data, 0xff, size);
 
@@ -227,6 +230,42 @@ fuzz_org_id(const uint8_t *data, size_t size)
     }
 
     if (tenant_org_id_valid(data, size) != want) {
+        abort();
+    }
+}
+
+
+/*
+ * X-Tenant-*, X-User-* (prefixes), X-Org-Role, X-Organization-ID (whole
+ * names), compared after '_' becomes '-', ignoring case.
+ */
+
+static void
+fuzz_header_name(const uint8_t *data, size_t size)
+{
+    int     want;
+    char   *name;
+    size_t  i;
+
+    name = malloc(size + 1);
+    if (name == NULL) {
+        abort();
+    }
+
+    for (i = 0; i < size; i++) {
+        name[i] = (data[i] == '_') ? '-' : (char) data[i];
+    }
+
+    name[size] = '\0';
+
+    want = (size >= 9 && strncasecmp(name, "x-tenant-", 9) == 0)
+           || (size >= 7 && strncasecmp(name, "x-user-", 7) == 0)
+           || (size == 10 && strncasecmp(name, "x-org-role", 10) == 0)
+           || (size == 17 && strncasecmp(name, "x-organization-id", 17) == 0);
+
+    free(name);
+
+    if (tenant_header_reserved(data, size) != want) {
         abort();
     }
 }
