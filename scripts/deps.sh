@@ -14,6 +14,7 @@ pkgs=(
     libyaml-libyaml-perl
     python3 python3-prometheus-client
     curl wrk openssl ca-certificates
+    nodejs
     prometheus
 )
 

@@ -41,13 +41,15 @@ typedef struct {
 } ngx_tenant_header_t;
 
 
+static ngx_int_t ngx_tenant_headers_target(ngx_http_request_t *r,
+    ngx_str_t *target);
 static ngx_int_t ngx_tenant_header_add(ngx_http_request_t *r,
     ngx_tenant_header_t *h, u_char *value, size_t len);
 static ngx_int_t ngx_tenant_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
 
-/* in the order of the signed message after the timestamp */
+/* in the order of the signed message after the method and the target */
 
 static ngx_tenant_header_t  ngx_tenant_headers[] = {
     { ngx_string("X-Tenant-ID"), ngx_string("x-tenant-id"), 0 },
@@ -267,7 +269,9 @@ ngx_tenant_headers_strip(ngx_http_request_t *r)
 /*
  * Adds the tenant headers and their signature (see tenant_sign.h for the
  * message).  Every value comes from the database row or from a verified
- * claim that tenant_jwt checked for control characters and length.
+ * claim that tenant_jwt checked for control characters and length; the
+ * method and the target from nginx's request line parser, which refuses
+ * control characters.
  */
 
 ngx_int_t
@@ -277,34 +281,47 @@ ngx_tenant_headers_inject(ngx_http_request_t *r,
     u_char          *msg, *p;
     size_t           len;
     time_t           now;
+    ngx_str_t        target;
     ngx_uint_t       i;
-    tenant_str_t     f[NGX_TENANT_NSIGNED];
+    tenant_str_t     f[TENANT_SIGN_NFIELDS], *v;
     unsigned char    mac[TENANT_SHA256_LEN];
     u_char           ts[NGX_TIME_T_LEN];
-    u_char           sig[3 + 2 * TENANT_SHA256_LEN];
+    u_char           sig[sizeof(TENANT_SIGN_VERSION "=") - 1
+                         + 2 * TENANT_SHA256_LEN];
 
-    f[0].value = (char *) ctx->tenant.id;
-    f[0].len = ctx->tenant.id_len;
-    f[1].value = (char *) ctx->tenant.slug;
-    f[1].len = ctx->tenant.slug_len;
-    f[2].value = (char *) ctx->tenant.schema;
-    f[2].len = ctx->tenant.schema_len;
-    f[3].value = (char *) ctx->tenant.tier;
-    f[3].len = ctx->tenant.tier_len;
-    f[4].value = (char *) ctx->tenant.org_id;
-    f[4].len = ctx->tenant.org_id_len;
-    f[5].value = ctx->claims.sub;
-    f[5].len = ctx->claims.sub_len;
-    f[6].value = ctx->claims.org_role;
-    f[6].len = ctx->claims.org_role_len;
+    if (ngx_tenant_headers_target(r, &target) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    f[TENANT_SIGN_METHOD].value = (char *) r->method_name.data;
+    f[TENANT_SIGN_METHOD].len = r->method_name.len;
+    f[TENANT_SIGN_TARGET].value = (char *) target.data;
+    f[TENANT_SIGN_TARGET].len = target.len;
+
+    v = &f[TENANT_SIGN_TENANT_ID];
+
+    v[0].value = (char *) ctx->tenant.id;
+    v[0].len = ctx->tenant.id_len;
+    v[1].value = (char *) ctx->tenant.slug;
+    v[1].len = ctx->tenant.slug_len;
+    v[2].value = (char *) ctx->tenant.schema;
+    v[2].len = ctx->tenant.schema_len;
+    v[3].value = (char *) ctx->tenant.tier;
+    v[3].len = ctx->tenant.tier_len;
+    v[4].value = (char *) ctx->tenant.org_id;
+    v[4].len = ctx->tenant.org_id_len;
+    v[5].value = ctx->claims.sub;
+    v[5].len = ctx->claims.sub_len;
+    v[6].value = ctx->claims.org_role;
+    v[6].len = ctx->claims.org_role_len;
 
     for (i = 0; i < NGX_TENANT_NSIGNED; i++) {
-        if (f[i].len == 0) {
+        if (v[i].len == 0) {
             continue;
         }
 
         if (ngx_tenant_header_add(r, &ngx_tenant_headers[i],
-                                  (u_char *) f[i].value, f[i].len)
+                                  (u_char *) v[i].value, v[i].len)
             != NGX_OK)
         {
             return NGX_ERROR;
@@ -314,6 +331,13 @@ ngx_tenant_headers_inject(ngx_http_request_t *r,
     now = ngx_time();
 
     len = tenant_sign_message(NULL, now, f);
+
+    if (len == 0) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tenant: a control character in the request line "
+                      "or a tenant value, the headers are not signed");
+        return NGX_ERROR;
+    }
 
     msg = ngx_pnalloc(r->pool, len);
     if (msg == NULL) {
@@ -328,7 +352,8 @@ ngx_tenant_headers_inject(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(sig, "v1=", 3);
+    p = ngx_cpymem(sig, TENANT_SIGN_VERSION "=",
+                   sizeof(TENANT_SIGN_VERSION "=") - 1);
     tenant_hex_encode((char *) p, mac, TENANT_SHA256_LEN);
 
     p = ngx_sprintf(ts, "%T", now);
@@ -342,6 +367,62 @@ ngx_tenant_headers_inject(ngx_http_request_t *r,
            != NGX_OK)
     {
         return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request target the upstream receives from "proxy_pass" without a
+ * URI part, as ngx_http_proxy_create_request() of nginx 1.22 builds it:
+ * the client's own target while no rewrite or internal redirect changed
+ * the URI, else the URI, escaped when it was decoded or is internal, and
+ * the arguments.  proxy_pass with a URI part ("proxy_pass http://b/v1/;")
+ * replaces the location's prefix after the access phase, too late to be
+ * signed: the README says how a backend verifies then.
+ */
+
+static ngx_int_t
+ngx_tenant_headers_target(ngx_http_request_t *r, ngx_str_t *target)
+{
+    u_char     *p;
+    size_t      len;
+    uintptr_t   escape;
+
+    if (r->valid_unparsed_uri && r == r->main) {
+        *target = r->unparsed_uri;
+        return NGX_OK;
+    }
+
+    escape = 0;
+
+    if (r->quoted_uri || r->internal) {
+        escape = 2 * ngx_escape_uri(NULL, r->uri.data, r->uri.len,
+                                    NGX_ESCAPE_URI);
+    }
+
+    len = r->uri.len + escape + (r->args.len ? 1 + r->args.len : 0);
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    target->data = p;
+    target->len = len;
+
+    if (escape) {
+        (void) ngx_escape_uri(p, r->uri.data, r->uri.len, NGX_ESCAPE_URI);
+        p += r->uri.len + escape;
+
+    } else {
+        p = ngx_cpymem(p, r->uri.data, r->uri.len);
+    }
+
+    if (r->args.len) {
+        *p++ = '?';
+        ngx_memcpy(p, r->args.data, r->args.len);
     }
 
     return NGX_OK;

@@ -245,13 +245,14 @@ my @SIGNED = qw(x-tenant-id x-tenant-slug x-tenant-schema x-tenant-tier
                 x-organization-id x-user-id x-org-role);
 
 sub signature_of {
-    my ($h) = @_;    # lowercased header name => value
-    my $msg = join "\n", 'v1', $h->{'x-tenant-timestamp'},
-                         map { $h->{$_} // '' } @SIGNED;
-    return 'v1=' . hmac_sha256_hex($msg, $derived);
+    my ($h, $key) = @_;    # tenant_headers_once()'s
+    my $msg = join "\n", 'v2', $h->{'x-tenant-timestamp'}, $h->{':method'},
+                         $h->{':target'}, map { $h->{$_} // '' } @SIGNED;
+    return 'v2=' . hmac_sha256_hex($msg, $key // $derived);
 }
 
-# The upstream's headers as name => value, checking each came once.
+# The upstream's headers as name => value, checking each came once, and
+# its request line as ':method' and ':target' (signed too).
 sub tenant_headers_once {
     my ($json, $what, @names) = @_;
     my %h;
@@ -261,6 +262,7 @@ sub tenant_headers_once {
             or diag explain $v;
         $h{$n} = $v->[0];
     }
+    @h{':method', ':target'} = @$json{qw(method uri)};
     return \%h;
 }
 
@@ -314,20 +316,19 @@ my @forged = (
     like $h->{'x-tenant-timestamp'} // '', qr/^\d+$/, "$what: X-Tenant-Timestamp is unix seconds";
     ok abs(($h->{'x-tenant-timestamp'} // 0) - time) <= 5,
         "$what: X-Tenant-Timestamp is within 5 s of now";
-    like $h->{'x-tenant-signature'} // '', qr/^v1=[0-9a-f]{64}$/,
-        "$what: X-Tenant-Signature is v1=<64 lowercase hex>";
+    like $h->{'x-tenant-signature'} // '', qr/^v2=[0-9a-f]{64}$/,
+        "$what: X-Tenant-Signature is v2=<64 lowercase hex>";
 
     is $h->{'x-tenant-signature'}, signature_of($h),
         "$what: the signature verifies, recomputed independently";
 
-    for my $n (@SIGNED, 'x-tenant-timestamp') {
+    for my $n (@SIGNED, 'x-tenant-timestamp', ':method', ':target') {
         my %alt = (%$h, $n => ($h->{$n} // '') . 'x');
         isnt signature_of(\%alt), $h->{'x-tenant-signature'},
             "$what: altering $n breaks the signature";
     }
     {
-        my $msg = join "\n", 'v1', $h->{'x-tenant-timestamp'}, map { $h->{$_} } @SIGNED;
-        isnt $h->{'x-tenant-signature'}, 'v1=' . hmac_sha256_hex($msg, pack('H*', $SIGNING_KEY)),
+        isnt $h->{'x-tenant-signature'}, signature_of($h, pack('H*', $SIGNING_KEY)),
             "$what: the HMAC key is derived (HKDF), not the raw signing key";
     }
     {
