@@ -333,6 +333,9 @@ ngx_tenant_headers_inject(ngx_http_request_t *r,
     len = tenant_sign_message(NULL, now, f);
 
     if (len == 0) {
+        /* not from a client: nginx refuses control characters in the
+         * request line; only the configuration ("set $args") could */
+
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tenant: a control character in the request line "
                       "or a tenant value, the headers are not signed");
