@@ -6,7 +6,8 @@
 
 const crypto = require('node:crypto');
 
-// The signed headers after the timestamp, the method and the target.
+// The signed headers after the timestamp, the method, the target and
+// X-Tenant-Request-ID.
 const SIGNED = ['x-tenant-id', 'x-tenant-slug', 'x-tenant-schema',
   'x-tenant-tier', 'x-organization-id', 'x-user-id', 'x-org-role'];
 
@@ -24,6 +25,8 @@ function tenantSigningKey(encryptionKeyHex) {
 // by the gateway for this very request, else the reason they were not.
 // options.target: the request target the gateway signed, when it is not
 // req.url (a proxy_pass with a URI part replaced the location's prefix).
+// To refuse a replay of the same request too, remember the verified
+// X-Tenant-Request-ID values for twice maxAgeSeconds and refuse repeats.
 function verifyTenantHeaders(req, key, options = {}) {
   const maxAgeSeconds = options.maxAgeSeconds ?? 120;
   const target = options.target ?? req.url;
@@ -38,7 +41,8 @@ function verifyTenantHeaders(req, key, options = {}) {
       || Math.abs(Date.now() / 1000 - Number(ts)) > maxAgeSeconds) {
     return 'stale or missing timestamp';
   }
-  const fields = ['v2', ts, req.method, target, ...SIGNED.map(h)];
+  const fields = ['v2', ts, req.method, target, h('x-tenant-request-id'),
+    ...SIGNED.map(h)];
   if (fields.some((f) => /[\x00-\x1f\x7f]/.test(f))) {
     return 'control character';
   }

@@ -60,12 +60,15 @@ static ngx_tenant_header_t  ngx_tenant_headers[] = {
     { ngx_string("X-User-ID"), ngx_string("x-user-id"), 0 },
     { ngx_string("X-Org-Role"), ngx_string("x-org-role"), 0 },
     { ngx_string("X-Tenant-Timestamp"), ngx_string("x-tenant-timestamp"), 0 },
-    { ngx_string("X-Tenant-Signature"), ngx_string("x-tenant-signature"), 0 }
+    { ngx_string("X-Tenant-Signature"), ngx_string("x-tenant-signature"), 0 },
+    { ngx_string("X-Tenant-Request-ID"), ngx_string("x-tenant-request-id"),
+      0 }
 };
 
 #define NGX_TENANT_H_ORG_ID      4
 #define NGX_TENANT_H_TIMESTAMP   7
 #define NGX_TENANT_H_SIGNATURE   8
+#define NGX_TENANT_H_REQUEST_ID  9
 #define NGX_TENANT_NSIGNED       7
 
 
@@ -114,6 +117,10 @@ static ngx_http_variable_t  ngx_tenant_vars[] = {
 };
 
 
+static ngx_str_t   ngx_tenant_request_id = ngx_string("request_id");
+static ngx_uint_t  ngx_tenant_request_id_hash;
+
+
 ngx_int_t
 ngx_tenant_headers_init(ngx_conf_t *cf)
 {
@@ -126,6 +133,9 @@ ngx_tenant_headers_init(ngx_conf_t *cf)
             ngx_hash_key(ngx_tenant_headers[i].lowcase.data,
                          ngx_tenant_headers[i].lowcase.len);
     }
+
+    ngx_tenant_request_id_hash = ngx_hash_key(ngx_tenant_request_id.data,
+                                              ngx_tenant_request_id.len);
 
     return NGX_OK;
 }
@@ -278,16 +288,17 @@ ngx_int_t
 ngx_tenant_headers_inject(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx)
 {
-    u_char          *msg, *p;
-    size_t           len;
-    time_t           now;
-    ngx_str_t        target;
-    ngx_uint_t       i;
-    tenant_str_t     f[TENANT_SIGN_NFIELDS], *v;
-    unsigned char    mac[TENANT_SHA256_LEN];
-    u_char           ts[NGX_TIME_T_LEN];
-    u_char           sig[sizeof(TENANT_SIGN_VERSION "=") - 1
-                         + 2 * TENANT_SHA256_LEN];
+    u_char                     *msg, *p;
+    size_t                      len;
+    time_t                      now;
+    ngx_str_t                   target;
+    ngx_uint_t                  i;
+    tenant_str_t                f[TENANT_SIGN_NFIELDS], *v;
+    unsigned char               mac[TENANT_SHA256_LEN];
+    ngx_http_variable_value_t  *id;
+    u_char                      ts[NGX_TIME_T_LEN];
+    u_char                      sig[sizeof(TENANT_SIGN_VERSION "=") - 1
+                                    + 2 * TENANT_SHA256_LEN];
 
     if (ngx_tenant_headers_target(r, &target) != NGX_OK) {
         return NGX_ERROR;
@@ -297,6 +308,23 @@ ngx_tenant_headers_inject(ngx_http_request_t *r,
     f[TENANT_SIGN_METHOD].len = r->method_name.len;
     f[TENANT_SIGN_TARGET].value = (char *) target.data;
     f[TENANT_SIGN_TARGET].len = target.len;
+
+    /*
+     * $request_id, the value the access log and X-Request-ID have: unique
+     * per request, so that a backend can refuse a header set it has seen
+     */
+
+    id = ngx_http_get_variable(r, &ngx_tenant_request_id,
+                               ngx_tenant_request_id_hash);
+
+    if (id == NULL || id->not_found || id->len == 0) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tenant: no $request_id to sign");
+        return NGX_ERROR;
+    }
+
+    f[TENANT_SIGN_REQUEST_ID].value = (char *) id->data;
+    f[TENANT_SIGN_REQUEST_ID].len = id->len;
 
     v = &f[TENANT_SIGN_TENANT_ID];
 
@@ -364,6 +392,10 @@ ngx_tenant_headers_inject(ngx_http_request_t *r,
     if (ngx_tenant_header_add(r, &ngx_tenant_headers[NGX_TENANT_H_TIMESTAMP],
                               ts, p - ts)
         != NGX_OK
+        || ngx_tenant_header_add(r,
+                                 &ngx_tenant_headers[NGX_TENANT_H_REQUEST_ID],
+                                 id->data, id->len)
+           != NGX_OK
         || ngx_tenant_header_add(r,
                                  &ngx_tenant_headers[NGX_TENANT_H_SIGNATURE],
                                  sig, sizeof(sig))

@@ -10,15 +10,15 @@
  * "X-Tenant-Signature: v2=<hex>", where message is the canonical string
  * built by tenant_sign_message():
  *
- *   "v2\n" timestamp "\n" method "\n" target "\n" tenant_id "\n"
- *   tenant_slug "\n" tenant_schema "\n" tenant_tier "\n" organization_id
- *   "\n" user_id "\n" org_role
+ *   "v2\n" timestamp "\n" method "\n" target "\n" request_id "\n"
+ *   tenant_id "\n" tenant_slug "\n" tenant_schema "\n" tenant_tier "\n"
+ *   organization_id "\n" user_id "\n" org_role
  *
  * method and target are the request line the upstream receives ("GET",
  * "/api/x?y=1"); the other values are exactly as sent in the
- * X-Tenant-Timestamp, X-Tenant-ID, X-Tenant-Slug, X-Tenant-Schema,
- * X-Tenant-Tier, X-Organization-ID, X-User-ID and X-Org-Role headers (an
- * absent value is the empty string).  No field may hold a control byte,
+ * X-Tenant-Timestamp, X-Tenant-Request-ID, X-Tenant-ID, X-Tenant-Slug,
+ * X-Tenant-Schema, X-Tenant-Tier, X-Organization-ID, X-User-ID and
+ * X-Org-Role headers (an absent value is the empty string).  No field may hold a control byte,
  * so the fields cannot run into each other.
  *
  * v1 (the timestamp and the tenant values only) bound no request: a header
@@ -46,6 +46,7 @@
 enum {
     TENANT_SIGN_METHOD = 0,
     TENANT_SIGN_TARGET,
+    TENANT_SIGN_REQUEST_ID,
     TENANT_SIGN_TENANT_ID,
     TENANT_SIGN_TENANT_SLUG,
     TENANT_SIGN_TENANT_SCHEMA,

@@ -247,15 +247,18 @@ my @SIGNED = qw(x-tenant-id x-tenant-slug x-tenant-schema x-tenant-tier
 sub signature_of {
     my ($h, $key) = @_;    # tenant_headers_once()'s
     my $msg = join "\n", 'v2', $h->{'x-tenant-timestamp'}, $h->{':method'},
-                         $h->{':target'}, map { $h->{$_} // '' } @SIGNED;
+                         $h->{':target'}, map { $h->{$_} // '' }
+                                              'x-tenant-request-id', @SIGNED;
     return 'v2=' . hmac_sha256_hex($msg, $key // $derived);
 }
 
-# The upstream's headers as name => value, checking each came once, and
-# its request line as ':method' and ':target' (signed too).
+# The upstream's headers as name => value, checking each came once (and
+# X-Tenant-Request-ID), and its request line as ':method' and ':target'
+# (signed too).
 sub tenant_headers_once {
     my ($json, $what, @names) = @_;
     my %h;
+    push @names, 'x-tenant-request-id';
     for my $n (@names) {
         my $v = $json->{headers}{$n} || [];
         is scalar(@$v), 1, "$what: upstream got $n exactly once"
@@ -322,7 +325,7 @@ my @forged = (
     is $h->{'x-tenant-signature'}, signature_of($h),
         "$what: the signature verifies, recomputed independently";
 
-    for my $n (@SIGNED, 'x-tenant-timestamp', ':method', ':target') {
+    for my $n (@SIGNED, 'x-tenant-timestamp', 'x-tenant-request-id', ':method', ':target') {
         my %alt = (%$h, $n => ($h->{$n} // '') . 'x');
         isnt signature_of(\%alt), $h->{'x-tenant-signature'},
             "$what: altering $n breaks the signature";
@@ -340,7 +343,8 @@ my @forged = (
 
     my @tenantish = sort grep { /^x-(tenant-|user-|org-role$|organization-id$)/ }
                     keys %{ $j->{headers} || {} };
-    is_deeply \@tenantish, [sort @SIGNED, 'x-tenant-signature', 'x-tenant-timestamp'],
+    is_deeply \@tenantish, [sort @SIGNED, 'x-tenant-signature', 'x-tenant-timestamp',
+                                   'x-tenant-request-id'],
         "$what: no other X-Tenant-*/X-User-* header reached the upstream (X-User-Email gone)";
     my @values = map { @{ $j->{headers}{$_} } } @tenantish;
     ok !(grep { /^(enterprise|public|user_admin2?|org:admin|org:owner|victim|1|second-copy)$/

@@ -10,7 +10,9 @@
 #              upstream; the signature recomputed in Perl.
 #   replayed   header sets captured at the backend and sent straight to
 #              it on another path, query or method, tampered, stale or
-#              early, v1 or missing: refused.
+#              early, v1 or missing: refused; on the same request, refused
+#              by the backend's X-Tenant-Request-ID check (the signature
+#              verifies).
 #   README     quotes the verifier verbatim; its known answer holds.
 
 use strict;
@@ -84,6 +86,7 @@ nginx_start(http => <<"EOF");
 
         location /api/ {
             tenant_gateway on;
+            proxy_set_header X-Request-ID \$request_id;
             proxy_pass http://127.0.0.1:$NODE_PORT;
         }
 
@@ -141,7 +144,8 @@ sub header_set {
     my ($res) = @_;
     my $h = ($res->{json} || {})->{headers} || {};
     return [map { defined $h->{$_} ? ($_ => $h->{$_}) : () }
-            @SIGNED, 'x-tenant-timestamp', 'x-tenant-signature'];
+            @SIGNED, 'x-tenant-timestamp', 'x-tenant-request-id',
+            'x-tenant-signature'];
 }
 
 # An independent v2 signature (README, X-Tenant-Signature).
@@ -151,7 +155,8 @@ my $DERIVED = hkdf(pack('H*', $SIGNING_KEY), '', 'SHA256', 32,
 sub sign_v2 {
     my ($ts, $method, $target, %h) = @_;
     return 'v2=' . hmac_sha256_hex(join("\n", 'v2', $ts, $method, $target,
-                                        map { $h{$_} // '' } @SIGNED),
+                                        map { $h{$_} // '' } 'x-tenant-request-id',
+                                                             @SIGNED),
                                    $DERIVED);
 }
 
@@ -195,10 +200,17 @@ for my $c (
 {
     # the same header set, recomputed here, for the same request
     my $r = $captured{'/api/items?x=1&y=%20z'};
-    my %h = map { $_ => $r->{json}{headers}{$_} } @SIGNED, 'x-tenant-timestamp';
+    my %h = map { $_ => $r->{json}{headers}{$_} } @SIGNED, 'x-tenant-timestamp',
+                                                  'x-tenant-request-id';
     is $r->{json}{headers}{'x-tenant-signature'},
         sign_v2($h{'x-tenant-timestamp'}, 'GET', '/api/items?x=1&y=%20z', %h),
         'the signature recomputed independently (Perl) matches';
+    like $h{'x-tenant-request-id'}, qr/^[0-9a-f]{32}$/,
+        'X-Tenant-Request-ID is 32 hex digits';
+    is $h{'x-tenant-request-id'}, $r->{json}{headers}{'x-request-id'},
+        'X-Tenant-Request-ID is $request_id (X-Request-ID, the access log)';
+    isnt $h{'x-tenant-request-id'}, $captured{'/api/orders?draft=1'}{json}{headers}{'x-tenant-request-id'},
+        'another request, another X-Tenant-Request-ID';
 }
 
 {
@@ -226,7 +238,8 @@ for my $c (
     is $r->{status}, 200, '8-bit target: 200';
     my $j = $r->{json} || {};
     my %h = map { $_ => ($j->{headers}{$_} || [])->[0] } @SIGNED, 'x-tenant-timestamp',
-                                                         'x-tenant-signature';
+                                                         'x-tenant-signature',
+                                                         'x-tenant-request-id';
     is $j->{uri}, $path, '8-bit target: the upstream got it as sent';
     is $h{'x-tenant-signature'}, sign_v2($h{'x-tenant-timestamp'}, 'GET', $j->{uri}, %h),
         '8-bit target: the signature covers its bytes';
@@ -252,8 +265,8 @@ for my $c (
     my $set = header_set($r);
 
     my $d = direct(method => 'GET', path => '/api/items?x=1&y=%20z', headers => $set);
-    is $d->{status}, 200, 'replay of the same request within the window verifies '
-                          . '(the limit the README names)';
+    is $d->{status}, 401, 'replay of the same request: refused';
+    is $d->{reason}, 'replayed', '... by the X-Tenant-Request-ID check: the signature verified';
 
     for my $c (
         [GET    => '/api/admin/users',          'another path'],
@@ -276,7 +289,7 @@ for my $c (
     $d = direct(method => 'DELETE', path => '/api/orders?draft=1', headers => header_set($p));
     is $d->{status}, 401, 'replayed POST header set as DELETE: refused';
 
-    for my $n (@SIGNED, 'x-tenant-timestamp') {
+    for my $n (@SIGNED, 'x-tenant-timestamp', 'x-tenant-request-id') {
         my @tampered = @$set;
         for (my $i = 0; $i < @tampered; $i += 2) {
             $tampered[$i + 1] .= 'x' if $tampered[$i] eq $n;
@@ -303,7 +316,8 @@ for my $c (
     # the mapped location's header set on the backend's own path: refused
     my $m = $captured{'/mapped/item/7?force=1'};
     $d = direct(method => 'DELETE', path => '/mapped/item/7?force=1', headers => header_set($m));
-    is $d->{status}, 200, 'mapped header set on the gateway path it was signed for verifies';
+    is $d->{reason}, 'replayed',
+        'mapped header set on the gateway path it was signed for: the signature verifies';
     $d = direct(method => 'DELETE', path => '/v1/item/8?force=1', headers => header_set($m));
     is $d->{status}, 401, 'mapped header set on another item: refused';
 }
@@ -312,10 +326,12 @@ for my $c (
     # timestamps: validly signed here, for the exact request
     my %h = (map { $_ => $captured{'/api/items?x=1&y=%20z'}{json}{headers}{$_} } @SIGNED);
     my $path = '/api/items?x=1&y=%20z';
+    my $n = 0;
     for my $c ([0, 200, 'now'], [-3600, 401, 'an hour old'], [3600, 401, 'an hour ahead'],
                [-121, 401, 'just past the 120 s window']) {
         my ($off, $want, $what) = @$c;
         my $ts = time + $off;
+        $h{'x-tenant-request-id'} = sprintf '%032x', ++$n;
         my $d = direct(method => 'GET', path => $path,
                        headers => [%h, 'x-tenant-timestamp' => $ts,
                                    'x-tenant-signature' => sign_v2($ts, 'GET', $path, %h)]);
@@ -357,7 +373,8 @@ const headers = { 'x-tenant-id': 't1', 'x-tenant-slug': 'acme',
   'x-tenant-schema': 'tenant_acme', 'x-tenant-tier': 'professional',
   'x-organization-id': 'org_1', 'x-user-id': 'user_1', 'x-org-role': 'org:admin',
   'x-tenant-timestamp': '1700000000',
-  'x-tenant-signature': 'v2=c4bb68ec85962db5595efb90087d0ba4ca165b4500df74120f321b5add7903c3' };
+  'x-tenant-request-id': '0123456789abcdef0123456789abcdef',
+  'x-tenant-signature': 'v2=39c6c8d58d63c0c2c29ce8556a793ca7dc39ac0ef854e89935af8948e1b793ce' };
 const req = { method: 'GET', url: '/api/products?page=2', headers };
 console.log(key.toString('hex'));
 console.log(String(verifyTenantHeaders(req, key, { maxAgeSeconds: Infinity })));

@@ -67,6 +67,7 @@ my @underscored = (
     'X-Org_Role'         => 'org:owner',
     'X_Tenant_Signature' => 'v2=' . ('0' x 64),
     'X_Tenant_Timestamp' => '1',
+    'x_tenant_request_id' => 'forged',
 );
 
 # The names of the upstream's headers that fold to a tenant header.
@@ -87,7 +88,8 @@ for my $c ([$ngx->{port}, 'underscores_in_headers on'],
     my $h = ($r->{json} || {})->{headers} || {};
     is_deeply tenantish($h),
         [sort qw(x-tenant-id x-tenant-slug x-tenant-schema x-tenant-tier x-organization-id
-                 x-user-id x-org-role x-tenant-timestamp x-tenant-signature)],
+                 x-user-id x-org-role x-tenant-timestamp x-tenant-signature
+                 x-tenant-request-id)],
         "$what: only the gateway's tenant headers reached the upstream"
         or diag explain [keys %$h];
     is_deeply $h->{'x-tenant-tier'}, ['professional'], "$what: X-Tenant-Tier is the row's";

@@ -1,7 +1,8 @@
 // The backend of t/065-signed-headers.t: a node:http server that checks
-// every request with scripts/verify-signature.js (the README's verifier)
-// and answers 200 or 401 application/json
-//   { reason (null when verified), method, url, headers, body }.
+// every request with scripts/verify-signature.js (the README's verifier),
+// then refuses an X-Tenant-Request-ID it has verified before ('replayed',
+// as the README suggests), and answers 200 or 401 application/json
+//   { reason (null when verified), method, url (hex), headers, body }.
 // A request under /v1/ is checked as the gateway signed it under /mapped/
 // (the test's "location /mapped/ { proxy_pass http://.../v1/; }"), unless
 // it has X-Test-No-Map.
@@ -16,6 +17,7 @@ const { tenantSigningKey, verifyTenantHeaders } =
 
 const key = tenantSigningKey(process.env.ENCRYPTION_KEY);
 const port = Number(process.argv[2]);
+const seen = new Map();         // X-Tenant-Request-ID => forget after (ms)
 
 const server = http.createServer((req, res) => {
   const chunks = [];
@@ -25,7 +27,21 @@ const server = http.createServer((req, res) => {
     if (req.url.startsWith('/v1/') && req.headers['x-test-no-map'] === undefined) {
       options.target = '/mapped/' + req.url.slice(4);
     }
-    const reason = verifyTenantHeaders(req, key, options);
+    let reason = verifyTenantHeaders(req, key, options);
+    if (reason === null) {
+      const id = req.headers['x-tenant-request-id'];
+      const now = Date.now();
+      for (const [k, until] of seen) {
+        if (until < now) {
+          seen.delete(k);
+        }
+      }
+      if (seen.has(id)) {
+        reason = 'replayed';
+      } else {
+        seen.set(id, now + 2 * 120 * 1000);
+      }
+    }
     const body = JSON.stringify({
       reason, method: req.method, url: Buffer.from(req.url, 'latin1').toString('hex'),
       headers: req.headers, body: Buffer.concat(chunks).toString('latin1'),

@@ -25,7 +25,8 @@
  *         -kdfopt hexkey:$ikm \
  *         -kdfopt 'info:capliquify tenant headers v1' HKDF \
  *         | tr -d ':' | tr A-F a-f)
- *   printf 'v2\n1700000000\nGET\n/api/products?page=2\nt1\nacme\n'\
+ *   printf 'v2\n1700000000\nGET\n/api/products?page=2\n'\
+ *   '0123456789abcdef0123456789abcdef\nt1\nacme\n'\
  *   'tenant_acme\nprofessional\norg_1\nuser_1\norg:admin' \
  *   | openssl dgst -sha256 -mac HMAC -macopt hexkey:$key
  *
@@ -35,14 +36,15 @@
 #define KAT_KEY                                                              \
     "9460621557db2c6d957e48e7b9aa2c6640fdedd25fa5939e2276f6cd011e425f"
 #define KAT_MESSAGE                                                          \
-    "v2\n1700000000\nGET\n/api/products?page=2\nt1\nacme\ntenant_acme\n"    \
+    "v2\n1700000000\nGET\n/api/products?page=2\n"                           \
+    "0123456789abcdef0123456789abcdef\nt1\nacme\ntenant_acme\n"             \
     "professional\norg_1\nuser_1\norg:admin"
 #define KAT_MAC                                                              \
-    "c4bb68ec85962db5595efb90087d0ba4ca165b4500df74120f321b5add7903c3"
+    "39c6c8d58d63c0c2c29ce8556a793ca7dc39ac0ef854e89935af8948e1b793ce"
 
-/* "v2\n-1\n\n\nt1\n\n\n\n\n\n": absent values are empty strings */
+/* "v2\n-1\n\n\n\nt1\n\n\n\n\n\n": absent values are empty strings */
 #define KAT_MAC_EMPTY                                                        \
-    "f523066d2eda4f0bb30a5dc9a76a95b29725b6cbd54357b31ec1f189b11fa18a"
+    "fe9642a496b95f51c05f5762539f306da65250f90d2d97e51bc9420a48160bb8"
 
 
 static const char *hex(const unsigned char *p, size_t len);
@@ -307,8 +309,9 @@ test_known_answer(void)
     tenant_str_t       fields[TENANT_SIGN_NFIELDS];
 
     static const char  *values[TENANT_SIGN_NFIELDS] = {
-        "GET", "/api/products?page=2", "t1", "acme", "tenant_acme",
-        "professional", "org_1", "user_1", "org:admin"
+        "GET", "/api/products?page=2", "0123456789abcdef0123456789abcdef",
+        "t1", "acme", "tenant_acme", "professional", "org_1", "user_1",
+        "org:admin"
     };
 
     for (i = 0; i < 32; i++) {
@@ -480,7 +483,7 @@ test_message(void)
     tenant_str_t  fields[TENANT_SIGN_NFIELDS];
 
     static const char  *values[TENANT_SIGN_NFIELDS] = {
-        "POST", "/x?a=1", "a", "bb", "", "ccc", "d", "", "e"
+        "POST", "/x?a=1", "r1", "a", "bb", "", "ccc", "d", "", "e"
     };
 
     static const char  *bad[] = {
@@ -498,21 +501,21 @@ test_message(void)
     is_int(m, n, "measure and write agree");
     is_int(buf[m], '#', "nothing written past the returned length");
     buf[m] = '\0';
-    is_str(buf, "v2\n0\nPOST\n/x?a=1\na\nbb\n\nccc\nd\n\ne",
+    is_str(buf, "v2\n0\nPOST\n/x?a=1\nr1\na\nbb\n\nccc\nd\n\ne",
            "timestamp 0, method, target, empty values");
 
     fields[TENANT_SIGN_TENANT_ID].len = 0;
     fields[TENANT_SIGN_TENANT_ID].value = "ignored";
     m = tenant_sign_message(buf, 9, fields);
     buf[m] = '\0';
-    is_str(buf, "v2\n9\nPOST\n/x?a=1\n\nbb\n\nccc\nd\n\ne",
+    is_str(buf, "v2\n9\nPOST\n/x?a=1\nr1\n\nbb\n\nccc\nd\n\ne",
            "value_len 0 is empty");
 
     fields[TENANT_SIGN_TENANT_SLUG].value = "bbbb";
     fields[TENANT_SIGN_TENANT_SLUG].len = 2;
     m = tenant_sign_message(buf, 9, fields);
     buf[m] = '\0';
-    is_str(buf, "v2\n9\nPOST\n/x?a=1\n\nbb\n\nccc\nd\n\ne",
+    is_str(buf, "v2\n9\nPOST\n/x?a=1\nr1\n\nbb\n\nccc\nd\n\ne",
            "only len bytes of a value");
 
     /* 8-bit bytes (a target as sent) are kept as they are */
@@ -521,7 +524,7 @@ test_message(void)
     fields[TENANT_SIGN_TARGET].len = 6;
     m = tenant_sign_message(buf, 9, fields);
     buf[m] = '\0';
-    is_str(buf, "v2\n9\nPOST\n/caf\xc3\xa9\n\nbb\n\nccc\nd\n\ne",
+    is_str(buf, "v2\n9\nPOST\n/caf\xc3\xa9\nr1\n\nbb\n\nccc\nd\n\ne",
            "8-bit bytes kept");
 
     /* a control byte in any field: no message (it could shift fields) */
@@ -563,15 +566,18 @@ test_message(void)
     m = tenant_sign_message(buf, INT64_MIN, fields);
     buf[m] = '\0';
     is_int(m, n, "INT64_MIN: measure and write agree");
-    is_str(buf, "v2\n-9223372036854775808\n\n\n\n\n\n\n\n\n", "INT64_MIN");
+    is_str(buf, "v2\n-9223372036854775808\n\n\n\n\n\n\n\n\n\n",
+           "INT64_MIN");
 
     m = tenant_sign_message(buf, INT64_MAX, fields);
     buf[m] = '\0';
-    is_str(buf, "v2\n9223372036854775807\n\n\n\n\n\n\n\n\n", "INT64_MAX");
+    is_str(buf, "v2\n9223372036854775807\n\n\n\n\n\n\n\n\n\n",
+           "INT64_MAX");
 
     m = tenant_sign_message(buf, -1700000000, fields);
     buf[m] = '\0';
-    is_str(buf, "v2\n-1700000000\n\n\n\n\n\n\n\n\n", "negative timestamp");
+    is_str(buf, "v2\n-1700000000\n\n\n\n\n\n\n\n\n\n",
+           "negative timestamp");
 }
 
 
