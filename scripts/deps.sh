@@ -15,6 +15,7 @@ pkgs=(
     python3 python3-prometheus-client
     curl wrk openssl ca-certificates
     faketime
+    nodejs
     prometheus
 )
 

@@ -41,14 +41,15 @@ typedef struct {
 } ngx_tenant_header_t;
 
 
-static ngx_uint_t ngx_tenant_header_is_reserved(ngx_table_elt_t *h);
+static ngx_int_t ngx_tenant_headers_target(ngx_http_request_t *r,
+    ngx_str_t *target);
 static ngx_int_t ngx_tenant_header_add(ngx_http_request_t *r,
     ngx_tenant_header_t *h, u_char *value, size_t len);
 static ngx_int_t ngx_tenant_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
 
-/* in the order of the signed message after the timestamp */
+/* in the order of the signed message after the method and the target */
 
 static ngx_tenant_header_t  ngx_tenant_headers[] = {
     { ngx_string("X-Tenant-ID"), ngx_string("x-tenant-id"), 0 },
@@ -59,12 +60,15 @@ static ngx_tenant_header_t  ngx_tenant_headers[] = {
     { ngx_string("X-User-ID"), ngx_string("x-user-id"), 0 },
     { ngx_string("X-Org-Role"), ngx_string("x-org-role"), 0 },
     { ngx_string("X-Tenant-Timestamp"), ngx_string("x-tenant-timestamp"), 0 },
-    { ngx_string("X-Tenant-Signature"), ngx_string("x-tenant-signature"), 0 }
+    { ngx_string("X-Tenant-Signature"), ngx_string("x-tenant-signature"), 0 },
+    { ngx_string("X-Tenant-Request-ID"), ngx_string("x-tenant-request-id"),
+      0 }
 };
 
 #define NGX_TENANT_H_ORG_ID      4
 #define NGX_TENANT_H_TIMESTAMP   7
 #define NGX_TENANT_H_SIGNATURE   8
+#define NGX_TENANT_H_REQUEST_ID  9
 #define NGX_TENANT_NSIGNED       7
 
 
@@ -113,6 +117,10 @@ static ngx_http_variable_t  ngx_tenant_vars[] = {
 };
 
 
+static ngx_str_t   ngx_tenant_request_id = ngx_string("request_id");
+static ngx_uint_t  ngx_tenant_request_id_hash;
+
+
 ngx_int_t
 ngx_tenant_headers_init(ngx_conf_t *cf)
 {
@@ -126,13 +134,18 @@ ngx_tenant_headers_init(ngx_conf_t *cf)
                          ngx_tenant_headers[i].lowcase.len);
     }
 
+    ngx_tenant_request_id_hash = ngx_hash_key(ngx_tenant_request_id.data,
+                                              ngx_tenant_request_id.len);
+
     return NGX_OK;
 }
 
 
 /*
  * The client's X-Organization-ID: *org (len 0 when absent) and *count,
- * the number of such headers.
+ * the number of such headers, spelled in any case and with '_' for '-' as
+ * the backends read them (X_Organization_ID next to X-Organization-ID is
+ * two of them, refused as ambiguous; alone, it is the header).
  */
 
 void
@@ -161,9 +174,9 @@ ngx_tenant_headers_read_org(ngx_http_request_t *r, ngx_str_t *org,
             i = 0;
         }
 
-        if (h[i].key.len == sizeof("X-Organization-ID") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "X-Organization-ID",
-                               sizeof("X-Organization-ID") - 1) == 0)
+        if (tenant_header_name_is(h[i].key.data, h[i].key.len,
+                                  "x-organization-id",
+                                  sizeof("x-organization-id") - 1))
         {
             *org = h[i].value;
             (*count)++;
@@ -174,7 +187,8 @@ ngx_tenant_headers_read_org(ngx_http_request_t *r, ngx_str_t *org,
 
 /*
  * Removes every client-sent header named like one the gateway sets:
- * X-Tenant-*, X-User-*, X-Org-Role, X-Organization-ID.  Elements of
+ * X-Tenant-*, X-User-*, X-Org-Role, X-Organization-ID, in any case and
+ * with '_' for '-' (tenant_header_reserved()).  Elements of
  * r->headers_in.headers are pointed to by r->headers_in.host and others,
  * so they are not moved: a new list is built without the reserved ones,
  * and only when there is one (rarely: a client that tries).
@@ -206,7 +220,7 @@ ngx_tenant_headers_strip(ngx_http_request_t *r)
         }
 
         total++;
-        n += ngx_tenant_header_is_reserved(&h[i]);
+        n += tenant_header_reserved(h[i].key.data, h[i].key.len);
     }
 
     if (n == 0) {
@@ -246,7 +260,7 @@ ngx_tenant_headers_strip(ngx_http_request_t *r)
             i = 0;
         }
 
-        if (ngx_tenant_header_is_reserved(&h[i])) {
+        if (tenant_header_reserved(h[i].key.data, h[i].key.len)) {
             continue;
         }
 
@@ -262,82 +276,80 @@ ngx_tenant_headers_strip(ngx_http_request_t *r)
 }
 
 
-static ngx_uint_t
-ngx_tenant_header_is_reserved(ngx_table_elt_t *h)
-{
-    if (h->key.len >= sizeof("X-Tenant-") - 1
-        && ngx_strncasecmp(h->key.data, (u_char *) "X-Tenant-",
-                           sizeof("X-Tenant-") - 1) == 0)
-    {
-        return 1;
-    }
-
-    if (h->key.len >= sizeof("X-User-") - 1
-        && ngx_strncasecmp(h->key.data, (u_char *) "X-User-",
-                           sizeof("X-User-") - 1) == 0)
-    {
-        return 1;
-    }
-
-    if (h->key.len == sizeof("X-Org-Role") - 1
-        && ngx_strncasecmp(h->key.data, (u_char *) "X-Org-Role",
-                           sizeof("X-Org-Role") - 1) == 0)
-    {
-        return 1;
-    }
-
-    if (h->key.len == sizeof("X-Organization-ID") - 1
-        && ngx_strncasecmp(h->key.data, (u_char *) "X-Organization-ID",
-                           sizeof("X-Organization-ID") - 1) == 0)
-    {
-        return 1;
-    }
-
-    return 0;
-}
-
-
 /*
  * Adds the tenant headers and their signature (see tenant_sign.h for the
  * message).  Every value comes from the database row or from a verified
- * claim that tenant_jwt checked for control characters and length.
+ * claim that tenant_jwt checked for control characters and length; the
+ * method and the target from nginx's request line parser, which refuses
+ * control characters.
  */
 
 ngx_int_t
 ngx_tenant_headers_inject(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx)
 {
-    u_char          *msg, *p;
-    size_t           len;
-    time_t           now;
-    ngx_uint_t       i;
-    tenant_str_t     f[NGX_TENANT_NSIGNED];
-    unsigned char    mac[TENANT_SHA256_LEN];
-    u_char           ts[NGX_TIME_T_LEN];
-    u_char           sig[3 + 2 * TENANT_SHA256_LEN];
+    u_char                     *msg, *p;
+    size_t                      len;
+    time_t                      now;
+    ngx_str_t                   target;
+    ngx_uint_t                  i;
+    tenant_str_t                f[TENANT_SIGN_NFIELDS], *v;
+    unsigned char               mac[TENANT_SHA256_LEN];
+    ngx_http_variable_value_t  *id;
+    u_char                      ts[NGX_TIME_T_LEN];
+    u_char                      sig[sizeof(TENANT_SIGN_VERSION "=") - 1
+                                    + 2 * TENANT_SHA256_LEN];
 
-    f[0].value = (char *) ctx->tenant.id;
-    f[0].len = ctx->tenant.id_len;
-    f[1].value = (char *) ctx->tenant.slug;
-    f[1].len = ctx->tenant.slug_len;
-    f[2].value = (char *) ctx->tenant.schema;
-    f[2].len = ctx->tenant.schema_len;
-    f[3].value = (char *) ctx->tenant.tier;
-    f[3].len = ctx->tenant.tier_len;
-    f[4].value = (char *) ctx->tenant.org_id;
-    f[4].len = ctx->tenant.org_id_len;
-    f[5].value = ctx->claims.sub;
-    f[5].len = ctx->claims.sub_len;
-    f[6].value = ctx->claims.org_role;
-    f[6].len = ctx->claims.org_role_len;
+    if (ngx_tenant_headers_target(r, &target) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    f[TENANT_SIGN_METHOD].value = (char *) r->method_name.data;
+    f[TENANT_SIGN_METHOD].len = r->method_name.len;
+    f[TENANT_SIGN_TARGET].value = (char *) target.data;
+    f[TENANT_SIGN_TARGET].len = target.len;
+
+    /*
+     * $request_id, the value the access log and X-Request-ID have: unique
+     * per request, so that a backend can refuse a header set it has seen
+     */
+
+    id = ngx_http_get_variable(r, &ngx_tenant_request_id,
+                               ngx_tenant_request_id_hash);
+
+    if (id == NULL || id->not_found || id->len == 0) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tenant: no $request_id to sign");
+        return NGX_ERROR;
+    }
+
+    f[TENANT_SIGN_REQUEST_ID].value = (char *) id->data;
+    f[TENANT_SIGN_REQUEST_ID].len = id->len;
+
+    v = &f[TENANT_SIGN_TENANT_ID];
+
+    v[0].value = (char *) ctx->tenant.id;
+    v[0].len = ctx->tenant.id_len;
+    v[1].value = (char *) ctx->tenant.slug;
+    v[1].len = ctx->tenant.slug_len;
+    v[2].value = (char *) ctx->tenant.schema;
+    v[2].len = ctx->tenant.schema_len;
+    v[3].value = (char *) ctx->tenant.tier;
+    v[3].len = ctx->tenant.tier_len;
+    v[4].value = (char *) ctx->tenant.org_id;
+    v[4].len = ctx->tenant.org_id_len;
+    v[5].value = ctx->claims.sub;
+    v[5].len = ctx->claims.sub_len;
+    v[6].value = ctx->claims.org_role;
+    v[6].len = ctx->claims.org_role_len;
 
     for (i = 0; i < NGX_TENANT_NSIGNED; i++) {
-        if (f[i].len == 0) {
+        if (v[i].len == 0) {
             continue;
         }
 
         if (ngx_tenant_header_add(r, &ngx_tenant_headers[i],
-                                  (u_char *) f[i].value, f[i].len)
+                                  (u_char *) v[i].value, v[i].len)
             != NGX_OK)
         {
             return NGX_ERROR;
@@ -347,6 +359,16 @@ ngx_tenant_headers_inject(ngx_http_request_t *r,
     now = ngx_time();
 
     len = tenant_sign_message(NULL, now, f);
+
+    if (len == 0) {
+        /* not from a client: nginx refuses control characters in the
+         * request line; only the configuration ("set $args") could */
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tenant: a control character in the request line "
+                      "or a tenant value, the headers are not signed");
+        return NGX_ERROR;
+    }
 
     msg = ngx_pnalloc(r->pool, len);
     if (msg == NULL) {
@@ -361,7 +383,8 @@ ngx_tenant_headers_inject(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(sig, "v1=", 3);
+    p = ngx_cpymem(sig, TENANT_SIGN_VERSION "=",
+                   sizeof(TENANT_SIGN_VERSION "=") - 1);
     tenant_hex_encode((char *) p, mac, TENANT_SHA256_LEN);
 
     p = ngx_sprintf(ts, "%T", now);
@@ -370,11 +393,71 @@ ngx_tenant_headers_inject(ngx_http_request_t *r,
                               ts, p - ts)
         != NGX_OK
         || ngx_tenant_header_add(r,
+                                 &ngx_tenant_headers[NGX_TENANT_H_REQUEST_ID],
+                                 id->data, id->len)
+           != NGX_OK
+        || ngx_tenant_header_add(r,
                                  &ngx_tenant_headers[NGX_TENANT_H_SIGNATURE],
                                  sig, sizeof(sig))
            != NGX_OK)
     {
         return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request target the upstream receives from "proxy_pass" without a
+ * URI part, as ngx_http_proxy_create_request() of nginx 1.22 builds it:
+ * the client's own target while no rewrite or internal redirect changed
+ * the URI, else the URI, escaped when it was decoded or is internal, and
+ * the arguments.  proxy_pass with a URI part ("proxy_pass http://b/v1/;")
+ * replaces the location's prefix after the access phase, too late to be
+ * signed: the README says how a backend verifies then.
+ */
+
+static ngx_int_t
+ngx_tenant_headers_target(ngx_http_request_t *r, ngx_str_t *target)
+{
+    u_char     *p;
+    size_t      len;
+    uintptr_t   escape;
+
+    if (r->valid_unparsed_uri && r == r->main) {
+        *target = r->unparsed_uri;
+        return NGX_OK;
+    }
+
+    escape = 0;
+
+    if (r->quoted_uri || r->internal) {
+        escape = 2 * ngx_escape_uri(NULL, r->uri.data, r->uri.len,
+                                    NGX_ESCAPE_URI);
+    }
+
+    len = r->uri.len + escape + (r->args.len ? 1 + r->args.len : 0);
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    target->data = p;
+    target->len = len;
+
+    if (escape) {
+        (void) ngx_escape_uri(p, r->uri.data, r->uri.len, NGX_ESCAPE_URI);
+        p += r->uri.len + escape;
+
+    } else {
+        p = ngx_cpymem(p, r->uri.data, r->uri.len);
+    }
+
+    if (r->args.len) {
+        *p++ = '?';
+        ngx_memcpy(p, r->args.data, r->args.len);
     }
 
     return NGX_OK;

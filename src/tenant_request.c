@@ -9,6 +9,8 @@
 
 
 static int tenant_is_token68(unsigned char ch);
+static int tenant_header_prefix(const unsigned char *name, size_t len,
+    const char *want, size_t want_len);
 
 
 int
@@ -158,6 +160,60 @@ tenant_org_id_valid(const unsigned char *id, size_t len)
 
     for (i = 0; i < len; i++) {
         if (id[i] < 0x21 || id[i] > 0x7e) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+int
+tenant_header_name_is(const unsigned char *name, size_t len,
+    const char *want, size_t want_len)
+{
+    return len == want_len && tenant_header_prefix(name, len, want, want_len);
+}
+
+
+int
+tenant_header_reserved(const unsigned char *name, size_t len)
+{
+    return tenant_header_prefix(name, len, "x-tenant-",
+                                sizeof("x-tenant-") - 1)
+           || tenant_header_prefix(name, len, "x-user-",
+                                   sizeof("x-user-") - 1)
+           || tenant_header_name_is(name, len, "x-org-role",
+                                    sizeof("x-org-role") - 1)
+           || tenant_header_name_is(name, len, "x-organization-id",
+                                    sizeof("x-organization-id") - 1);
+}
+
+
+/* Whether name starts with want (lowercase, '-'): any case, '_' as '-'. */
+
+static int
+tenant_header_prefix(const unsigned char *name, size_t len,
+    const char *want, size_t want_len)
+{
+    size_t         i;
+    unsigned char  c;
+
+    if (len < want_len) {
+        return 0;
+    }
+
+    for (i = 0; i < want_len; i++) {
+        c = name[i];
+
+        if (c >= 'A' && c <= 'Z') {
+            c |= 0x20;
+
+        } else if (c == '_') {
+            c = '-';
+        }
+
+        if (c != (unsigned char) want[i]) {
             return 0;
         }
     }

@@ -49,5 +49,21 @@ int tenant_cookie_value(const unsigned char *cookie, size_t len,
  */
 int tenant_org_id_valid(const unsigned char *id, size_t len);
 
+/*
+ * Whether header name "name" is "want" (given lowercase, with '-') read
+ * as backends read header names: in any case, and with '_' for any '-'.
+ * nginx passes "X_Tenant_ID" with underscores_in_headers on (or
+ * ignore_invalid_headers off), and CGI, WSGI, Rack and PHP fold it into
+ * the same variable as "X-Tenant-ID".  1 if it is.
+ */
+int tenant_header_name_is(const unsigned char *name, size_t len,
+    const char *want, size_t want_len);
+
+/*
+ * Whether a request header name is one the gateway sets, read as above:
+ * X-Tenant-*, X-User-*, X-Org-Role or X-Organization-ID.  1 if so.
+ */
+int tenant_header_reserved(const unsigned char *name, size_t len);
+
 
 #endif /* _TENANT_REQUEST_H_INCLUDED_ */

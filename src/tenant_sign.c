@@ -197,13 +197,24 @@ size_t
 tenant_sign_message(char *dst, int64_t timestamp,
     const tenant_str_t fields[TENANT_SIGN_NFIELDS])
 {
-    char    *p;
-    size_t   n, i, len;
+    char                 *p;
+    size_t                n, i, j, len;
+    const unsigned char  *v;
 
-    n = sizeof("v1\n") - 1 + tenant_sign_int64(NULL, timestamp);
+    n = sizeof(TENANT_SIGN_VERSION "\n") - 1
+        + tenant_sign_int64(NULL, timestamp);
 
     for (i = 0; i < TENANT_SIGN_NFIELDS; i++) {
-        n += 1 + (fields[i].value ? fields[i].len : 0);
+        len = fields[i].value ? fields[i].len : 0;
+        v = (const unsigned char *) fields[i].value;
+
+        for (j = 0; j < len; j++) {
+            if (v[j] < 0x20 || v[j] == 0x7f) {
+                return 0;
+            }
+        }
+
+        n += 1 + len;
     }
 
     if (dst == NULL) {
@@ -212,8 +223,8 @@ tenant_sign_message(char *dst, int64_t timestamp,
 
     p = dst;
 
-    memcpy(p, "v1\n", sizeof("v1\n") - 1);
-    p += sizeof("v1\n") - 1;
+    memcpy(p, TENANT_SIGN_VERSION "\n", sizeof(TENANT_SIGN_VERSION "\n") - 1);
+    p += sizeof(TENANT_SIGN_VERSION "\n") - 1;
 
     p += tenant_sign_int64(p, timestamp);
 

@@ -7,15 +7,23 @@
  * hex digits) with HKDF-SHA256 (RFC 5869): salt empty, info
  * TENANT_SIGN_INFO, 32 bytes of output.  The signature is
  * HMAC-SHA256(key, message) in lowercase hex, sent as
- * "X-Tenant-Signature: v1=<hex>", where message is the canonical string
+ * "X-Tenant-Signature: v2=<hex>", where message is the canonical string
  * built by tenant_sign_message():
  *
- *   "v1\n" timestamp "\n" tenant_id "\n" tenant_slug "\n" tenant_schema
- *   "\n" tenant_tier "\n" organization_id "\n" user_id "\n" org_role
+ *   "v2\n" timestamp "\n" method "\n" target "\n" request_id "\n"
+ *   tenant_id "\n" tenant_slug "\n" tenant_schema "\n" tenant_tier "\n"
+ *   organization_id "\n" user_id "\n" org_role
  *
- * (the values exactly as sent in the X-Tenant-Timestamp, X-Tenant-ID,
- * X-Tenant-Slug, X-Tenant-Schema, X-Tenant-Tier, X-Organization-ID,
- * X-User-ID and X-Org-Role headers; an absent value is the empty string).
+ * method and target are the request line the upstream receives ("GET",
+ * "/api/x?y=1"); the other values are exactly as sent in the
+ * X-Tenant-Timestamp, X-Tenant-Request-ID, X-Tenant-ID, X-Tenant-Slug,
+ * X-Tenant-Schema, X-Tenant-Tier, X-Organization-ID, X-User-ID and
+ * X-Org-Role headers (an absent value is the empty string).  No field may hold a control byte,
+ * so the fields cannot run into each other.
+ *
+ * v1 (the timestamp and the tenant values only) bound no request: a header
+ * set seen once could be replayed on any method and path.  It is no
+ * longer produced.
  */
 
 #ifndef _TENANT_SIGN_H_INCLUDED_
@@ -30,7 +38,24 @@
 
 #define TENANT_SIGN_INFO          "capliquify tenant headers v1"
 #define TENANT_SHA256_LEN         32
-#define TENANT_SIGN_NFIELDS       7       /* tenant_id .. org_role */
+#define TENANT_SIGN_VERSION       "v2"
+
+
+/* the fields of the canonical message after the timestamp, in order */
+
+enum {
+    TENANT_SIGN_METHOD = 0,
+    TENANT_SIGN_TARGET,
+    TENANT_SIGN_REQUEST_ID,
+    TENANT_SIGN_TENANT_ID,
+    TENANT_SIGN_TENANT_SLUG,
+    TENANT_SIGN_TENANT_SCHEMA,
+    TENANT_SIGN_TENANT_TIER,
+    TENANT_SIGN_ORGANIZATION_ID,
+    TENANT_SIGN_USER_ID,
+    TENANT_SIGN_ORG_ROLE,
+    TENANT_SIGN_NFIELDS
+};
 
 
 typedef struct {
@@ -64,11 +89,11 @@ int tenant_hkdf_sha256(unsigned char *out, size_t out_len,
 int tenant_sign(tenant_sign_key_t *k, const unsigned char *msg, size_t len,
     unsigned char out[TENANT_SHA256_LEN]);
 
-/* The canonical message from fields[0..6] (tenant_id, tenant_slug,
- * tenant_schema, tenant_tier, organization_id, user_id, org_role, in the
- * order documented above), after "v1\n" and the timestamp.  Returns its
- * length; with dst NULL only measures.  A field with value NULL is
- * empty. */
+/* The canonical message from fields[0 .. TENANT_SIGN_NFIELDS - 1] (in the
+ * order of the enum above), after "v2\n" and the timestamp.  Returns its
+ * length (never 0); with dst NULL only measures.  A field with value NULL
+ * is empty.  Returns 0, writing nothing, when a field holds a byte below
+ * 0x20 or 0x7f: such a message could be read with other fields. */
 size_t tenant_sign_message(char *dst, int64_t timestamp,
     const tenant_str_t fields[TENANT_SIGN_NFIELDS]);
 

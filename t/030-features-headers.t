@@ -267,22 +267,27 @@ my @SIGNED = qw(x-tenant-id x-tenant-slug x-tenant-schema x-tenant-tier
                 x-organization-id x-user-id x-org-role);
 
 sub signature_of {
-    my ($h) = @_;    # lowercased header name => value
-    my $msg = join "\n", 'v1', $h->{'x-tenant-timestamp'},
-                         map { $h->{$_} // '' } @SIGNED;
-    return 'v1=' . hmac_sha256_hex($msg, $derived);
+    my ($h, $key) = @_;    # tenant_headers_once()'s
+    my $msg = join "\n", 'v2', $h->{'x-tenant-timestamp'}, $h->{':method'},
+                         $h->{':target'}, map { $h->{$_} // '' }
+                                              'x-tenant-request-id', @SIGNED;
+    return 'v2=' . hmac_sha256_hex($msg, $key // $derived);
 }
 
-# The upstream's headers as name => value, checking each came once.
+# The upstream's headers as name => value, checking each came once (and
+# X-Tenant-Request-ID), and its request line as ':method' and ':target'
+# (signed too).
 sub tenant_headers_once {
     my ($json, $what, @names) = @_;
     my %h;
+    push @names, 'x-tenant-request-id';
     for my $n (@names) {
         my $v = $json->{headers}{$n} || [];
         is scalar(@$v), 1, "$what: upstream got $n exactly once"
             or diag explain $v;
         $h{$n} = $v->[0];
     }
+    @h{':method', ':target'} = @$json{qw(method uri)};
     return \%h;
 }
 
@@ -336,20 +341,19 @@ my @forged = (
     like $h->{'x-tenant-timestamp'} // '', qr/^\d+$/, "$what: X-Tenant-Timestamp is unix seconds";
     ok abs(($h->{'x-tenant-timestamp'} // 0) - time) <= 5,
         "$what: X-Tenant-Timestamp is within 5 s of now";
-    like $h->{'x-tenant-signature'} // '', qr/^v1=[0-9a-f]{64}$/,
-        "$what: X-Tenant-Signature is v1=<64 lowercase hex>";
+    like $h->{'x-tenant-signature'} // '', qr/^v2=[0-9a-f]{64}$/,
+        "$what: X-Tenant-Signature is v2=<64 lowercase hex>";
 
     is $h->{'x-tenant-signature'}, signature_of($h),
         "$what: the signature verifies, recomputed independently";
 
-    for my $n (@SIGNED, 'x-tenant-timestamp') {
+    for my $n (@SIGNED, 'x-tenant-timestamp', 'x-tenant-request-id', ':method', ':target') {
         my %alt = (%$h, $n => ($h->{$n} // '') . 'x');
         isnt signature_of(\%alt), $h->{'x-tenant-signature'},
             "$what: altering $n breaks the signature";
     }
     {
-        my $msg = join "\n", 'v1', $h->{'x-tenant-timestamp'}, map { $h->{$_} } @SIGNED;
-        isnt $h->{'x-tenant-signature'}, 'v1=' . hmac_sha256_hex($msg, pack('H*', $SIGNING_KEY)),
+        isnt $h->{'x-tenant-signature'}, signature_of($h, pack('H*', $SIGNING_KEY)),
             "$what: the HMAC key is derived (HKDF), not the raw signing key";
     }
     {
@@ -361,7 +365,8 @@ my @forged = (
 
     my @tenantish = sort grep { /^x-(tenant-|user-|org-role$|organization-id$)/ }
                     keys %{ $j->{headers} || {} };
-    is_deeply \@tenantish, [sort @SIGNED, 'x-tenant-signature', 'x-tenant-timestamp'],
+    is_deeply \@tenantish, [sort @SIGNED, 'x-tenant-signature', 'x-tenant-timestamp',
+                                   'x-tenant-request-id'],
         "$what: no other X-Tenant-*/X-User-* header reached the upstream (X-User-Email gone)";
     my @values = map { @{ $j->{headers}{$_} } } @tenantish;
     ok !(grep { /^(enterprise|public|user_admin2?|org:admin|org:owner|victim|1|second-copy)$/

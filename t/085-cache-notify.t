@@ -124,8 +124,11 @@ my @SIGNED  = qw(x-tenant-id x-tenant-slug x-tenant-schema x-tenant-tier
 sub seen {
     my ($r) = @_;
     return outcome($r) unless $r->{status} == 200;
-    my %h = map { $_ => upstream($r, $_) // '' } @SIGNED, 'x-tenant-timestamp';
-    my $want = 'v1=' . hmac_sha256_hex(join("\n", 'v1', $h{'x-tenant-timestamp'}, @h{@SIGNED}),
+    my %h = map { $_ => upstream($r, $_) // '' } @SIGNED, 'x-tenant-timestamp',
+                                                  'x-tenant-request-id';
+    my $want = 'v2=' . hmac_sha256_hex(join("\n", 'v2', $h{'x-tenant-timestamp'},
+                                            @{ $r->{json} }{qw(method uri)},
+                                            @h{'x-tenant-request-id', @SIGNED}),
                                        $DERIVED);
     return join ' ', @h{qw(x-tenant-id x-tenant-slug x-tenant-schema x-tenant-tier
                            x-organization-id)},

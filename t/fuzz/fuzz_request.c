@@ -7,8 +7,12 @@
  *
  * The whole input is tried as an Authorization header value
  * (tenant_bearer_token()), a Cookie header value (tenant_cookie_value()
- * for "__session") and an organization id (tenant_org_id_valid()), each
- * compared with an independent reading of its rules.
+ * for "__session"), an organization id (tenant_org_id_valid()) and a
+ * header name (tenant_header_reserved()), each compared with an
+ * independent reading of its rules.  Cut at 0xff bytes, the chunks are
+ * the fields of a signed message (tenant_sign_message(): method, target
+ * and the tenant values, from the request line), which must split back
+ * into exactly those fields, or be refused for a control byte.
  *
  * Then the input is cut at 0xff bytes into: control bytes, type_base,
  * code, title, detail, and (name, value) pairs for the members, and
@@ -37,6 +41,7 @@
 
 #include "tenant_problem.h"
 #include "tenant_request.h"
+#include "tenant_sign.h"
 
 
 #define FUZZ_CHUNKS_MAX   (5 + 2 * 12)
@@ -54,6 +59,8 @@ static void fuzz_bearer(const uint8_t *data, size_t size);
 static void fuzz_cookie(const uint8_t *data, size_t size, const char *name,
     size_t name_len);
 static void fuzz_org_id(const uint8_t *data, size_t size);
+static void fuzz_header_name(const uint8_t *data, size_t size);
+static void fuzz_sign_message(const uint8_t *data, size_t size);
 static void fuzz_problem(const uint8_t *data, size_t size);
 static void fuzz_escape(const char *s, size_t len);
 static void fuzz_check_string(json_t *v, const char *s, size_t len);
@@ -76,6 +83,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_bearer(data, size);
     fuzz_cookie(data, size, "__session", 9);
     fuzz_org_id(data, size);
+    fuzz_header_name(data, size);
+    fuzz_sign_message(data, size);
 
     sep = memchr(data, 0xff, size);
 
@@ -242,6 +251,119 @@ fuzz_org_id(const uint8_t *data, size_t size)
     if (tenant_org_id_valid(data, size) != want) {
         abort();
     }
+}
+
+
+/*
+ * X-Tenant-*, X-User-* (prefixes), X-Org-Role, X-Organization-ID (whole
+ * names), compared after '_' becomes '-', ignoring case.
+ */
+
+static void
+fuzz_header_name(const uint8_t *data, size_t size)
+{
+    int     want;
+    char   *name;
+    size_t  i;
+
+    name = malloc(size + 1);
+    if (name == NULL) {
+        abort();
+    }
+
+    for (i = 0; i < size; i++) {
+        name[i] = (data[i] == '_') ? '-' : (char) data[i];
+    }
+
+    name[size] = '\0';
+
+    want = (size >= 9 && strncasecmp(name, "x-tenant-", 9) == 0)
+           || (size >= 7 && strncasecmp(name, "x-user-", 7) == 0)
+           || (size == 10 && strncasecmp(name, "x-org-role", 10) == 0)
+           || (size == 17 && strncasecmp(name, "x-organization-id", 17) == 0);
+
+    free(name);
+
+    if (tenant_header_reserved(data, size) != want) {
+        abort();
+    }
+}
+
+
+static void
+fuzz_sign_message(const uint8_t *data, size_t size)
+{
+    int             bad;
+    char           *msg, *p, *nl;
+    size_t          i, n, len, off;
+    const uint8_t  *sep;
+    tenant_str_t    f[TENANT_SIGN_NFIELDS];
+
+    bad = 0;
+    off = 0;
+
+    for (i = 0; i < TENANT_SIGN_NFIELDS; i++) {
+        sep = (off < size) ? memchr(data + off, 0xff, size - off) : NULL;
+        len = sep ? (size_t) (sep - data) - off : size - off;
+
+        f[i].value = (const char *) data + off;
+        f[i].len = len;
+
+        for (n = 0; n < len; n++) {
+            bad |= (data[off + n] < 0x20 || data[off + n] == 0x7f);
+        }
+
+        off = sep ? off + len + 1 : size;
+    }
+
+    n = tenant_sign_message(NULL, (int64_t) size - 7, f);
+
+    if (bad) {
+        if (n != 0) {
+            abort();
+        }
+        return;
+    }
+
+    msg = malloc(n + 1);
+    if (msg == NULL) {
+        abort();
+    }
+
+    if (tenant_sign_message(msg, (int64_t) size - 7, f) != n) {
+        abort();
+    }
+
+    msg[n] = '\0';
+
+    /* "v2", the timestamp, then each field up to the next newline */
+
+    if (memcmp(msg, "v2\n", 3) != 0) {
+        abort();
+    }
+
+    p = strchr(msg + 3, '\n');
+    if (p == NULL || strtoll(msg + 3, NULL, 10) != (long long) size - 7) {
+        abort();
+    }
+
+    for (i = 0; i < TENANT_SIGN_NFIELDS; i++) {
+        p++;
+        nl = memchr(p, '\n', (size_t) (msg + n - p));
+        len = nl ? (size_t) (nl - p) : (size_t) (msg + n - p);
+
+        if (len != f[i].len || memcmp(p, f[i].value, len) != 0) {
+            abort();
+        }
+
+        if ((nl == NULL) != (i == TENANT_SIGN_NFIELDS - 1)) {
+            abort();
+        }
+
+        p += len;
+    }
+
+    free(msg);
 }
 
 

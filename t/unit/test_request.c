@@ -2,7 +2,7 @@
  * Copyright (C) ngx_tenant_module authors
  *
  * Unit tests: bearer token, __session cookie and organization id
- * extraction (src/tenant_request.c).
+ * extraction, reserved header names (src/tenant_request.c).
  */
 
 
@@ -55,6 +55,13 @@ cookie_rc(const char *header, const char *name)
 
     return tenant_cookie_value((const unsigned char *) header,
                                strlen(header), name, strlen(name), &v, &len);
+}
+
+
+static int
+reserved(const char *name)
+{
+    return tenant_header_reserved((const unsigned char *) name, strlen(name));
 }
 
 
@@ -188,6 +195,52 @@ main(void)
        "TENANT_ORG_ID_MAX bytes");
     ok(!tenant_org_id_valid((unsigned char *) big, TENANT_ORG_ID_MAX + 1),
        "one byte more");
+
+    /* header names the gateway sets, as backends read them */
+
+    ok(reserved("X-Tenant-ID"), "X-Tenant-ID");
+    ok(reserved("x-tenant-id"), "x-tenant-id");
+    ok(reserved("X_Tenant_ID"), "X_Tenant_ID");
+    ok(reserved("x_TENANT-iD"), "x_TENANT-iD");
+    ok(reserved("X-Tenant_Signature"), "X-Tenant_Signature");
+    ok(reserved("X_TENANT_TIMESTAMP"), "X_TENANT_TIMESTAMP");
+    ok(reserved("X-Tenant-"), "the bare prefix X-Tenant-");
+    ok(reserved("x_tenant_"), "the bare prefix x_tenant_");
+    ok(reserved("X-User-ID"), "X-User-ID");
+    ok(reserved("X_User_Email"), "X_User_Email");
+    ok(reserved("X-Org-Role"), "X-Org-Role");
+    ok(reserved("X_Org_Role"), "X_Org_Role");
+    ok(reserved("x-org_ROLE"), "x-org_ROLE");
+    ok(reserved("X-Organization-ID"), "X-Organization-ID");
+    ok(reserved("X_Organization_Id"), "X_Organization_Id");
+
+    ok(!reserved("X-Tenant"), "X-Tenant (no dash after)");
+    ok(!reserved("X-Tenants-ID"), "X-Tenants-ID");
+    ok(!reserved("XTenant-ID"), "XTenant-ID");
+    ok(!reserved("X--Tenant-ID"), "X--Tenant-ID");
+    ok(!reserved("X.Tenant.ID"), "X.Tenant.ID");
+    ok(!reserved("X-Org-Roles"), "X-Org-Roles");
+    ok(!reserved("X-Org-Rol"), "X-Org-Rol");
+    ok(!reserved("X-Organization-IDs"), "X-Organization-IDs");
+    ok(!reserved("X-Organization"), "X-Organization");
+    ok(!reserved("X-Request-ID"), "X-Request-ID");
+    ok(!reserved("Authorization"), "Authorization");
+    ok(!reserved(""), "empty");
+    ok(!reserved("X\xadTenant-ID"), "0xad ('-' with the high bit) for '-'");
+    ok(!reserved("X\x0dTenant-ID"), "CR ('-' without bit 5) for '-'");
+    ok(!reserved("X\x7fTenant-ID"), "DEL for '-'");
+    ok(!reserved("X-\xd4" "enant-ID"), "0xd4 ('T' with the high bit) for 'T'");
+    ok(!reserved("X-Tenant\x7f"), "DEL for the prefix's last '-'");
+
+    ok(tenant_header_name_is((const unsigned char *) "X_Organization_ID", 17,
+                             "x-organization-id", 17),
+       "name_is: X_Organization_ID");
+    ok(!tenant_header_name_is((const unsigned char *) "X_Organization_ID",
+                              17, "x-organization-i", 16),
+       "name_is: longer name");
+    ok(!tenant_header_name_is((const unsigned char *) "X_Organization_I", 16,
+                              "x-organization-id", 17),
+       "name_is: shorter name");
 
     return done_testing();
 }

@@ -25,8 +25,10 @@
  *         -kdfopt hexkey:$ikm \
  *         -kdfopt 'info:capliquify tenant headers v1' HKDF \
  *         | tr -d ':' | tr A-F a-f)
- *   printf 'v1\n1700000000\nt1\nacme\ntenant_acme\nprofessional\norg_1\n'\
- *   'user_1\norg:admin' | openssl dgst -sha256 -mac HMAC -macopt hexkey:$key
+ *   printf 'v2\n1700000000\nGET\n/api/products?page=2\n'\
+ *   '0123456789abcdef0123456789abcdef\nt1\nacme\n'\
+ *   'tenant_acme\nprofessional\norg_1\nuser_1\norg:admin' \
+ *   | openssl dgst -sha256 -mac HMAC -macopt hexkey:$key
  *
  * A backend verifying X-Tenant-Signature must get the same value.
  */
@@ -34,14 +36,15 @@
 #define KAT_KEY                                                              \
     "9460621557db2c6d957e48e7b9aa2c6640fdedd25fa5939e2276f6cd011e425f"
 #define KAT_MESSAGE                                                          \
-    "v1\n1700000000\nt1\nacme\ntenant_acme\nprofessional\norg_1\nuser_1\n"  \
-    "org:admin"
+    "v2\n1700000000\nGET\n/api/products?page=2\n"                           \
+    "0123456789abcdef0123456789abcdef\nt1\nacme\ntenant_acme\n"             \
+    "professional\norg_1\nuser_1\norg:admin"
 #define KAT_MAC                                                              \
-    "838440c6751141fa5d0c72b016c5623d4a44b59912d1b678d42a38c4a6e18f16"
+    "39c6c8d58d63c0c2c29ce8556a793ca7dc39ac0ef854e89935af8948e1b793ce"
 
-/* "v1\n-1\nt1\n\n\n\n\n\n": absent values are empty strings */
+/* "v2\n-1\n\n\n\nt1\n\n\n\n\n\n": absent values are empty strings */
 #define KAT_MAC_EMPTY                                                        \
-    "f068a0e54ff28acc7b0eada4a7335e4ccfa535ada53e2cf8333dd7b3433f220b"
+    "fe9642a496b95f51c05f5762539f306da65250f90d2d97e51bc9420a48160bb8"
 
 
 static const char *hex(const unsigned char *p, size_t len);
@@ -306,6 +309,7 @@ test_known_answer(void)
     tenant_str_t       fields[TENANT_SIGN_NFIELDS];
 
     static const char  *values[TENANT_SIGN_NFIELDS] = {
+        "GET", "/api/products?page=2", "0123456789abcdef0123456789abcdef",
         "t1", "acme", "tenant_acme", "professional", "org_1", "user_1",
         "org:admin"
     };
@@ -355,8 +359,8 @@ test_known_answer(void)
     is_str(hex(mac, sizeof(mac)), KAT_MAC, "same signature the second time");
 
     for (i = 0; i < TENANT_SIGN_NFIELDS; i++) {
-        fields[i].value = (i == 0) ? "t1" : NULL;
-        fields[i].len = (i == 0) ? 2 : 0;
+        fields[i].value = (i == TENANT_SIGN_TENANT_ID) ? "t1" : NULL;
+        fields[i].len = (i == TENANT_SIGN_TENANT_ID) ? 2 : 0;
     }
 
     len = tenant_sign_message(msg, -1, fields);
@@ -474,11 +478,16 @@ static void
 test_message(void)
 {
     char          buf[256];
-    size_t        i, n, m;
+    size_t        i, j, n, m, save_len;
+    const char   *save;
     tenant_str_t  fields[TENANT_SIGN_NFIELDS];
 
     static const char  *values[TENANT_SIGN_NFIELDS] = {
-        "a", "bb", "", "ccc", "d", "", "e"
+        "POST", "/x?a=1", "r1", "a", "bb", "", "ccc", "d", "", "e"
+    };
+
+    static const char  *bad[] = {
+        "\n", "a\nb", "\r", "\t", "\0", "\x1f", "\x7f", "tail\n"
     };
 
     for (i = 0; i < TENANT_SIGN_NFIELDS; i++) {
@@ -492,19 +501,61 @@ test_message(void)
     is_int(m, n, "measure and write agree");
     is_int(buf[m], '#', "nothing written past the returned length");
     buf[m] = '\0';
-    is_str(buf, "v1\n0\na\nbb\n\nccc\nd\n\ne", "timestamp 0, empty values");
+    is_str(buf, "v2\n0\nPOST\n/x?a=1\nr1\na\nbb\n\nccc\nd\n\ne",
+           "timestamp 0, method, target, empty values");
 
-    fields[0].len = 0;
-    fields[0].value = "ignored";
+    fields[TENANT_SIGN_TENANT_ID].len = 0;
+    fields[TENANT_SIGN_TENANT_ID].value = "ignored";
     m = tenant_sign_message(buf, 9, fields);
     buf[m] = '\0';
-    is_str(buf, "v1\n9\n\nbb\n\nccc\nd\n\ne", "value_len 0 is empty");
+    is_str(buf, "v2\n9\nPOST\n/x?a=1\nr1\n\nbb\n\nccc\nd\n\ne",
+           "value_len 0 is empty");
 
-    fields[1].value = "bbbb";
-    fields[1].len = 2;
+    fields[TENANT_SIGN_TENANT_SLUG].value = "bbbb";
+    fields[TENANT_SIGN_TENANT_SLUG].len = 2;
     m = tenant_sign_message(buf, 9, fields);
     buf[m] = '\0';
-    is_str(buf, "v1\n9\n\nbb\n\nccc\nd\n\ne", "only len bytes of a value");
+    is_str(buf, "v2\n9\nPOST\n/x?a=1\nr1\n\nbb\n\nccc\nd\n\ne",
+           "only len bytes of a value");
+
+    /* 8-bit bytes (a target as sent) are kept as they are */
+
+    fields[TENANT_SIGN_TARGET].value = "/caf\xc3\xa9";
+    fields[TENANT_SIGN_TARGET].len = 6;
+    m = tenant_sign_message(buf, 9, fields);
+    buf[m] = '\0';
+    is_str(buf, "v2\n9\nPOST\n/caf\xc3\xa9\nr1\n\nbb\n\nccc\nd\n\ne",
+           "8-bit bytes kept");
+
+    /* a control byte in any field: no message (it could shift fields) */
+
+    for (i = 0; i < TENANT_SIGN_NFIELDS; i++) {
+        save = fields[i].value;
+        save_len = fields[i].len;
+
+        for (j = 0; j < sizeof(bad) / sizeof(bad[0]); j++) {
+            fields[i].value = bad[j];
+            fields[i].len = (j == 4) ? 1 : strlen(bad[j]);
+
+            memset(buf, '#', sizeof(buf));
+            is_int(tenant_sign_message(NULL, 9, fields), 0,
+                   "field %zu with control byte case %zu: not measured",
+                   i, j);
+            is_int(tenant_sign_message(buf, 9, fields), 0,
+                   "  and not written");
+            ok(buf[0] == '#', "  nothing written");
+        }
+
+        fields[i].value = save;
+        fields[i].len = save_len;
+    }
+
+    /* a newline past len is not the field's */
+
+    fields[TENANT_SIGN_METHOD].value = "GET\n";
+    fields[TENANT_SIGN_METHOD].len = 3;
+    ok(tenant_sign_message(NULL, 9, fields) != 0,
+       "a control byte past len does not count");
 
     for (i = 0; i < TENANT_SIGN_NFIELDS; i++) {
         fields[i].value = NULL;
@@ -515,15 +566,18 @@ test_message(void)
     m = tenant_sign_message(buf, INT64_MIN, fields);
     buf[m] = '\0';
     is_int(m, n, "INT64_MIN: measure and write agree");
-    is_str(buf, "v1\n-9223372036854775808\n\n\n\n\n\n\n", "INT64_MIN");
+    is_str(buf, "v2\n-9223372036854775808\n\n\n\n\n\n\n\n\n\n",
+           "INT64_MIN");
 
     m = tenant_sign_message(buf, INT64_MAX, fields);
     buf[m] = '\0';
-    is_str(buf, "v1\n9223372036854775807\n\n\n\n\n\n\n", "INT64_MAX");
+    is_str(buf, "v2\n9223372036854775807\n\n\n\n\n\n\n\n\n\n",
+           "INT64_MAX");
 
     m = tenant_sign_message(buf, -1700000000, fields);
     buf[m] = '\0';
-    is_str(buf, "v1\n-1700000000\n\n\n\n\n\n\n", "negative timestamp");
+    is_str(buf, "v2\n-1700000000\n\n\n\n\n\n\n\n\n\n",
+           "negative timestamp");
 }
 
 
