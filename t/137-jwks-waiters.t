@@ -207,7 +207,8 @@ sub shipped_jwks_location {
     subtest 'the client of the fetching request goes away' => sub {
         my @tok = map { good() } 1 .. 5;
         my $first = start(good());
-        sleep 0.3;                          # the fetch is under way
+        my ($n) = retry_until(2, sub { $J->nfetch - $base }, sub { $_[0] }, 0.05);
+        is $n, 1, 'the first request fetches';
         my @waiting = map { start($_) } @tok;
         sleep 0.3;
         kill 'KILL', $first->{pid};         # its client goes away
