@@ -506,6 +506,16 @@ admitted get(Cookie => 'a=b', Cookie => '__session=' . tok(sub => 'user_line2'))
         'an empty __session, then a token', 'token_malformed';
     invalid get(Cookie => "__session=$t", Cookie => '__session=junk'),
         'a token, then junk in a second line', 'token_malformed';
+
+    # Clerk's other cookies: __session_<suffix> (suffixed copies) and
+    # __client_uat are other names, never __session nor a second value
+    admitted get(Cookie => "__session_Xy12ab=junk; __client_uat=1700000000; "
+                           . "__session=$t; __session_=x"),
+        'cookie __session among __session_<suffix> and __client_uat',
+        user => 'user_twice';
+    refused get(Cookie => "__session_Xy12ab=$t; __client_uat=1700000000"),
+        'cookies __session_<suffix> and __client_uat only', 401,
+        'authentication_required';
 }
 
 refused get(), 'no token', 401, 'authentication_required';

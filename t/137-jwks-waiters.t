@@ -21,6 +21,9 @@
 #               requests end, 499, the others are still woken, no crash)
 #   after       an invented kid after the fetch is refused at once
 #               (within the interval), without waiting or fetching
+#   fetcher     the client of the fetching request goes away: with the
+#               shipped JWKS location (proxy_ignore_client_abort on) the
+#               fetch ends and the waiters are admitted
 #
 # Once with one worker (the waiters are in the fetching worker), once with
 # two (reuseport: some wait in the other one, woken by its timer).
@@ -163,6 +166,66 @@ for my $workers (1, 2) {
             'an invented kid after the fetch: unknown_key';
         cmp_ok time - $t, '<', 1.5, '... at once';
         is $J->nfetch - $base, 1, '... no fetch';
+    };
+
+    nginx_stop();
+}
+
+# The request that fetches is the first one that needed the keys: its
+# client may go away (a browser tab closed, an attacker's request sent
+# and dropped) while the others wait for the same fetch.  The fetch must
+# still end and serve them: else every request is refused (503
+# keys_unavailable before any key, 401 unknown_key at a rotation) until
+# "interval" is over, and one dropped request per interval keeps it so.
+# The JWKS location is the shipped one (conf/nginx.conf.template).
+
+sub shipped_jwks_location {
+    my $tpl = do {
+        open my $f, '<', project_root() . '/conf/nginx.conf.template' or die "template: $!";
+        local $/;
+        <$f>;
+    };
+    my ($loc) = $tpl =~ m{^(\s*location = /_tenant/jwks \{.*?^\s*\})}ms
+        or die "no /_tenant/jwks location in the template";
+    my %var = (RESOLVER => '127.0.0.1', CLERK_SECRET_KEY => 'sk_test_x',
+               CLERK_JWKS_URL => 'http://127.0.0.1:' . $J->port . '/v1/jwks');
+    $loc =~ s/\$\{(\w+)\}/$var{$1} \/\/ die "template: \${$1}"/ge;
+    return $loc;
+}
+
+{
+    my $conf = conf();
+    my $shipped = shipped_jwks_location();
+    $conf =~ s{/_jwks ttl=}{/_tenant/jwks ttl=};
+    $conf =~ s{\n\s*location = /_jwks \{.*?\n        \}\n}{\n$shipped\n}s
+        or die 'conf: no /_jwks location';
+
+    $J->set_delay(2);
+    nginx_start(http => $conf, workers => 1);
+    my $base = $J->nfetch;
+
+    subtest 'the client of the fetching request goes away' => sub {
+        my @tok = map { good() } 1 .. 5;
+        my $first = start(good());
+        my ($n) = retry_until(2, sub { $J->nfetch - $base }, sub { $_[0] }, 0.05);
+        is $n, 1, 'the first request fetches';
+        my @waiting = map { start($_) } @tok;
+        sleep 0.3;
+        kill 'KILL', $first->{pid};         # its client goes away
+        waitpid $first->{pid}, 0;
+
+        my %got;
+        for my $h (@waiting) {
+            my $w = wait_http($h);
+            $got{"$w->{status} " . ($w->{json}{reason} // '')}++;
+        }
+        is_deeply \%got, { '200 ' => scalar @waiting },
+            'the requests that waited for its fetch: admitted';
+        my $r = http(path => '/api/orders',
+                     headers => [Authorization => 'Bearer ' . good()]);
+        is $r->{status}, 200, 'the next request: admitted, without a fetch'
+            or diag brief($r);
+        is $J->nfetch - $base, 1, 'one fetch';
     };
 
     nginx_stop();
