@@ -330,14 +330,24 @@ fuzz_rate(const char *s, size_t len, long burst)
         abort();
     }
 
-    /* a clock that went back a long way: a full bucket, nothing huge */
+    /*
+     * a state far beyond the bucket (a reload that shrank it): read as a
+     * full bucket and brought back to one, so the Retry-After holds
+     */
 
     tat = INT64_MAX;
     tenant_rate_check(&rate, &tat, now, &res);
 
     if (res.allowed || res.retry_after_ms != (t + 999) / 1000
-        || res.reset_ms != (tau + 999) / 1000 || tat != INT64_MAX)
+        || res.reset_ms != (tau + 999) / 1000
+        || tat != now + (int64_t) tau)
     {
+        abort();
+    }
+
+    tenant_rate_check(&rate, &tat, now + (int64_t) t, &res);
+
+    if (!res.allowed || res.remaining != 0) {
         abort();
     }
 }
