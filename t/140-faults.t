@@ -57,15 +57,19 @@ my $JSON        = JSON::XS->new->utf8->canonical;
 my $TMP         = TenantTest::tmpdir();
 
 # The slow upstream: it notes which nginx worker sent the request
-# (X-Nginx-Worker), then answers after a second.
-my $SLOW_LOG = "$TMP/slow-requests.log";
+# (X-Nginx-Worker), then answers once the test creates $SLOW_RELEASE (at
+# most 4 s later).  A fixed delay let a loaded machine answer some of the
+# victim's requests before the kill.
+my $SLOW_LOG     = "$TMP/slow-requests.log";
+my $SLOW_RELEASE = "$TMP/slow-release";
 my $SLOW = echo_start(workers => 12, handler => sub {
     my ($req) = @_;
     if (open my $fh, '>>', $SLOW_LOG) {
         print $fh (($req->{headers}{'x-nginx-worker'} || [])->[0] // '?'), "\n";
         close $fh;
     }
-    sleep 1;
+    my $until = time + 4;
+    sleep 0.02 while !-e $SLOW_RELEASE && time < $until;
     return (200, ['Content-Type' => 'application/json'],
             $JSON->encode({ slow => 1, headers => $req->{headers} }));
 });
@@ -553,7 +557,7 @@ sleep 1.1;      # no worker is in its fail-fast second after the recovery
     get($org{K}) for 1 .. 6;
     my $m0 = metrics();
 
-    unlink $SLOW_LOG;
+    unlink $SLOW_LOG, $SLOW_RELEASE;
     my $tr = traffic_start(clients => 2, secs => 20, max => 4000, next => sub {
         return ('K', path => '/api/products', timeout => 5,
                 headers => [Authorization => 'Bearer ' . token($org{K})]);
@@ -592,6 +596,10 @@ sleep 1.1;      # no worker is in its fail-fast second after the recovery
     error_log_allow(qr/\[alert\].*worker process $victim exited on signal 9/);
     like error_log(since => $mark), qr/\[alert\].*worker process $victim exited on signal 9/,
         'worker: nginx logged "worker process ... exited on signal 9" (alert, allowed)';
+
+    # the survivor's requests may now be answered
+    open my $release, '>', $SLOW_RELEASE or die "$SLOW_RELEASE: $!";
+    close $release;
 
     my (@done, @dropped, @other);
     for my $h (@slow) {
