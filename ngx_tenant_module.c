@@ -221,6 +221,13 @@ static ngx_command_t  ngx_tenant_commands[] = {
       0,
       NULL },
 
+    { ngx_string("tenant_admin_require_session"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_tenant_main_conf_t, admin_session),
+      NULL },
+
     { ngx_string("tenant_admin"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_tenant_admin,
@@ -405,6 +412,7 @@ ngx_tenant_create_main_conf(ngx_conf_t *cf)
     tmcf->tenant_stale = NGX_CONF_UNSET;
     tmcf->algorithms = NGX_CONF_UNSET_UINT;
     tmcf->leeway = NGX_CONF_UNSET;
+    tmcf->admin_session = NGX_CONF_UNSET;
 
     tmcf->keys = ngx_pcalloc(cf->pool, sizeof(tenant_keyset_t));
     tmcf->tiers = ngx_pcalloc(cf->pool, sizeof(tenant_tiers_t));
@@ -503,6 +511,8 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
     if (tmcf->admin_role.data == NULL) {
         ngx_str_set(&tmcf->admin_role, "admin");
     }
+
+    ngx_conf_init_value(tmcf->admin_session, 1);
 
     if (tmcf->cron_secret.len && tmcf->cron_secret.len < 32) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

@@ -138,6 +138,7 @@ typedef struct {
     ngx_str_t                 cron_secret;
     ngx_str_t                 admin_role;
     char                     *role_claim;      /* NULL: metadata.role */
+    ngx_flag_t                admin_session;   /* admin needs a "sid" */
 
     /* caches */
     ngx_tenant_cache_t       *tenant_cache;

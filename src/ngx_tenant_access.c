@@ -24,6 +24,10 @@
 
 #define NGX_TENANT_RETRY_AFTER    "5"
 
+#define NGX_TENANT_ADMIN_SESSION_DETAIL                                      \
+    "administrator rights are accepted from Clerk session tokens only "      \
+    "(a token with a \"sid\" claim), not from JWT template tokens"
+
 
 static const char  ngx_tenant_lookup_sql[] =
     "SELECT id::text, slug, schema_name, subscription_tier,"
@@ -82,6 +86,7 @@ typedef enum {
     NGX_TENANT_R_UNAVAILABLE,
     NGX_TENANT_R_RATE_LIMITED,
     NGX_TENANT_R_ADMIN_REQUIRED,
+    NGX_TENANT_R_ADMIN_SESSION,
     NGX_TENANT_R_KEYS_UNAVAILABLE,
     NGX_TENANT_R_PATH_INVALID
 } ngx_tenant_refusal_e;
@@ -114,6 +119,8 @@ static ngx_tenant_refusal_t  ngx_tenant_refusals[] = {
       "Too many requests", NGX_TENANT_OUT_RATE_LIMITED },
     { "admin_required", NGX_HTTP_FORBIDDEN,
       "Administrator token required", NGX_TENANT_OUT_FORBIDDEN },
+    { "admin_session_required", NGX_HTTP_FORBIDDEN,
+      "Administrator rights need a session token", NGX_TENANT_OUT_FORBIDDEN },
     { "keys_unavailable", NGX_HTTP_SERVICE_UNAVAILABLE,
       "Signing keys unavailable", NGX_TENANT_OUT_UNAVAILABLE },
     { "invalid_path", NGX_HTTP_BAD_REQUEST,
@@ -491,7 +498,10 @@ ngx_tenant_access_verify(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 
 /*
  * "tenant_gateway admin": a verified token whose metadata.role claim is
- * tenant_admin_role; no organization or tenant.
+ * tenant_admin_role; no organization or tenant.  With
+ * tenant_admin_require_session (the default), a Clerk session token only:
+ * a JWT template token (no "sid") may carry claims a template maps from
+ * what users write themselves (unsafe_metadata).
  */
 
 static ngx_int_t
@@ -504,6 +514,12 @@ ngx_tenant_access_admin(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     {
         return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_ADMIN_REQUIRED,
                                  NULL, 0);
+    }
+
+    if (tmcf->admin_session && !ctx->claims.session) {
+        return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_ADMIN_SESSION,
+                                 NGX_TENANT_ADMIN_SESSION_DETAIL,
+                                 sizeof(NGX_TENANT_ADMIN_SESSION_DETAIL) - 1);
     }
 
     ngx_str_set(&ctx->outcome, "admitted");

@@ -738,6 +738,16 @@ tenant_jwt_parse_claims(json_t *payload, const tenant_jwt_policy_t *policy,
         return rc;
     }
 
+    /*
+     * sid: what tells a session token from a JWT template token.  Clerk
+     * gives session tokens the session's id and template tokens none
+     * (templates cannot set it: "Session tokens" and "JWT templates" in
+     * Clerk's documentation).  Only whether it is there is kept.
+     */
+
+    v = json_object_get(payload, "sid");
+    claims->session = json_is_string(v) && json_string_length(v) > 0;
+
     /* iss, azp, sts: only their types here, their values later */
 
     v = json_object_get(payload, "iss");

@@ -69,6 +69,10 @@ typedef struct {
     uint16_t      metadata_role_len;
 
     uint8_t       version;        /* Clerk token version: 1 or 2 */
+
+    /* a non-empty string "sid": Clerk puts the session's id in session
+     * tokens, and in no JWT template token */
+    uint8_t       session;
 } tenant_jwt_claims_t;
 
 
@@ -102,6 +106,8 @@ typedef struct {
  * (Clerk's v2 "rol" has no "org:" prefix; it is stored as given).
  * A claim that is present but not a string, longer than TENANT_CLAIM_MAX
  * or containing bytes < 0x20 or 0x7f gives TENANT_JWT_BAD_CLAIM.
+ * claims->session is 1 when "sid" is a non-empty string, 0 otherwise
+ * (absent, empty or of another type: not a session token, no refusal).
  */
 tenant_jwt_status_t tenant_jwt_verify(const unsigned char *token, size_t len,
     const tenant_keyset_t *keys, const tenant_jwt_policy_t *policy,

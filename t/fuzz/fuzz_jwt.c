@@ -413,6 +413,12 @@ fuzz_check_payload(json_t *payload, const tenant_jwt_policy_t *policy,
         abort();
     }
 
+    v = json_object_get(payload, "sid");
+
+    if (claims->session != (json_is_string(v) && json_string_length(v) > 0)) {
+        abort();
+    }
+
     if (version == 1) {
         fuzz_check_member(json_object_get(payload, "org_id"),
                           claims->org_id, claims->org_id_len);

@@ -476,8 +476,9 @@ sub _private_key {
 #   org     Clerk organization: 'org_x' or { id, role, slug }; as v1
 #           claims (org_id, org_role, org_slug), or with v => 2 as
 #           o => { id, rol, slg }
-# Claims default to sub 'user_test', iat now, exp now + 300; a claim given
-# as undef is left out.
+# Claims default to sub 'user_test', sid 'sess_test' (a Clerk session
+# token: JWT template tokens have no sid), iat now, exp now + 300; a claim
+# given as undef is left out (sid => undef: a template-shaped token).
 sub mint_token {
     my (%c) = @_;
 
@@ -500,7 +501,8 @@ sub mint_token {
             : { rsa => 'rsa-1', ec => 'ec-1', other => 'rsa-other' }->{$key};
 
     my $now = time;
-    my %claims = (sub => 'user_test', iat => int $now, exp => int($now) + 300);
+    my %claims = (sub => 'user_test', sid => 'sess_test', iat => int $now,
+                  exp => int($now) + 300);
 
     if (defined $o{org}) {
         my $org = ref $o{org} ? $o{org} : { id => $o{org} };

@@ -937,6 +937,65 @@ test_session_status(void)
 }
 
 
+/*
+ * claims.session: a non-empty string "sid" (Clerk session tokens), never a
+ * refusal by itself; JWT template tokens have none.
+ */
+
+static void
+test_session_id(void)
+{
+    is_int(rs("{" BASE ",\"sid\":\"sess_2abc\"}"), TENANT_JWT_OK,
+           "v1 with sid valid");
+    is_int(claims.session, 1, "  a session token");
+
+    is_int(es("{" BASE ",\"v\":2,\"sts\":\"active\",\"sid\":\"sess_2abc\"}"),
+           TENANT_JWT_OK, "v2 with sid valid");
+    is_int(claims.session, 1, "  a session token");
+
+    /* what a JWT template token looks like: jti, no sid */
+
+    is_int(rs("{" BASE ",\"jti\":\"10db7f531a90cb2faea4\","
+              "\"metadata\":{\"role\":\"admin\"}}"),
+           TENANT_JWT_OK, "template token (jti, no sid) valid");
+    is_int(claims.session, 0, "  not a session token");
+    is_str(claims.metadata_role, "admin", "  its role is still read");
+
+    is_int(rs("{" BASE ",\"sid\":\"\"}"), TENANT_JWT_OK, "empty sid valid");
+    is_int(claims.session, 0, "  not a session token");
+
+    is_int(rs("{" BASE ",\"sid\":null}"), TENANT_JWT_OK, "sid null valid");
+    is_int(claims.session, 0, "  not a session token");
+
+    is_int(rs("{" BASE ",\"sid\":12345}"), TENANT_JWT_OK, "numeric sid valid");
+    is_int(claims.session, 0, "  not a session token");
+
+    is_int(rs("{" BASE ",\"sid\":true}"), TENANT_JWT_OK, "sid true valid");
+    is_int(claims.session, 0, "  not a session token");
+
+    is_int(rs("{" BASE ",\"sid\":[\"sess_1\"]}"), TENANT_JWT_OK,
+           "sid array valid");
+    is_int(claims.session, 0, "  not a session token");
+
+    is_int(rs("{" BASE ",\"sid\":{\"id\":\"sess_1\"}}"), TENANT_JWT_OK,
+           "sid object valid");
+    is_int(claims.session, 0, "  not a session token");
+
+    /* only the top-level member counts: act.sid is an impersonator's */
+
+    is_int(rs("{" BASE ",\"act\":{\"sid\":\"sess_456\",\"sub\":\"u\"},"
+              "\"metadata\":{\"sid\":\"sess_1\"}}"),
+           TENANT_JWT_OK, "sid only inside act and metadata valid");
+    is_int(claims.session, 0, "  not a session token");
+
+    /* nothing carries over from the previous token */
+
+    rs("{" BASE ",\"sid\":\"sess_2abc\"}");
+    is_int(rs("{" BASE "}"), TENANT_JWT_OK, "no sid after one with sid");
+    is_int(claims.session, 0, "  not a session token");
+}
+
+
 static void
 test_claims(void)
 {
@@ -1255,6 +1314,7 @@ main(void)
     test_time();
     test_issuer_azp();
     test_session_status();
+    test_session_id();
     test_claims();
     test_status_strings();
     test_gaps();
