@@ -576,10 +576,30 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
         state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         constraint = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
 
-        if (state && (ngx_strcmp(state, "23505") == 0
-                      || ngx_strcmp(state, "42P06") == 0))
+        if (state && (ngx_strcmp(state, "42P06") == 0
+                      || (ngx_strcmp(state, "23505") == 0 && constraint
+                          && ngx_strstr(constraint, "schema_name") != NULL)))
         {
-            /* unique violation, or the schema exists */
+            /*
+             * The slug's schema exists: left over without a row (GET
+             * says 404: not "slug exists"), or another tenant's, whose
+             * long slug maps to the same hashed name.
+             */
+
+            return ngx_tenant_admin_problem(r, NGX_HTTP_CONFLICT,
+                       "schema_exists", "Tenant schema exists",
+                       state[0] == '4'
+                       ? "no tenant has this slug, but a schema of the name"
+                         " it maps to exists (left over): drop or rename"
+                         " that schema, or choose another slug"
+                       : "the slug maps to the schema name of another"
+                         " tenant (long slugs are shortened with a hash):"
+                         " choose another slug",
+                       NULL, "slug");
+        }
+
+        if (state && ngx_strcmp(state, "23505") == 0) {
+            /* unique violation: the slug or the organization */
             v = (constraint
                  && ngx_strstr(constraint, "clerk_organization") != NULL)
                 ? "clerkOrganizationId" : "slug";
