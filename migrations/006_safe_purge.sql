@@ -139,12 +139,23 @@ BEGIN
                          'then purge again.';
     END IF;
 
-    SELECT t.slug INTO v_other FROM public.tenants t
-     WHERE t.id <> v_tenant.id
-       AND public.tenant_schema_name(t.slug) = v_schema
-     LIMIT 1;
+    -- Another tenant whose slug maps to the same name (a slug edited by
+    -- hand): the one slug whose plain name it is (by the slug's index),
+    -- or, for a name of the hashed form's 63 bytes, a long slug.
 
-    IF FOUND THEN
+    SELECT t.slug INTO v_other FROM public.tenants t
+     WHERE t.slug = translate(substr(v_schema, 8), '_', '-')
+       AND t.id <> v_tenant.id;
+
+    IF v_other IS NULL AND octet_length(v_schema) = 63 THEN
+        SELECT t.slug INTO v_other FROM public.tenants t
+         WHERE t.id <> v_tenant.id
+           AND octet_length(t.slug) > 56
+           AND public.tenant_schema_name(t.slug) = v_schema
+         LIMIT 1;
+    END IF;
+
+    IF v_other IS NOT NULL THEN
         RAISE EXCEPTION 'schema "%" of tenant "%" is also the schema of '
                         'tenant "%": nothing was dropped',
                         v_schema, v_tenant.slug, v_other
