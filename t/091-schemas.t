@@ -14,7 +14,8 @@
 #   4 row edited     schema_name swapped with another tenant's, set to a
 #                    shared schema (tenant_shared), to one the CHECK
 #                    refuses; the slug edited so that it maps to another
-#                    tenant's schema: 409 schema_mismatch, nothing dropped
+#                    tenant's schema (either way round): 409
+#                    schema_mismatch, nothing dropped
 #   5 dependents     a view over all tenant schemas, a foreign key, a
 #                    trigger: 409 schema_has_dependents naming them,
 #                    nothing dropped; force=true drops and reports them
@@ -239,26 +240,38 @@ EOF
         'schema_name set to public: the CHECK refuses the UPDATE';
     sql(q{UPDATE public.tenants SET schema_name = $2 WHERE id = $1}, $b->{id}, $sb);
 
-    # the slug edited too: a 56-character slug that maps to the hashed
-    # schema name of a long slug, the long tenant's row moved elsewhere
+    # the slug edited too, so that it maps to the schema of tenant $owner
+    # (whose row is moved elsewhere meanwhile): B is refused, then both
+    # rows are put back
+    my $edited_slug_refused = sub {
+        my ($owner, $slug, $what) = @_;
+        sql(q{UPDATE public.tenants SET schema_name = 'tenant_moved' WHERE id = $1}, $owner->{id});
+        sql(q{UPDATE public.tenants SET slug = $2, schema_name = $3 WHERE id = $1},
+            $b->{id}, $slug, $owner->{schemaName});
+        my $r = api(DELETE => "$COLL/$b->{id}?purge=true");
+        problem $r, 409, 'schema_mismatch', "$what: refused";
+        like $r->{json}{detail} // '', qr/also the schema of tenant "\Q$owner->{slug}\E"/,
+            "$what: the detail names tenant $owner->{slug}";
+        is tables_in($owner->{schemaName}), 9, "$what: $owner->{schemaName} intact";
+        sql(q{UPDATE public.tenants SET slug = $2, schema_name = $3 WHERE id = $1},
+            $b->{id}, $b->{slug}, $sb);
+        sql(q{UPDATE public.tenants SET schema_name = $2 WHERE id = $1},
+            $owner->{id}, $owner->{schemaName});
+    };
+
     my $long = 'long-' . ('x' x 39) . '-slug-for-collision';
     is length $long, 63, 'a 63-character slug';
     my $l = made(slug => $long);
     my $crafted = substr($l->{schemaName}, 7) =~ tr/_/-/r;
     is length $crafted, 56, "crafted slug $crafted: 56 characters";
-    sql(q{UPDATE public.tenants SET schema_name = 'tenant_moved' WHERE id = $1}, $l->{id});
-    sql(q{UPDATE public.tenants SET slug = $2, schema_name = $3 WHERE id = $1},
-        $b->{id}, $crafted, $l->{schemaName});
-    $r = api(DELETE => "$COLL/$b->{id}?purge=true");
-    problem $r, 409, 'schema_mismatch', 'slug edited to map to a long slug\'s schema: refused';
-    like $r->{json}{detail} // '', qr/also the schema of tenant "\Q$long\E"/,
-        '... the detail names the other tenant';
-    is tables_in($l->{schemaName}), 9, "... $l->{schemaName} intact";
-    sql(q{UPDATE public.tenants SET slug = $2, schema_name = $3 WHERE id = $1},
-        $b->{id}, $b->{slug}, $sb);
-    sql(q{UPDATE public.tenants SET schema_name = $2 WHERE id = $1}, $l->{id}, $l->{schemaName});
+
+    $edited_slug_refused->($l, $crafted, 'slug edited to a 56-character one that maps to a long slug\'s schema');
     is api(DELETE => "$COLL/$long?purge=true")->{status}, 200, 'long slug: purge 200';
     is schema_exists($l->{schemaName}), 0, 'long slug: its hashed schema dropped';
+
+    # the other way round: the crafted slug's tenant owns the schema
+    $edited_slug_refused->(made(slug => $crafted), $long,
+                           'slug edited to the long slug whose hashed name a 56-character slug has');
     sql('DROP SCHEMA tenant_shared CASCADE');
 }
 
