@@ -11,6 +11,8 @@
  *                                             rate-limit override
  *   DELETE /api/admin/tenants/{id-or-slug}    cancel; ?purge=true drops
  *                                             the schema and the row
+ *                                             (&force=true: and objects
+ *                                             outside that depend on it)
  *
  * Bodies are validated (src/tenant_admin.c) before any SQL; each change is
  * one statement (so one transaction) with its audit row, and the tenant's
@@ -31,6 +33,7 @@
 #include "ngx_tenant_cache.h"
 #include "ngx_tenant_pg.h"
 #include "tenant_admin.h"
+#include "tenant_json.h"
 
 
 #define NGX_TENANT_ADMIN_BODY_MAX   65536
@@ -51,6 +54,11 @@
 
 #define NGX_TENANT_ADMIN_NCOLS      12
 #define NGX_TENANT_ADMIN_COL_ORG    4
+
+/* a purge's columns after the tenant's: its report (jsonb), the schema,
+ * whether it existed, the objects outside it dropped with it (json) */
+#define NGX_TENANT_ADMIN_COL_PURGED   NGX_TENANT_ADMIN_NCOLS
+#define NGX_TENANT_ADMIN_PURGE_NCOLS  (NGX_TENANT_ADMIN_NCOLS + 4)
 
 /*
  * The writes are functions of migrations/005: each runs under a
@@ -80,9 +88,15 @@ static const char  ngx_tenant_admin_cancel_sql[] =
     "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.admin_delete_tenant($1,"
     " false, $2, $3::integer) t";
 
+/* migrations/006: only the schema the slug maps to; refused (nothing
+ * dropped) when objects outside it depend on it, unless $4 (force) */
+
 static const char  ngx_tenant_admin_purge_sql[] =
-    "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.admin_delete_tenant($1,"
-    " true, $2, $3::integer) t";
+    "SELECT" NGX_TENANT_ADMIN_COLS ", p.purged::text,"
+    " p.purged->>'schemaName', p.purged->>'schemaExisted',"
+    " (p.purged->'dependentsDropped')::text"
+    " FROM public.admin_purge_tenant($1, $4::boolean, $2, $3::integer) p,"
+    " LATERAL (SELECT (p.tenant).*) t";
 
 
 typedef enum {
@@ -102,6 +116,7 @@ typedef struct {
     ngx_tenant_pg_req_t       query;
     unsigned                  waiting:1;
     unsigned                  purge:1;
+    unsigned                  force:1;
 
     tenant_admin_create_t     create;
     tenant_admin_patch_t      patch;
@@ -124,6 +139,10 @@ static size_t ngx_tenant_admin_row_len(PGresult *res, int row);
 static ngx_int_t ngx_tenant_admin_problem(ngx_http_request_t *r,
     ngx_uint_t status, char *code, char *title, char *detail,
     tenant_admin_errors_t *errs, char *field);
+static ngx_int_t ngx_tenant_admin_purge_refused(ngx_http_request_t *r,
+    ngx_tenant_admin_ctx_t *ctx, PGresult *res, char *state);
+static void ngx_tenant_admin_purge_log(ngx_http_request_t *r,
+    PGresult *res);
 static void ngx_tenant_admin_cleanup(void *data);
 
 
@@ -282,6 +301,12 @@ ngx_tenant_admin_handler(ngx_http_request_t *r)
         && arg.len == 4 && ngx_strncmp(arg.data, "true", 4) == 0)
     {
         ctx->purge = 1;
+
+        if (ngx_http_arg(r, (u_char *) "force", 5, &arg) == NGX_OK
+            && arg.len == 4 && ngx_strncmp(arg.data, "true", 4) == 0)
+        {
+            ctx->force = 1;
+        }
     }
 
     tctx->admin_ctx = ctx;
@@ -484,9 +509,10 @@ ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     default: /* NGX_TENANT_ADMIN_DELETE */
         q->sql = ctx->purge ? ngx_tenant_admin_purge_sql
                             : ngx_tenant_admin_cancel_sql;
-        q->nparams = 3;
+        q->nparams = ctx->purge ? 4 : 3;
         q->values[1] = tctx->claims.sub;
         q->values[2] = (char *) ctx->lock_ms;
+        q->values[3] = ctx->force ? "true" : "false";
         break;
     }
 
@@ -576,10 +602,30 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
         state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         constraint = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
 
-        if (state && (ngx_strcmp(state, "23505") == 0
-                      || ngx_strcmp(state, "42P06") == 0))
+        if (state && (ngx_strcmp(state, "42P06") == 0
+                      || (ngx_strcmp(state, "23505") == 0 && constraint
+                          && ngx_strstr(constraint, "schema_name") != NULL)))
         {
-            /* unique violation, or the schema exists */
+            /*
+             * The slug's schema exists: left over without a row (GET
+             * says 404: not "slug exists"), or another tenant's, whose
+             * long slug maps to the same hashed name.
+             */
+
+            return ngx_tenant_admin_problem(r, NGX_HTTP_CONFLICT,
+                       "schema_exists", "Tenant schema exists",
+                       state[0] == '4'
+                       ? "no tenant has this slug, but a schema of the name"
+                         " it maps to exists (left over): drop or rename"
+                         " that schema, or choose another slug"
+                       : "the slug maps to the schema name of another"
+                         " tenant (long slugs are shortened with a hash):"
+                         " choose another slug",
+                       NULL, "slug");
+        }
+
+        if (state && ngx_strcmp(state, "23505") == 0) {
+            /* unique violation: the slug or the organization */
             v = (constraint
                  && ngx_strstr(constraint, "clerk_organization") != NULL)
                 ? "clerkOrganizationId" : "slug";
@@ -590,6 +636,12 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
                        ? "a tenant with this slug exists"
                        : "a tenant of this organization exists",
                        NULL, v);
+        }
+
+        if (ctx->purge && state && (ngx_strcmp(state, "55000") == 0
+                                    || ngx_strcmp(state, "2BP01") == 0))
+        {
+            return ngx_tenant_admin_purge_refused(r, ctx, res, state);
         }
 
         if (state && state[0] == '2' && (state[1] == '2' || state[1] == '3')) {
@@ -625,7 +677,9 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     /* the column list is fixed: defensive, against a query edited
      * without ngx_tenant_admin_names[] */
 
-    if (PQnfields(res) != NGX_TENANT_ADMIN_NCOLS) {
+    if (PQnfields(res) != (ctx->purge ? NGX_TENANT_ADMIN_PURGE_NCOLS
+                                      : NGX_TENANT_ADMIN_NCOLS))
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -656,6 +710,11 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
 
     for (i = 0; i < n; i++) {
         len += ngx_tenant_admin_row_len(res, i) + 1;
+    }
+
+    if (ctx->purge) {
+        len += sizeof(",\"purged\":")
+               + PQgetlength(res, 0, NGX_TENANT_ADMIN_COL_PURGED);
     }
 
     body = ngx_pnalloc(r->pool, len);
@@ -689,6 +748,20 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
 
     } else {
         p = ngx_tenant_admin_row(p, res, 0);
+    }
+
+    if (ctx->purge) {
+
+        /* the tenant as it was, and what was dropped: the report is
+         * jsonb, so its text is valid JSON */
+
+        p--;
+        p = ngx_cpymem(p, ",\"purged\":", sizeof(",\"purged\":") - 1);
+        p = ngx_cpymem(p, PQgetvalue(res, 0, NGX_TENANT_ADMIN_COL_PURGED),
+                       PQgetlength(res, 0, NGX_TENANT_ADMIN_COL_PURGED));
+        *p++ = '}';
+
+        ngx_tenant_admin_purge_log(r, res);
     }
 
     status = NGX_HTTP_OK;
@@ -823,6 +896,111 @@ ngx_tenant_admin_problem(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     return ngx_tenant_problem_answer(r, &pb, status, code, title, detail);
+}
+
+
+/*
+ * A purge that migrations/006 refused, nothing dropped.  55000: the row
+ * names another schema than its slug maps to, or another tenant's slug
+ * maps to it as well (rows edited by hand: fix them).  2BP01: objects
+ * outside the schema depend on it, their descriptions a JSON array in the
+ * error's DETAIL (drop them, or purge with force=true).
+ */
+
+static ngx_int_t
+ngx_tenant_admin_purge_refused(ngx_http_request_t *r,
+    ngx_tenant_admin_ctx_t *ctx, PGresult *res, char *state)
+{
+    char              *msg, *deps;
+    size_t             i;
+    json_t            *list;
+    ngx_uint_t         valid;
+    json_error_t       e;
+    tenant_problem_t   pb;
+
+    ngx_memzero(&pb, sizeof(tenant_problem_t));
+
+    msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+    if (state[0] == '5') {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "tenant: purge of \"%V\" refused: %s",
+                      &ctx->ident, msg ? msg : "");
+
+        return ngx_tenant_problem_answer(r, &pb, NGX_HTTP_CONFLICT,
+                                         "schema_mismatch",
+                                         "Tenant schema mismatch", msg);
+    }
+
+    /* the list goes out as is only when it is the array of strings the
+     * function puts there */
+
+    deps = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+
+    list = deps ? tenant_json_loadb(deps, ngx_strlen(deps), 0, &e) : NULL;
+    valid = json_is_array(list);
+
+    for (i = 0; valid && i < json_array_size(list); i++) {
+        valid = json_is_string(json_array_get(list, i));
+    }
+
+    json_decref(list);
+
+    if (valid) {
+        pb.members[0].name = "dependents";
+        pb.members[0].value = deps;
+        pb.members[0].value_len = ngx_strlen(deps);
+        pb.members[0].raw = 1;
+        pb.nmembers = 1;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "tenant: purge of \"%V\" refused: %s: %s",
+                  &ctx->ident, msg ? msg : "", valid ? deps : "");
+
+    return ngx_tenant_problem_answer(r, &pb, NGX_HTTP_CONFLICT,
+                                     "schema_has_dependents",
+                                     "Objects outside the schema depend on it",
+                                     msg);
+}
+
+
+/* What a purge dropped, for the operator (the audit row has it too). */
+
+static void
+ngx_tenant_admin_purge_log(ngx_http_request_t *r, PGresult *res)
+{
+    char              *id, *slug, *schema, *deps;
+    ngx_tenant_ctx_t  *tctx;
+
+    tctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+
+    id = PQgetvalue(res, 0, 0);
+    slug = PQgetvalue(res, 0, 2);
+    schema = PQgetvalue(res, 0, NGX_TENANT_ADMIN_COL_PURGED + 1);
+    deps = PQgetvalue(res, 0, NGX_TENANT_ADMIN_COL_PURGED + 3);
+
+    if (PQgetvalue(res, 0, NGX_TENANT_ADMIN_COL_PURGED + 2)[0] != 't') {
+        ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                      "tenant: purged tenant \"%s\" (%s) for %s: its row;"
+                      " its schema \"%s\" did not exist",
+                      slug, id, tctx->claims.sub, schema);
+        return;
+    }
+
+    if (ngx_strcmp(deps, "[]") == 0) {
+        ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                      "tenant: purged tenant \"%s\" (%s) for %s: its row"
+                      " and schema \"%s\"",
+                      slug, id, tctx->claims.sub, schema);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "tenant: purged tenant \"%s\" (%s) for %s with force:"
+                  " its row, schema \"%s\" and the objects outside it that"
+                  " depended on it: %s",
+                  slug, id, tctx->claims.sub, schema, deps);
 }
 
 

@@ -9,8 +9,9 @@
 #   3 validation  bad bodies: 400 validation_failed with an "errors"
 #                 array naming the fields (413 for oversized bodies), and
 #                 the database unchanged, never a 500
-#   4 conflicts   same slug, same organization, a leftover schema: 409
-#                 with "field", nothing half made
+#   4 conflicts   same slug, same organization: 409 conflict, a leftover
+#                 schema: 409 schema_exists, with "field", nothing half
+#                 made (t/091: schema name collisions, what a purge drops)
 #   5 read        by id and by slug, 404, the list's keyset pagination
 #                 followed to the end, bad limit
 #   6 update      PATCH with "tenant_database_listen off": the admin API
@@ -499,11 +500,12 @@ sub bad_create {
     is schema_exists('tenant_smoke_test_dup'), 0, 'conflict: no half-made schema';
     is_deeply db_state(), $before, 'conflict: same organization: database unchanged';
 
-    # a schema of that name already exists (left over): refused, not adopted
+    # a schema of that name already exists (left over): refused, not
+    # adopted, and not "slug exists" (no tenant has it: GET says 404)
     sql('CREATE SCHEMA tenant_left_over');
     $before = db_state();
     $r = create(body_for(slug => 'left-over'));
-    problem $r, 409, 'conflict', 'conflict: leftover schema tenant_left_over';
+    problem $r, 409, 'schema_exists', 'conflict: leftover schema tenant_left_over';
     is $r->{json}{field}, 'slug', 'conflict: leftover schema: field slug';
     is_deeply db_state(), $before, 'conflict: leftover schema: database unchanged';
     sql('DROP SCHEMA tenant_left_over');
