@@ -16,7 +16,6 @@ use lib "$FindBin::Bin/lib";
 use TenantTest;
 use Test::More;
 use JSON::XS    ();
-use File::Path  qw(make_path);
 use Time::HiRes qw(time sleep);
 
 my $BOUNCER_BIN = '/usr/sbin/pgbouncer';
@@ -30,53 +29,9 @@ my $pg = pg_start(tcp => 1);
 
 # --- PgBouncer --------------------------------------------------------------
 
-# As the user postgres: pgbouncer refuses to run as root.
-my $bdir   = TenantTest::tmpdir() . '/pgbouncer';
-my $bport  = free_port();
-make_path($bdir);
-my (undef, undef, $uid, $gid) = getpwnam('postgres') or die "no user postgres\n";
-chown $uid, $gid, $bdir or die "chown $bdir: $!";
-
-open my $fh, '>', "$bdir/userlist.txt" or die $!;
-print $fh qq{"postgres" ""\n};
-close $fh;
-open $fh, '>', "$bdir/pgbouncer.ini" or die $!;
-print $fh <<"EOF";
-[databases]
-capliquify = host=127.0.0.1 port=$pg->{port} dbname=capliquify user=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $bport
-unix_socket_dir =
-pool_mode = transaction
-auth_type = trust
-auth_file = $bdir/userlist.txt
-admin_users = postgres
-stats_users = postgres
-default_pool_size = 4
-stats_period = 1
-ignore_startup_parameters = extra_float_digits,application_name
-logfile = $bdir/pgbouncer.log
-pidfile = $bdir/pgbouncer.pid
-EOF
-close $fh;
-chown $uid, $gid, map { "$bdir/$_" } qw(pgbouncer.ini userlist.txt);
-
-TenantTest::run_cmd({}, 'runuser', '-u', 'postgres', '--',
-                    $BOUNCER_BIN, '-d', "$bdir/pgbouncer.ini");
-my $bpid;
-for (1 .. 100) {
-    last if -s "$bdir/pgbouncer.pid"
-            && IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $bport);
-    sleep 0.05;
-}
-($bpid) = (TenantTest::_slurp("$bdir/pgbouncer.pid") =~ /(\d+)/) if -s "$bdir/pgbouncer.pid";
-ok $bpid && kill(0, $bpid), "pgbouncer started (pid " . ($bpid // '?') . ", port $bport)"
-    or BAIL_OUT('pgbouncer did not start: ' . (TenantTest::_slurp("$bdir/pgbouncer.log") // ''));
-
-# Runs before TenantTest's END (END blocks run last-defined first).
-END { kill 'TERM', $bpid if $bpid }
+my $bouncer = pgbouncer_start(settings => 'stats_period = 1');
+my ($bport, $bpid) = @$bouncer{qw(port pid)};
+ok kill(0, $bpid), "pgbouncer started (pid $bpid, port $bport)";
 
 # One admin console command; rows as hashrefs.
 sub bouncer_show {

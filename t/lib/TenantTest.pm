@@ -82,7 +82,7 @@ our @EXPORT = qw(
     nginx_start nginx_reload nginx_stop nginx_conf_test nginx_workers
     error_log log_mark error_log_allow
     http async_http wait_http http_done retry_until free_port project_root
-    alive pg_proxy
+    alive pg_proxy pgbouncer_start
 );
 
 our $ROOT   = abs_path(dirname(__FILE__) . '/../..');
@@ -826,6 +826,78 @@ END {
         kill 'TERM', map { $_->{pid} } @PROXIES;
         waitpid $_->{pid}, 0 for @PROXIES;
     }
+}
+
+
+###########################################################################
+# PgBouncer (Debian's) in front of the cluster's TCP port
+
+# pgbouncer_start(%opt) starts one (pg_start(tcp => 1) first), as the
+# user postgres (it refuses to run as root), and returns
+# { port, pid, dir, conninfo }.  Options: pool_mode (transaction),
+# pool_size (default_pool_size, 4), password (clients must give it, md5;
+# default: trust), settings (more lines of its [pgbouncer] section).  It
+# is stopped when the test ends.
+my @BOUNCERS;
+
+sub pgbouncer_start {
+    my (%o) = @_;
+
+    die "pgbouncer_start: pg_start(tcp => 1) first\n"
+        unless $PG && $PG->{tcp_conninfo};
+    my $bin = '/usr/sbin/pgbouncer';
+    my $dir = tmpdir() . '/pgbouncer.' . (@BOUNCERS + 1);
+    my $port = free_port();
+    make_path($dir);
+    my (undef, undef, $uid, $gid) = getpwnam('postgres')
+        or die "pgbouncer_start: no user postgres\n";
+    chown $uid, $gid, $dir or die "chown $dir: $!";
+
+    my $pw = $o{password} // '';
+    $pw =~ s/"/""/g;
+    _spew("$dir/userlist.txt", qq{"postgres" "$pw"\n});
+    _spew("$dir/pgbouncer.ini", <<"EOF");
+[databases]
+capliquify = host=127.0.0.1 port=$PG->{port} dbname=capliquify user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+pool_mode = @{[ $o{pool_mode} // 'transaction' ]}
+auth_type = @{[ defined $o{password} ? 'md5' : 'trust' ]}
+auth_file = $dir/userlist.txt
+admin_users = postgres
+stats_users = postgres
+default_pool_size = @{[ $o{pool_size} // 4 ]}
+ignore_startup_parameters = extra_float_digits,application_name
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+@{[ $o{settings} // '' ]}
+EOF
+    chown $uid, $gid, map { "$dir/$_" } qw(pgbouncer.ini userlist.txt);
+    chmod 0600, "$dir/userlist.txt";
+
+    run_cmd({}, 'runuser', '-u', 'postgres', '--', $bin, '-d',
+            "$dir/pgbouncer.ini");
+    my ($pid) = retry_until(5, sub {
+        my ($p) = _slurp("$dir/pgbouncer.pid") =~ /(\d+)/;
+        return $p && IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                           PeerPort => $port) ? $p : undef;
+    }, sub { $_[0] }, 0.05);
+    die "pgbouncer did not start: " . _slurp("$dir/pgbouncer.log") . "\n"
+        unless $pid;
+
+    my $b = { port => $port, pid => $pid, dir => $dir,
+              conninfo => "host=127.0.0.1 port=$port dbname=capliquify"
+                          . ' user=postgres' };
+    push @BOUNCERS, $b;
+    return $b;
+}
+
+END {
+    local $?;
+    kill 'TERM', map { $_->{pid} } @BOUNCERS if $$ == $OWNER;
 }
 
 
