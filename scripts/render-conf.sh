@@ -223,6 +223,14 @@ get upgrade_url UPGRADE_URL \
     'https://app.capliquify.com/settings/billing?plan=$tenant_required_tier&org=$tenant_org_id'
 [[ $upgrade_url =~ ^https?://[^[:space:][:cntrl:]\"\'\\]+$ ]] \
     || die "UPGRADE_URL: must be an http(s):// URL without spaces, quotes or backslashes"
+# nginx variables: the module's own only (tenant_upgrade_url refuses any
+# other; $http_cookie would put the session cookie into 403 bodies)
+v=${upgrade_url,,}
+while [[ $v =~ ^(.*)\$(tenant_[a-z0-9_]+|\{tenant_[a-z0-9_]+\})(.*)$ ]]; do
+    v=${BASH_REMATCH[1]}${BASH_REMATCH[3]}
+done
+[[ $v != *'$'* ]] \
+    || die "UPGRADE_URL: only the gateway's \$tenant_* variables may be used (\$tenant_required_tier, \$tenant_org_id, ...); write a literal \$ as %24"
 
 
 # ---- paths -----------------------------------------------------------------

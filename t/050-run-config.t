@@ -356,6 +356,14 @@ my @bad = (
     [{ DEMO_PORT => 'x' },                              'DEMO_PORT'],
     [{ UPGRADE_URL => 'javascript:alert(1)' },          'UPGRADE_URL'],
     [{ UPGRADE_URL => 'https://x.example/"' },          'UPGRADE_URL'],
+    # nginx variables other than the module's: live in the 403 bodies
+    [{ UPGRADE_URL => 'https://x.example/?c=$http_cookie' }, 'UPGRADE_URL'],
+    [{ UPGRADE_URL => 'https://x.example/?c=${http_cookie}' }, 'UPGRADE_URL'],
+    [{ UPGRADE_URL => 'https://x.example/?o=$tenant_org_id$cookie___session' },
+                                                        'UPGRADE_URL'],
+    [{ UPGRADE_URL => 'https://x.example/?h=$host' },   'UPGRADE_URL'],
+    [{ UPGRADE_URL => 'https://x.example/$1' },         'UPGRADE_URL'],
+    [{ UPGRADE_URL => 'https://x.example/?p=$' },       'UPGRADE_URL'],
     [{ CORS_ORIGIN => 'https://a.example/path' },       'CORS_ORIGIN'],
     [{ RUN_DIR => "$tmp/with space" },                  'RUN_DIR'],
     [{ TENANT_MODULE => "$tmp/a;b.so" },                'TENANT_MODULE'],
@@ -385,6 +393,51 @@ for my $case (@bad) {
                 map { $set->{$_} } grep { /KEY|SECRET/ } keys %$set;
         ok !-e $r->{out}, 'no configuration written';
     };
+}
+
+# UPGRADE_URL: the module's variables, in either spelling, and %24.
+{
+    my $url = 'https://b.example/up?p=${tenant_required_tier}&o=$TENANT_ORG_ID&d=%24';
+    my $r = render(UPGRADE_URL => $url);
+    is $r->{rc}, 0, 'UPGRADE_URL with ${tenant_...}, $TENANT_..., %24: rendered'
+        or diag join "\n", @{$r->{err}};
+    like $r->{conf} // '', qr/^\s*tenant_upgrade_url\s+"\Q$url\E";/m, '... as it is';
+}
+
+# No variable's value is live where nginx expands variables: each one
+# set to a value with $http_cookie in it is refused, or lands only in a
+# directive that takes its text literally.
+for my $case (
+    [DATABASE_URL     => 'postgresql://u:p$http_cookie@h/db'],
+    [CLERK_ISSUER     => 'https://clerk.example.com/$http_cookie'],
+    [CLERK_JWKS_URL   => 'https://clerk.example.com/$http_cookie'],
+    [CLERK_SECRET_KEY => 'sk_test_$http_cookie'],
+    [RESOLVER         => '$http_cookie', CLERK_SECRET_KEY => 'sk_test_' . ('a' x 20)],
+    [CLERK_AUTHORIZED_PARTIES => 'https://$http_cookie.example'],
+    [CRON_SECRET      => ('x' x 32) . '$http_cookie'],
+    [BACKEND_URL      => 'http://$http_cookie'],
+    [MCP_URL          => 'http://$http_cookie:80'],
+    [CORS_ORIGIN      => 'https://a.example$http_cookie'],
+    [UPGRADE_URL      => 'https://b.example/?c=$http_cookie'],
+    [METRICS_ALLOW    => '$http_cookie'],
+    [MAX_REQUEST_SIZE => '1m$http_cookie'],
+    [LOG_LEVEL        => 'info$http_cookie'],
+    [PORT             => '80$http_cookie'],
+    [DEMO_PORT        => '80$http_cookie'],
+    [RATE_LIMIT_MAX   => '1$http_cookie'],
+    [RATE_LIMIT_WINDOW => '1$http_cookie'],
+    [RUN_DIR          => "$tmp/\$http_cookie"],
+    [TENANT_MODULE    => "$tmp/\$http_cookie.so"],
+    [CLERK_JWKS_FILE  => "$tmp/\$http_cookie.json"],
+    [UPSTREAM_CA_FILE => "$tmp/\$http_cookie.pem", BACKEND_URL => 'https://b.example'],
+) {
+    my ($var, $v, %more) = @$case;
+    my $r = render(%more, $var => $v);
+    my @live = grep { /\$http_cookie/ && !/^\s*(tenant_database|tenant_jwt_issuer)\s/ }
+        split /\n/, $r->{conf} // '';
+    ok $r->{rc} == 1 || ($r->{rc} == 0 && !@live),
+        "$var with \$http_cookie: refused, or not where nginx expands variables"
+        or diag "rc $r->{rc}: ", join "\n", @live;
 }
 
 # A rate over nine digits is refused for its limit, not as "not a
