@@ -21,7 +21,12 @@
 #                            CLERK_SECRET_KEY is set.  At least one of
 #                            the four is required.
 #   CLERK_SECRET_KEY         optional: sent as "Authorization: Bearer" to
-#                            CLERK_JWKS_URL (Clerk's Backend API needs it)
+#                            CLERK_JWKS_URL, which must then be on Clerk's
+#                            Backend API, https://api.clerk.com
+#   TEST_ONLY_CLERK_SECRET_TO_LOOPBACK
+#                            1: tests only, CLERK_SECRET_KEY may also go
+#                            to a CLERK_JWKS_URL on 127.0.0.1, [::1] or
+#                            localhost (a fake Clerk)
 #   RESOLVER                 DNS servers for CLERK_JWKS_URL (nginx's
 #                            resolver); default: /etc/resolv.conf's
 #   CLERK_ISSUER             optional: https:// URL (http:// for localhost)
@@ -260,6 +265,11 @@ get clerk_secret CLERK_SECRET_KEY
 jwks_url_default=
 [ -n "$clerk_secret" ] && jwks_url_default=https://api.clerk.com/v1/jwks
 get jwks_url CLERK_JWKS_URL "$jwks_url_default"
+get test_loopback TEST_ONLY_CLERK_SECRET_TO_LOOPBACK
+case $test_loopback in
+    ""|0|1) ;;
+    *) die "TEST_ONLY_CLERK_SECRET_TO_LOOPBACK: must be 0 or 1$(got "$test_loopback")" ;;
+esac
 key_file=
 jwks_tls=
 resolver=
@@ -278,11 +288,26 @@ fi
 if [ -n "$jwks_url" ]; then
     [[ $jwks_url =~ ^(https?)://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~/%+=-]*)?$ ]] \
         || die "CLERK_JWKS_URL: must be an https:// URL of a JWKS, e.g. https://api.clerk.com/v1/jwks$(got "$jwks_url")"
+    jwks_scheme=${BASH_REMATCH[1]}
     jwks_host=${BASH_REMATCH[2]}
-    if [ "${BASH_REMATCH[1]}" = https ]; then
+    jwks_port=${BASH_REMATCH[4]}
+    jwks_loopback=
+    [[ $jwks_host =~ ^(localhost|127\.0\.0\.1|\[::1\])$ ]] && jwks_loopback=1
+    if [ "$jwks_scheme" = https ]; then
         jwks_tls=1
-    elif ! [[ $jwks_host =~ ^(localhost|127\.0\.0\.1|\[::1\])$ ]]; then
+    elif [ -z "$jwks_loopback" ]; then
         die "CLERK_JWKS_URL: must be https:// (http:// only for localhost)$(got "$jwks_url")"
+    fi
+
+    # The secret key is the Backend API's credential: it goes to that
+    # host only, never to whatever the URL names (the Frontend API's
+    # /.well-known/jwks.json needs no secret).
+    if [ -n "$clerk_secret" ] \
+        && ! [[ $jwks_scheme = https && ${jwks_host,,} = api.clerk.com \
+                && ( -z $jwks_port || $jwks_port = :443 ) ]] \
+        && ! [[ $test_loopback = 1 && -n $jwks_loopback ]]
+    then
+        die "CLERK_JWKS_URL: CLERK_SECRET_KEY is sent only to Clerk's Backend API (https://api.clerk.com/v1/jwks); for another JWKS URL, such as the Frontend API's /.well-known/jwks.json, unset CLERK_SECRET_KEY$(got "$jwks_url")"
     fi
 
     # A host name is resolved when the keys are fetched, by nginx's

@@ -269,10 +269,24 @@ sub render {
         '... that URL';
     unlike $c, qr/Authorization "Bearer/, '... no Authorization line';
 
+    # The secret goes to Clerk's Backend API only (in either spelling of
+    # its host), or, behind the test-only switch, to a fake Clerk on the
+    # loopback.
+    for my $url ('https://api.clerk.com/v1/jwks', 'https://API.Clerk.com:443/v1/jwks') {
+        $r = render(CLERK_SECRET_KEY => $sk, CLERK_JWKS_URL => $url,
+                    RESOLVER => '10.0.0.2');
+        is $r->{rc}, 0, "CLERK_SECRET_KEY with CLERK_JWKS_URL $url"
+            or diag join "\n", @{$r->{err}};
+        like $r->{conf} // '', qr{proxy_set_header\s+Authorization "Bearer \Q$sk\E";},
+            '... the secret as bearer';
+    }
+
     $r = render(CLERK_SECRET_KEY => $sk, CLERK_JWKS_URL => 'http://127.0.0.1:9/jwks',
-                RESOLVER => undef);
-    is $r->{rc}, 0, 'http:// JWKS URL on 127.0.0.1, besides the PEM key';
+                TEST_ONLY_CLERK_SECRET_TO_LOOPBACK => 1, RESOLVER => undef);
+    is $r->{rc}, 0, 'http:// JWKS URL on 127.0.0.1 with the secret (test-only switch), besides the PEM key';
     like $r->{conf} // '', qr/tenant_jwt_key/, '... the PEM key stays';
+    like $r->{conf} // '', qr{proxy_set_header\s+Authorization "Bearer \Q$sk\E";},
+        '... the secret as bearer';
 
     $r = render(ENCRYPTION_KEY => "  $enc_key\n");
     is $r->{rc}, 0, 'surrounding blanks are ignored';
@@ -318,6 +332,21 @@ my @bad = (
     [{ CLERK_JWKS_URL => 'ftp://clerk.example.com/jwks' }, 'CLERK_JWKS_URL'],
     [{ CLERK_JWKS_URL => 'https://clerk.example.com/$uri' }, 'CLERK_JWKS_URL'],
     [{ CLERK_SECRET_KEY => 'sk_test_' . ('a' x 20) . '";x' }, 'CLERK_SECRET_KEY'],
+    # the secret key goes to Clerk's Backend API host only
+    (map { [{ CLERK_SECRET_KEY => 'sk_test_' . ('s' x 20), CLERK_JWKS_URL => $_,
+              RESOLVER => '10.0.0.2' }, 'CLERK_JWKS_URL'] }
+         'https://clerk.app.example/.well-known/jwks.json',
+         'https://api.clerk.com.evil.example/v1/jwks',
+         'https://evil.example/api.clerk.com/v1/jwks',
+         'https://api.clerk.com:8443/v1/jwks',
+         'https://api.clerk.dev/v1/jwks',
+         'https://127.0.0.1/v1/jwks',
+         'http://127.0.0.1:9/v1/jwks',
+         'http://localhost:9/v1/jwks'),
+    [{ CLERK_SECRET_KEY => 'sk_test_' . ('s' x 20), RESOLVER => '10.0.0.2',
+       CLERK_JWKS_URL => 'https://evil.example/v1/jwks',
+       TEST_ONLY_CLERK_SECRET_TO_LOOPBACK => 1 },       'CLERK_JWKS_URL'],
+    [{ TEST_ONLY_CLERK_SECRET_TO_LOOPBACK => 'yes' },   'TEST_ONLY_CLERK_SECRET_TO_LOOPBACK'],
     [{ CLERK_SECRET_KEY => 'sk_test_' . ('a' x 20), RESOLVER => '10.0.0.2;' },
                                                         'RESOLVER'],
     [{ CLERK_ISSUER => 'http://clerk.example.com' },    'CLERK_ISSUER'],
