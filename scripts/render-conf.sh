@@ -3,7 +3,10 @@
 # into OUT_FILE (mode 0600: it holds the database password and the
 # signing key).
 #
-#   scripts/render-conf.sh OUT_FILE
+#   scripts/render-conf.sh [--deploy] OUT_FILE
+#
+# --deploy (scripts/entrypoint.sh, so the image): the demo upstream and the
+# TEST_ONLY_* switches are refused.
 #
 # A missing or malformed required variable: exit 1 and one line on stderr
 # naming the variable and what is wrong.  Secret values are never printed.
@@ -34,8 +37,8 @@
 #   ENCRYPTION_KEY           required: 64 hex digits (signs tenant headers)
 #   CRON_SECRET              required: at least 32 characters
 #   BACKEND_URL, MCP_URL     http(s)://host[:port]; unset: the demo
-#                            upstream on 127.0.0.1:DEMO_PORT (refused when
-#                            NODE_ENV=production)
+#                            upstream on 127.0.0.1:DEMO_PORT (refused with
+#                            --deploy and when NODE_ENV=production)
 #   DEMO_PORT                8081
 #   CORS_ORIGIN              "" (no CORS), "*", or comma-separated origins
 #   RATE_LIMIT_MAX           100 (requests per window)
@@ -121,7 +124,13 @@ origin_ok() {
 }
 
 
-[ $# -eq 1 ] || { echo "usage: scripts/render-conf.sh OUT_FILE" >&2; exit 2; }
+deploy=
+if [ "${1:-}" = --deploy ]; then
+    deploy=1
+    shift
+fi
+[ $# -eq 1 ] \
+    || { echo "usage: scripts/render-conf.sh [--deploy] OUT_FILE" >&2; exit 2; }
 abs out "$1"
 
 [ -r "$template" ] || die "template $template is missing"
@@ -270,6 +279,8 @@ case $test_loopback in
     ""|0|1) ;;
     *) die "TEST_ONLY_CLERK_SECRET_TO_LOOPBACK: must be 0 or 1$(got "$test_loopback")" ;;
 esac
+[ "$test_loopback" = 1 ] && [ -n "$deploy" ] \
+    && die "TEST_ONLY_CLERK_SECRET_TO_LOOPBACK: a switch for tests, refused by scripts/entrypoint.sh (the image)"
 key_file=
 jwks_tls=
 resolver=
@@ -426,6 +437,8 @@ upstream() {
     local name=$1 var=$2 url scheme host port
     get url "$var"
     if [ -z "$url" ]; then
+        [ -n "$deploy" ] \
+            && die "$var: required (scripts/entrypoint.sh, so the image, never serves the demo upstream of make run)"
         [ "$node_env" = production ] \
             && die "$var: required when NODE_ENV=production (the demo upstream is for local runs)"
         demo=1
@@ -543,19 +556,42 @@ if ! err=$(perl -e '
 
     my ($template, $out) = @ARGV;
     my %v = map { substr($_, 3) => $ENV{$_} } grep { /^RC_/ } keys %ENV;
+    (my $dir = $template) =~ s{/[^/]*$}{};
 
     open my $in, "<", $template or die "cannot read $template: $!\n";
     my ($keep, $section, @lines) = (1, undef);
+    my (@inc, $inc, $inc_no, $at);
 
-    while (my $line = <$in>) {
+    while (1) {
+        my $line;
+        if (@inc) {
+            $line = shift @inc;
+            $at = "$inc line " . ++$inc_no;
+        } else {
+            defined($line = <$in>) or last;
+            ($inc, $at) = (undef, "line $.");
+        }
+        if (defined $inc && $line =~ /^\s*#%(if|endif|include)\b/) {
+            die "$at: #%$1 in an included file\n";
+        }
+        if ($line =~ /^\s*#%include\s+([A-Za-z0-9_.-]+)\s*$/) {
+            next unless $keep;
+            my $name = $1;
+            open my $f, "<", "$dir/$name"
+                or die "$at: cannot read $dir/$name: $!\n";
+            @inc = <$f>;
+            close $f;
+            ($inc, $inc_no) = ($name, 0);
+            next;
+        }
         if ($line =~ /^\s*#%if\s+([A-Z][A-Z0-9_]*)\s*$/) {
-            die "line $.: #%if inside #%if $section\n" if defined $section;
-            die "line $.: unknown name $1\n" unless exists $v{$1};
+            die "$at: #%if inside #%if $section\n" if defined $section;
+            die "$at: unknown name $1\n" unless exists $v{$1};
             ($section, $keep) = ($1, $v{$1} ne "");
             next;
         }
         if ($line =~ /^\s*#%endif\s*$/) {
-            die "line $.: #%endif without #%if\n" unless defined $section;
+            die "$at: #%endif without #%if\n" unless defined $section;
             ($section, $keep) = (undef, 1);
             next;
         }
@@ -564,7 +600,7 @@ if ! err=$(perl -e '
 
         my $empty = 0;
         $line =~ s{\$\{([A-Z][A-Z0-9_]*)\}}{
-            die "line $.: unknown name \${$1}\n" unless exists $v{$1};
+            die "$at: unknown name \${$1}\n" unless exists $v{$1};
             $empty ||= $v{$1} eq "";
             $v{$1};
         }ge;
