@@ -28,7 +28,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 COPY --from=build /out/ngx_tenant_module.so /usr/lib/nginx/modules/ngx_tenant_module.so
-COPY conf/       /srv/gateway/conf/
+# The template only: not the demo upstream of make run
+# (conf/demo-upstream.conf.template), which the image never serves.
+COPY conf/nginx.conf.template /srv/gateway/conf/
 COPY migrations/ /srv/gateway/migrations/
 COPY scripts/entrypoint.sh scripts/render-conf.sh scripts/migrate.sh /srv/gateway/scripts/
 

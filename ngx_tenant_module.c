@@ -61,6 +61,8 @@ static char *ngx_tenant_feature_route(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_tenant_merge_routes(ngx_conf_t *cf,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *prev,
     ngx_tenant_loc_conf_t *conf);
+static char *ngx_tenant_upgrade_url(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_tenant_signing_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_tenant_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -265,7 +267,7 @@ static ngx_command_t  ngx_tenant_commands[] = {
 
     { ngx_string("tenant_upgrade_url"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_set_complex_value_slot,
+      ngx_tenant_upgrade_url,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_tenant_loc_conf_t, upgrade_url),
       NULL },
@@ -807,6 +809,64 @@ ngx_tenant_feature_route(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     route->feature = -1;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * tenant_upgrade_url <url>: variables allowed, the module's own only.
+ * Their values are inserted as URI components (ngx_tenant_variable);
+ * any other variable would be inserted as it is: $http_cookie would
+ * reflect the session cookie into refusal bodies, $host or $arg_* put an
+ * upgrade link of the client's choosing there.  nginx has no escape for
+ * "$": a literal one is written %24.
+ */
+
+static char *
+ngx_tenant_upgrade_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    u_char     *p, *last, ch;
+    ngx_str_t  *value, name;
+
+    value = cf->args->elts;
+
+    p = value[1].data;
+    last = p + value[1].len;
+
+    /* variable names as ngx_http_script_compile() reads them */
+
+    while ((p = ngx_strlchr(p, last, '$')) != NULL) {
+
+        p++;
+
+        if (p < last && *p == '{') {
+            p++;
+        }
+
+        for (name.data = p; p < last; p++) {
+            ch = *p;
+
+            if ((ch < 'a' || ch > 'z') && (ch < 'A' || ch > 'Z')
+                && (ch < '0' || ch > '9') && ch != '_')
+            {
+                break;
+            }
+        }
+
+        name.len = p - name.data;
+
+        /* an empty name or a missing "}": nginx's own message below */
+
+        if (name.len && !ngx_tenant_variable_is_own(&name)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "variable \"$%V\" is not allowed in \"%V\": "
+                               "only the module's own $tenant_* variables "
+                               "(a literal \"$\" is written %%24)",
+                               &name, &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return ngx_http_set_complex_value_slot(cf, cmd, conf);
 }
 
 

@@ -3,9 +3,12 @@
 #
 #   scripts/entrypoint.sh [--check]
 #
-# 1. scripts/render-conf.sh validates the environment (see its header) and
-#    renders RUN_DIR/nginx.conf; a missing or malformed variable is one
-#    line naming it, and exit 1.  Secret values are never printed.
+# 1. scripts/render-conf.sh --deploy validates the environment (see its
+#    header) and renders RUN_DIR/nginx.conf; a missing or malformed
+#    variable is one line naming it, and exit 1.  Secret values are never
+#    printed.  --deploy: BACKEND_URL and MCP_URL are required whatever
+#    NODE_ENV says (the demo upstream of make run echoes the signed tenant
+#    headers to clients) and the TEST_ONLY_* switches are refused.
 # 2. nginx -t on the rendered file: one line and exit 1 when refused.
 #    --check stops here (exit 0): `docker run IMAGE --check`, the tests.
 # 3. MIGRATE_ON_START=1: scripts/migrate.sh (default 0: migrations are a
@@ -51,7 +54,7 @@ command -v "$nginx" >/dev/null 2>&1 || die "nginx not found ($nginx)"
     || die "TENANT_MODULE: $TENANT_MODULE is not a readable file"
 
 # render-conf.sh prints its own one line on failure.
-"$here/render-conf.sh" "$conf" || exit 1
+"$here/render-conf.sh" --deploy "$conf" || exit 1
 
 # Left over by a previous run in the same RUN_DIR (a restarted container).
 pid_file=$RUN_DIR/nginx.pid

@@ -3,7 +3,10 @@
 # into OUT_FILE (mode 0600: it holds the database password and the
 # signing key).
 #
-#   scripts/render-conf.sh OUT_FILE
+#   scripts/render-conf.sh [--deploy] OUT_FILE
+#
+# --deploy (scripts/entrypoint.sh, so the image): the demo upstream and the
+# TEST_ONLY_* switches are refused.
 #
 # A missing or malformed required variable: exit 1 and one line on stderr
 # naming the variable and what is wrong.  Secret values are never printed.
@@ -21,7 +24,12 @@
 #                            CLERK_SECRET_KEY is set.  At least one of
 #                            the four is required.
 #   CLERK_SECRET_KEY         optional: sent as "Authorization: Bearer" to
-#                            CLERK_JWKS_URL (Clerk's Backend API needs it)
+#                            CLERK_JWKS_URL, which must then be on Clerk's
+#                            Backend API, https://api.clerk.com
+#   TEST_ONLY_CLERK_SECRET_TO_LOOPBACK
+#                            1: tests only, CLERK_SECRET_KEY may also go
+#                            to a CLERK_JWKS_URL on 127.0.0.1, [::1] or
+#                            localhost (a fake Clerk)
 #   RESOLVER                 DNS servers for CLERK_JWKS_URL (nginx's
 #                            resolver); default: /etc/resolv.conf's
 #   CLERK_ISSUER             optional: https:// URL (http:// for localhost)
@@ -29,8 +37,8 @@
 #   ENCRYPTION_KEY           required: 64 hex digits (signs tenant headers)
 #   CRON_SECRET              required: at least 32 characters
 #   BACKEND_URL, MCP_URL     http(s)://host[:port]; unset: the demo
-#                            upstream on 127.0.0.1:DEMO_PORT (refused when
-#                            NODE_ENV=production)
+#                            upstream on 127.0.0.1:DEMO_PORT (refused with
+#                            --deploy and when NODE_ENV=production)
 #   DEMO_PORT                8081
 #   CORS_ORIGIN              "" (no CORS), "*", or comma-separated origins
 #   RATE_LIMIT_MAX           100 (requests per window)
@@ -116,7 +124,13 @@ origin_ok() {
 }
 
 
-[ $# -eq 1 ] || { echo "usage: scripts/render-conf.sh OUT_FILE" >&2; exit 2; }
+deploy=
+if [ "${1:-}" = --deploy ]; then
+    deploy=1
+    shift
+fi
+[ $# -eq 1 ] \
+    || { echo "usage: scripts/render-conf.sh [--deploy] OUT_FILE" >&2; exit 2; }
 abs out "$1"
 
 [ -r "$template" ] || die "template $template is missing"
@@ -223,6 +237,14 @@ get upgrade_url UPGRADE_URL \
     'https://app.capliquify.com/settings/billing?plan=$tenant_required_tier&org=$tenant_org_id'
 [[ $upgrade_url =~ ^https?://[^[:space:][:cntrl:]\"\'\\]+$ ]] \
     || die "UPGRADE_URL: must be an http(s):// URL without spaces, quotes or backslashes"
+# nginx variables: the module's own only (tenant_upgrade_url refuses any
+# other; $http_cookie would put the session cookie into 403 bodies)
+v=${upgrade_url,,}
+while [[ $v =~ ^(.*)\$(tenant_[a-z0-9_]+|\{tenant_[a-z0-9_]+\})(.*)$ ]]; do
+    v=${BASH_REMATCH[1]}${BASH_REMATCH[3]}
+done
+[[ $v != *'$'* ]] \
+    || die "UPGRADE_URL: only the gateway's \$tenant_* variables may be used (\$tenant_required_tier, \$tenant_org_id, ...); write a literal \$ as %24"
 
 
 # ---- paths -----------------------------------------------------------------
@@ -252,6 +274,13 @@ get clerk_secret CLERK_SECRET_KEY
 jwks_url_default=
 [ -n "$clerk_secret" ] && jwks_url_default=https://api.clerk.com/v1/jwks
 get jwks_url CLERK_JWKS_URL "$jwks_url_default"
+get test_loopback TEST_ONLY_CLERK_SECRET_TO_LOOPBACK
+case $test_loopback in
+    ""|0|1) ;;
+    *) die "TEST_ONLY_CLERK_SECRET_TO_LOOPBACK: must be 0 or 1$(got "$test_loopback")" ;;
+esac
+[ "$test_loopback" = 1 ] && [ -n "$deploy" ] \
+    && die "TEST_ONLY_CLERK_SECRET_TO_LOOPBACK: a switch for tests, refused by scripts/entrypoint.sh (the image)"
 key_file=
 jwks_tls=
 resolver=
@@ -270,11 +299,26 @@ fi
 if [ -n "$jwks_url" ]; then
     [[ $jwks_url =~ ^(https?)://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~/%+=-]*)?$ ]] \
         || die "CLERK_JWKS_URL: must be an https:// URL of a JWKS, e.g. https://api.clerk.com/v1/jwks$(got "$jwks_url")"
+    jwks_scheme=${BASH_REMATCH[1]}
     jwks_host=${BASH_REMATCH[2]}
-    if [ "${BASH_REMATCH[1]}" = https ]; then
+    jwks_port=${BASH_REMATCH[4]}
+    jwks_loopback=
+    [[ $jwks_host =~ ^(localhost|127\.0\.0\.1|\[::1\])$ ]] && jwks_loopback=1
+    if [ "$jwks_scheme" = https ]; then
         jwks_tls=1
-    elif ! [[ $jwks_host =~ ^(localhost|127\.0\.0\.1|\[::1\])$ ]]; then
+    elif [ -z "$jwks_loopback" ]; then
         die "CLERK_JWKS_URL: must be https:// (http:// only for localhost)$(got "$jwks_url")"
+    fi
+
+    # The secret key is the Backend API's credential: it goes to that
+    # host only, never to whatever the URL names (the Frontend API's
+    # /.well-known/jwks.json needs no secret).
+    if [ -n "$clerk_secret" ] \
+        && ! [[ $jwks_scheme = https && ${jwks_host,,} = api.clerk.com \
+                && ( -z $jwks_port || $jwks_port = :443 ) ]] \
+        && ! [[ $test_loopback = 1 && -n $jwks_loopback ]]
+    then
+        die "CLERK_JWKS_URL: CLERK_SECRET_KEY is sent only to Clerk's Backend API (https://api.clerk.com/v1/jwks); for another JWKS URL, such as the Frontend API's /.well-known/jwks.json, unset CLERK_SECRET_KEY$(got "$jwks_url")"
     fi
 
     # A host name is resolved when the keys are fetched, by nginx's
@@ -393,6 +437,8 @@ upstream() {
     local name=$1 var=$2 url scheme host port
     get url "$var"
     if [ -z "$url" ]; then
+        [ -n "$deploy" ] \
+            && die "$var: required (scripts/entrypoint.sh, so the image, never serves the demo upstream of make run)"
         [ "$node_env" = production ] \
             && die "$var: required when NODE_ENV=production (the demo upstream is for local runs)"
         demo=1
@@ -510,19 +556,42 @@ if ! err=$(perl -e '
 
     my ($template, $out) = @ARGV;
     my %v = map { substr($_, 3) => $ENV{$_} } grep { /^RC_/ } keys %ENV;
+    (my $dir = $template) =~ s{/[^/]*$}{};
 
     open my $in, "<", $template or die "cannot read $template: $!\n";
     my ($keep, $section, @lines) = (1, undef);
+    my (@inc, $inc, $inc_no, $at);
 
-    while (my $line = <$in>) {
+    while (1) {
+        my $line;
+        if (@inc) {
+            $line = shift @inc;
+            $at = "$inc line " . ++$inc_no;
+        } else {
+            defined($line = <$in>) or last;
+            ($inc, $at) = (undef, "line $.");
+        }
+        if (defined $inc && $line =~ /^\s*#%(if|endif|include)\b/) {
+            die "$at: #%$1 in an included file\n";
+        }
+        if ($line =~ /^\s*#%include\s+([A-Za-z0-9_.-]+)\s*$/) {
+            next unless $keep;
+            my $name = $1;
+            open my $f, "<", "$dir/$name"
+                or die "$at: cannot read $dir/$name: $!\n";
+            @inc = <$f>;
+            close $f;
+            ($inc, $inc_no) = ($name, 0);
+            next;
+        }
         if ($line =~ /^\s*#%if\s+([A-Z][A-Z0-9_]*)\s*$/) {
-            die "line $.: #%if inside #%if $section\n" if defined $section;
-            die "line $.: unknown name $1\n" unless exists $v{$1};
+            die "$at: #%if inside #%if $section\n" if defined $section;
+            die "$at: unknown name $1\n" unless exists $v{$1};
             ($section, $keep) = ($1, $v{$1} ne "");
             next;
         }
         if ($line =~ /^\s*#%endif\s*$/) {
-            die "line $.: #%endif without #%if\n" unless defined $section;
+            die "$at: #%endif without #%if\n" unless defined $section;
             ($section, $keep) = (undef, 1);
             next;
         }
@@ -531,7 +600,7 @@ if ! err=$(perl -e '
 
         my $empty = 0;
         $line =~ s{\$\{([A-Z][A-Z0-9_]*)\}}{
-            die "line $.: unknown name \${$1}\n" unless exists $v{$1};
+            die "$at: unknown name \${$1}\n" unless exists $v{$1};
             $empty ||= $v{$1} eq "";
             $v{$1};
         }ge;

@@ -281,6 +281,7 @@ ngx_int_t ngx_tenant_headers_inject(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
 ngx_int_t ngx_tenant_headers_init(ngx_conf_t *cf);
 ngx_int_t ngx_tenant_variables_add(ngx_conf_t *cf);
+ngx_uint_t ngx_tenant_variable_is_own(ngx_str_t *name);
 
 /* ngx_tenant_problem.c */
 ngx_int_t ngx_tenant_problem_send(ngx_http_request_t *r,

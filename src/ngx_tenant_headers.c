@@ -491,6 +491,25 @@ ngx_tenant_header_add(ngx_http_request_t *r, ngx_tenant_header_t *th,
 }
 
 
+/* names are case-insensitive, as ngx_http_get_variable_index() reads them */
+
+ngx_uint_t
+ngx_tenant_variable_is_own(ngx_str_t *name)
+{
+    ngx_http_variable_t  *v;
+
+    for (v = ngx_tenant_vars; v->name.len; v++) {
+        if (v->name.len == name->len
+            && ngx_strncasecmp(v->name.data, name->data, name->len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 ngx_int_t
 ngx_tenant_variables_add(ngx_conf_t *cf)
 {

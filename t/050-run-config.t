@@ -269,10 +269,24 @@ sub render {
         '... that URL';
     unlike $c, qr/Authorization "Bearer/, '... no Authorization line';
 
+    # The secret goes to Clerk's Backend API only (in either spelling of
+    # its host), or, behind the test-only switch, to a fake Clerk on the
+    # loopback.
+    for my $url ('https://api.clerk.com/v1/jwks', 'https://API.Clerk.com:443/v1/jwks') {
+        $r = render(CLERK_SECRET_KEY => $sk, CLERK_JWKS_URL => $url,
+                    RESOLVER => '10.0.0.2');
+        is $r->{rc}, 0, "CLERK_SECRET_KEY with CLERK_JWKS_URL $url"
+            or diag join "\n", @{$r->{err}};
+        like $r->{conf} // '', qr{proxy_set_header\s+Authorization "Bearer \Q$sk\E";},
+            '... the secret as bearer';
+    }
+
     $r = render(CLERK_SECRET_KEY => $sk, CLERK_JWKS_URL => 'http://127.0.0.1:9/jwks',
-                RESOLVER => undef);
-    is $r->{rc}, 0, 'http:// JWKS URL on 127.0.0.1, besides the PEM key';
+                TEST_ONLY_CLERK_SECRET_TO_LOOPBACK => 1, RESOLVER => undef);
+    is $r->{rc}, 0, 'http:// JWKS URL on 127.0.0.1 with the secret (test-only switch), besides the PEM key';
     like $r->{conf} // '', qr/tenant_jwt_key/, '... the PEM key stays';
+    like $r->{conf} // '', qr{proxy_set_header\s+Authorization "Bearer \Q$sk\E";},
+        '... the secret as bearer';
 
     $r = render(ENCRYPTION_KEY => "  $enc_key\n");
     is $r->{rc}, 0, 'surrounding blanks are ignored';
@@ -318,6 +332,21 @@ my @bad = (
     [{ CLERK_JWKS_URL => 'ftp://clerk.example.com/jwks' }, 'CLERK_JWKS_URL'],
     [{ CLERK_JWKS_URL => 'https://clerk.example.com/$uri' }, 'CLERK_JWKS_URL'],
     [{ CLERK_SECRET_KEY => 'sk_test_' . ('a' x 20) . '";x' }, 'CLERK_SECRET_KEY'],
+    # the secret key goes to Clerk's Backend API host only
+    (map { [{ CLERK_SECRET_KEY => 'sk_test_' . ('s' x 20), CLERK_JWKS_URL => $_,
+              RESOLVER => '10.0.0.2' }, 'CLERK_JWKS_URL'] }
+         'https://clerk.app.example/.well-known/jwks.json',
+         'https://api.clerk.com.evil.example/v1/jwks',
+         'https://evil.example/api.clerk.com/v1/jwks',
+         'https://api.clerk.com:8443/v1/jwks',
+         'https://api.clerk.dev/v1/jwks',
+         'https://127.0.0.1/v1/jwks',
+         'http://127.0.0.1:9/v1/jwks',
+         'http://localhost:9/v1/jwks'),
+    [{ CLERK_SECRET_KEY => 'sk_test_' . ('s' x 20), RESOLVER => '10.0.0.2',
+       CLERK_JWKS_URL => 'https://evil.example/v1/jwks',
+       TEST_ONLY_CLERK_SECRET_TO_LOOPBACK => 1 },       'CLERK_JWKS_URL'],
+    [{ TEST_ONLY_CLERK_SECRET_TO_LOOPBACK => 'yes' },   'TEST_ONLY_CLERK_SECRET_TO_LOOPBACK'],
     [{ CLERK_SECRET_KEY => 'sk_test_' . ('a' x 20), RESOLVER => '10.0.0.2;' },
                                                         'RESOLVER'],
     [{ CLERK_ISSUER => 'http://clerk.example.com' },    'CLERK_ISSUER'],
@@ -356,6 +385,14 @@ my @bad = (
     [{ DEMO_PORT => 'x' },                              'DEMO_PORT'],
     [{ UPGRADE_URL => 'javascript:alert(1)' },          'UPGRADE_URL'],
     [{ UPGRADE_URL => 'https://x.example/"' },          'UPGRADE_URL'],
+    # nginx variables other than the module's: live in the 403 bodies
+    [{ UPGRADE_URL => 'https://x.example/?c=$http_cookie' }, 'UPGRADE_URL'],
+    [{ UPGRADE_URL => 'https://x.example/?c=${http_cookie}' }, 'UPGRADE_URL'],
+    [{ UPGRADE_URL => 'https://x.example/?o=$tenant_org_id$cookie___session' },
+                                                        'UPGRADE_URL'],
+    [{ UPGRADE_URL => 'https://x.example/?h=$host' },   'UPGRADE_URL'],
+    [{ UPGRADE_URL => 'https://x.example/$1' },         'UPGRADE_URL'],
+    [{ UPGRADE_URL => 'https://x.example/?p=$' },       'UPGRADE_URL'],
     [{ CORS_ORIGIN => 'https://a.example/path' },       'CORS_ORIGIN'],
     [{ RUN_DIR => "$tmp/with space" },                  'RUN_DIR'],
     [{ TENANT_MODULE => "$tmp/a;b.so" },                'TENANT_MODULE'],
@@ -385,6 +422,51 @@ for my $case (@bad) {
                 map { $set->{$_} } grep { /KEY|SECRET/ } keys %$set;
         ok !-e $r->{out}, 'no configuration written';
     };
+}
+
+# UPGRADE_URL: the module's variables, in either spelling, and %24.
+{
+    my $url = 'https://b.example/up?p=${tenant_required_tier}&o=$TENANT_ORG_ID&d=%24';
+    my $r = render(UPGRADE_URL => $url);
+    is $r->{rc}, 0, 'UPGRADE_URL with ${tenant_...}, $TENANT_..., %24: rendered'
+        or diag join "\n", @{$r->{err}};
+    like $r->{conf} // '', qr/^\s*tenant_upgrade_url\s+"\Q$url\E";/m, '... as it is';
+}
+
+# No variable's value is live where nginx expands variables: each one
+# set to a value with $http_cookie in it is refused, or lands only in a
+# directive that takes its text literally.
+for my $case (
+    [DATABASE_URL     => 'postgresql://u:p$http_cookie@h/db'],
+    [CLERK_ISSUER     => 'https://clerk.example.com/$http_cookie'],
+    [CLERK_JWKS_URL   => 'https://clerk.example.com/$http_cookie'],
+    [CLERK_SECRET_KEY => 'sk_test_$http_cookie'],
+    [RESOLVER         => '$http_cookie', CLERK_SECRET_KEY => 'sk_test_' . ('a' x 20)],
+    [CLERK_AUTHORIZED_PARTIES => 'https://$http_cookie.example'],
+    [CRON_SECRET      => ('x' x 32) . '$http_cookie'],
+    [BACKEND_URL      => 'http://$http_cookie'],
+    [MCP_URL          => 'http://$http_cookie:80'],
+    [CORS_ORIGIN      => 'https://a.example$http_cookie'],
+    [UPGRADE_URL      => 'https://b.example/?c=$http_cookie'],
+    [METRICS_ALLOW    => '$http_cookie'],
+    [MAX_REQUEST_SIZE => '1m$http_cookie'],
+    [LOG_LEVEL        => 'info$http_cookie'],
+    [PORT             => '80$http_cookie'],
+    [DEMO_PORT        => '80$http_cookie'],
+    [RATE_LIMIT_MAX   => '1$http_cookie'],
+    [RATE_LIMIT_WINDOW => '1$http_cookie'],
+    [RUN_DIR          => "$tmp/\$http_cookie"],
+    [TENANT_MODULE    => "$tmp/\$http_cookie.so"],
+    [CLERK_JWKS_FILE  => "$tmp/\$http_cookie.json"],
+    [UPSTREAM_CA_FILE => "$tmp/\$http_cookie.pem", BACKEND_URL => 'https://b.example'],
+) {
+    my ($var, $v, %more) = @$case;
+    my $r = render(%more, $var => $v);
+    my @live = grep { /\$http_cookie/ && !/^\s*(tenant_database|tenant_jwt_issuer)\s/ }
+        split /\n/, $r->{conf} // '';
+    ok $r->{rc} == 1 || ($r->{rc} == 0 && !@live),
+        "$var with \$http_cookie: refused, or not where nginx expands variables"
+        or diag "rc $r->{rc}: ", join "\n", @live;
 }
 
 # A rate over nine digits is refused for its limit, not as "not a

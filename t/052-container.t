@@ -57,6 +57,7 @@ my @ours = qw(DATABASE_URL CLERK_JWT_KEY CLERK_JWKS_FILE CLERK_JWKS_URL
               MCP_URL DEMO_PORT CORS_ORIGIN RATE_LIMIT_MAX RATE_LIMIT_WINDOW
               MAX_REQUEST_SIZE LOG_LEVEL UPGRADE_URL METRICS_ALLOW PORT
               RUN_DIR TENANT_MODULE UPSTREAM_CA_FILE NODE_ENV MIGRATE_ON_START
+              TEST_ONLY_CLERK_SECRET_TO_LOOPBACK
               NGINX);
 
 my $seq = 0;
@@ -134,6 +135,31 @@ for my $case (@bad) {
     is scalar @lines, 1, "$name $what: one line" or diag $err;
     like $lines[0] // '', qr/\b$name\b/, "$name $what: the line names it";
     unlike $err, qr/\Q$enc\E|\Q$cron\E/, "$name $what: no secret printed";
+}
+
+# The image never serves the demo upstream of make run (it echoes the
+# signed tenant headers back to clients): BACKEND_URL and MCP_URL are
+# required whatever NODE_ENV says, and the test-only switches are refused.
+for my $case ([BACKEND_URL => [BACKEND_URL => undef]],
+              [BACKEND_URL => [BACKEND_URL => undef, NODE_ENV => 'development']],
+              [BACKEND_URL => [BACKEND_URL => undef, MCP_URL => undef, NODE_ENV => 'test']],
+              [MCP_URL     => [MCP_URL => undef, NODE_ENV => '']],
+              [MCP_URL     => [MCP_URL => undef, NODE_ENV => 'production']],
+              [TEST_ONLY_CLERK_SECRET_TO_LOOPBACK =>
+                  [TEST_ONLY_CLERK_SECRET_TO_LOOPBACK => 1,
+                   CLERK_SECRET_KEY => 'sk_test_' . ('q' x 24),
+                   CLERK_JWKS_URL => 'http://127.0.0.1:9/v1/jwks']])
+{
+    my ($name, $set) = @$case;
+    my %set = @$set;
+    my $what = join ', ', map { defined $set{$_} ? "$_=$set{$_}" : "$_ unset" }
+        sort keys %set;
+    my $env = env_for(%set);
+    my ($rc, $out, $err) = run($env, $entry, '--check');
+    is $rc, 1, "$what: exit 1";
+    like $err, qr/\Arender-conf: \Q$name\E: [^\n]+\n\z/,
+        "$what: one line naming $name" or diag $err;
+    ok !-e "$env->{RUN_DIR}/nginx.conf", "$what: nothing rendered";
 }
 
 # nginx -t refusing the rendered file: one line too.
@@ -290,6 +316,22 @@ like $ep // '', qr{^\["/srv/gateway/scripts/entrypoint\.sh"\]$}, 'runtime: ENTRY
     my $env = env_for(TENANT_MODULE => $module);
     my ($rc, $out, $err) = run($env, "$fake/srv/gateway/scripts/entrypoint.sh", '--check');
     is $rc, 0, 'the image layout: entrypoint --check passes' or diag $err;
+
+    # the demo upstream is not in the image: refused by the entrypoint,
+    # and render-conf.sh run by hand there cannot render it either
+    ok -e "$root/conf/demo-upstream.conf.template"
+        && !-e "$fake/srv/gateway/conf/demo-upstream.conf.template",
+        'the image layout: no demo upstream template';
+    $env = env_for(BACKEND_URL => undef);
+    ($rc, $out, $err) = run($env, "$fake/srv/gateway/scripts/entrypoint.sh", '--check');
+    is $rc, 1, 'the image layout, BACKEND_URL unset: entrypoint refuses';
+    like $err, qr/\Arender-conf: BACKEND_URL: required [^\n]*demo upstream[^\n]*\n\z/,
+        '... one line: BACKEND_URL required, no demo upstream' or diag $err;
+    $env = env_for(BACKEND_URL => undef);
+    ($rc, $out, $err) = run($env, "$fake/srv/gateway/scripts/render-conf.sh",
+                            "$env->{RUN_DIR}/nginx.conf");
+    is $rc, 1, 'the image layout, BACKEND_URL unset: render-conf.sh by hand fails';
+    ok !-e "$env->{RUN_DIR}/nginx.conf", '... nothing rendered' or diag $err;
     ok -x "$fake/srv/gateway/scripts/migrate.sh", 'the image layout: migrate.sh';
     my @files = glob "$fake/srv/gateway/migrations/*.sql";
     ok scalar @files, 'the image layout: migrations';

@@ -49,6 +49,7 @@ shipped('PEM key (CLERK_JWT_KEY)', {
 shipped('keys from a JWKS URL (CLERK_SECRET_KEY, CLERK_JWKS_URL)', {
     CLERK_SECRET_KEY => $SK,
     CLERK_JWKS_URL   => "http://127.0.0.1:$jwks->{port}/v1/jwks",
+    TEST_ONLY_CLERK_SECRET_TO_LOOPBACK => 1,    # a fake Clerk
 }, { JWT_KID => 'rsa-1' });
 
 my @hits = do { local @ARGV = $HITS; <> };

@@ -288,6 +288,38 @@ my @cases = (
              qr/invalid claim path "\Q$_\E", expected member names joined by dots/,
              'tenant_admin_role'] } '.a', 'a.', 'a..b', 'a/b'),
 
+    # tenant_upgrade_url (ngx_tenant_upgrade_url): the module's own
+    # variables only, which are inserted URI-escaped; any other one would
+    # be inserted as it is ($http_cookie: the session cookie in the 403)
+    ['tenant_upgrade_url with the module\'s variables',
+     'tenant_upgrade_url "https://b.example/up?p=$tenant_required_tier&o=${tenant_org_id}&f=$TENANT_FEATURE&t=%24x";',
+     undef],
+    ['tenant_upgrade_url without variables',
+     'tenant_upgrade_url https://b.example/up;', undef],
+    (map { +["tenant_upgrade_url with \$$_->[0]",
+             "tenant_upgrade_url \"https://b.example/up?x=$_->[1]\";",
+             qr/variable "\$\Q$_->[0]\E" is not allowed in "tenant_upgrade_url": only the module's own \$tenant_\* variables/,
+             'tenant_upgrade_url'] }
+         ['http_cookie', '$http_cookie'], ['http_cookie', '${http_cookie}'],
+         ['HTTP_COOKIE', '$HTTP_COOKIE'], ['cookie___session', '$cookie___session'],
+         ['http_authorization', '$tenant_org_id$http_authorization'],
+         ['arg_next', '$arg_next'], ['host', '$host'], ['1', '$1'],
+         ['tenant_', '$tenant_'], ['tenant_org_idx', '$tenant_org_idx']),
+    ['tenant_upgrade_url with a set $tenant_ variable',
+     server("set \$tenant_evil \$http_cookie;\n"
+            . 'tenant_upgrade_url "https://b.example/?c=$tenant_evil";'),
+     qr/variable "\$tenant_evil" is not allowed in "tenant_upgrade_url"/,
+     'tenant_upgrade_url'],
+    ['tenant_upgrade_url "$"', 'tenant_upgrade_url "https://b.example/$";',
+     qr/invalid variable name/, 'tenant_upgrade_url'],
+    ['tenant_upgrade_url "${tenant_org_id"',
+     'tenant_upgrade_url "https://b.example/${tenant_org_id";',
+     qr/the closing bracket in "tenant_org_id" variable is missing/,
+     'tenant_upgrade_url'],
+    ['duplicate tenant_upgrade_url',
+     "tenant_upgrade_url https://a.example;\ntenant_upgrade_url https://b.example;",
+     qr/"tenant_upgrade_url" directive is duplicate/],
+
     # key files of at most 1 MiB (ngx_tenant_read_file)
     ['tenant_jwks_file of exactly 1 MiB', "tenant_jwks_file $BIG{qq{jwks$MIB}};", undef],
     ['tenant_jwks_file of 1 MiB + 1 byte', "tenant_jwks_file $BIG{'jwks' . ($MIB + 1)};",
