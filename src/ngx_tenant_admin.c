@@ -556,7 +556,6 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     u_char                  *body, *p, *loc;
     size_t                   len;
     ngx_uint_t               status, level;
-    ngx_table_elt_t         *h;
     ngx_tenant_main_conf_t  *tmcf;
 
     tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
@@ -696,7 +695,12 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     if (ctx->op == NGX_TENANT_ADMIN_CREATE) {
         status = NGX_HTTP_CREATED;
 
-        /* Location: the collection's URI and the new id */
+        /*
+         * Location: the collection's URI and the new id, relative (RFC
+         * 9110, 10.2.2).  Not r->headers_out.location, which nginx's
+         * header filter would make absolute from the connection's scheme
+         * and the listening port: http://host:10000/... behind a TLS proxy.
+         */
 
         v = PQgetvalue(res, 0, 0);
         n = r->uri.len;
@@ -714,12 +718,9 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
 
         ngx_sprintf(loc, "%*s/%s", (size_t) n, r->uri.data, v);
 
-        h = ngx_tenant_header_out(r, "Location", loc, len);
-        if (h == NULL) {
+        if (ngx_tenant_header_out(r, "Location", loc, len) == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-
-        r->headers_out.location = h;
     }
 
     return ngx_tenant_json_send(r, status, body, p - body);

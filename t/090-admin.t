@@ -256,7 +256,7 @@ sub percentile {
 # --- setup ------------------------------------------------------------------
 
 my $PG = pg_start();
-nginx_start(workers => 2, http => http_conf());
+my $NGX_PORT = nginx_start(workers => 2, http => http_conf())->{port};
 
 
 # --- 1. auth ----------------------------------------------------------------
@@ -332,7 +332,9 @@ my $smoke;      # its JSON
     my $j = $smoke = $r->{json} || {};
     like $j->{id} // '', $UUID_RE, 'create: id is a uuid';
     my $loc = ($r->{headers}{location} || [])->[0] // '';
-    like $loc, qr{/api/admin/tenants/\Q$j->{id}\E$}, "create: Location ends with /<id> ($loc)";
+    # relative: nginx made it absolute from the connection (http://) and
+    # the listening port, wrong behind a TLS proxy (below)
+    is $loc, "/api/admin/tenants/$j->{id}", "create: Location is /api/admin/tenants/<id> ($loc)";
 
     is_deeply [sort keys %$j], [sort @FIELDS], 'create: exactly the documented members';
     is $j->{name}, 'Smoke Test Tenant', 'create: name';
@@ -383,6 +385,18 @@ my $smoke;      # its JSON
     $loc = ($r->{headers}{location} || [])->[0] // '';
     # (was .../tenants//<id>)
     unlike $loc, qr{//[^/]*$}, "create: trailing slash: Location without // ($loc)";
+
+    # Behind a TLS proxy (Render's): the client spoke https to
+    # gw.example.com, the proxy http to nginx's port.  The Location must
+    # name neither http:// nor that port.
+    $r = api(POST => $COLL, body => body_for(),
+             headers => [Host => 'gw.example.com', 'X-Forwarded-Proto' => 'https',
+                         'X-Forwarded-For' => '203.0.113.7']);
+    is $r->{status}, 201, 'create behind a TLS proxy: 201' or diag explain brief($r);
+    $loc = ($r->{headers}{location} || [])->[0] // '';
+    is $loc, "/api/admin/tenants/$r->{json}{id}",
+        "create behind a TLS proxy: Location is relative ($loc)";
+    unlike $loc, qr{http://|:$NGX_PORT\b}, 'create behind a TLS proxy: Location names neither http:// nor the port';
 
     # trialDays
     for my $days (0, 30, 365) {
