@@ -12,6 +12,11 @@
  *   DELETE /api/admin/tenants/{id-or-slug}    cancel; ?purge=true drops
  *                                             the schema and the row
  *
+ * The token comes from Authorization only (never the __session cookie,
+ * which a browser sends with requests other sites make it send), a
+ * foreign Origin is refused and bodies must be application/json
+ * (ngx_tenant_headers_same_origin()).
+ *
  * Bodies are validated (src/tenant_admin.c) before any SQL; each change is
  * one statement (so one transaction) with its audit row, and the tenant's
  * cached row is dropped at once.
@@ -246,6 +251,15 @@ ngx_tenant_admin_handler(ngx_http_request_t *r)
 
     default:
         return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    /* no request another site's page could have made; JSON bodies only */
+
+    rc = ngx_tenant_headers_same_origin(r,
+                                        ctx->op == NGX_TENANT_ADMIN_CREATE
+                                        || ctx->op == NGX_TENANT_ADMIN_PATCH);
+    if (rc != NGX_DECLINED) {
+        return rc;
     }
 
     if (ctx->op == NGX_TENANT_ADMIN_LIST) {
