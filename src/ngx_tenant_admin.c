@@ -4,7 +4,9 @@
  * The admin API (tenant_admin), behind "tenant_gateway admin" (a verified
  * token whose metadata.role is tenant_admin_role):
  *
- *   POST   /api/admin/tenants                 create (201, Location)
+ *   POST   /api/admin/tenants                 create (201, Location; 200
+ *                                             for a retry that finds
+ *                                             the same tenant)
  *   GET    /api/admin/tenants?limit=&after=   list, keyset by slug
  *   GET    /api/admin/tenants/{id-or-slug}    one
  *   PATCH  /api/admin/tenants/{id-or-slug}    tier, status, trial end,
@@ -64,9 +66,17 @@
  * instead of committing later.
  */
 
+/*
+ * A create also says whether it created the tenant (the last column): a
+ * retry of a create that committed gets the tenant, not a conflict
+ * (migrations/006).
+ */
+
 static const char  ngx_tenant_admin_create_sql[] =
-    "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.admin_create_tenant($1, $2,"
-    " $3, $4, $5, $6::integer, $7, $8::jsonb, $9::integer) t";
+    "SELECT" NGX_TENANT_ADMIN_COLS ", c.created::text"
+    " FROM public.admin_create_tenant_once($1, $2, $3, $4, $5, $6::integer,"
+    " $7, $8::jsonb, $9::integer) c CROSS JOIN LATERAL"
+    " (SELECT (c.tenant).*) t";
 
 static const char  ngx_tenant_admin_get_sql[] =
     "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.tenants t"
@@ -638,7 +648,9 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     /* the column list is fixed: defensive, against a query edited
      * without ngx_tenant_admin_names[] */
 
-    if (PQnfields(res) != NGX_TENANT_ADMIN_NCOLS) {
+    if (PQnfields(res) != NGX_TENANT_ADMIN_NCOLS
+                          + (ctx->op == NGX_TENANT_ADMIN_CREATE))
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -707,7 +719,11 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     status = NGX_HTTP_OK;
 
     if (ctx->op == NGX_TENANT_ADMIN_CREATE) {
-        status = NGX_HTTP_CREATED;
+
+        /* 200 for a retry that found the tenant made by an earlier one */
+
+        v = PQgetvalue(res, 0, NGX_TENANT_ADMIN_NCOLS);
+        status = (v[0] == 't') ? NGX_HTTP_CREATED : NGX_HTTP_OK;
 
         /*
          * Location: the collection's URI and the new id, relative (RFC

@@ -32,6 +32,11 @@
 #   9 timing      20 creates: p50/p95 (diag), each < 2 s
 #  10 timeout     a create that outlives tenant_database's timeout: 503,
 #                 and nothing commits later
+#  14 retry       a create sent again: 200 with the same tenant (no second
+#                 audit row); another body for the slug or organization
+#                 409; two identical creates at once: one tenant, one
+#                 schema; a client gone while its create waited: it
+#                 commits, and its retry gets the tenant
 
 use strict;
 use warnings;
@@ -1169,6 +1174,113 @@ EOC
         'no admin gateway: "tenant_gateway admin" location still 200';
 
     nginx_reload(http => http_conf());
+}
+
+
+# --- 14. a retried create -------------------------------------------------------
+
+sub creates_of {
+    my ($id) = @_;
+    return scalar grep { $_->{action} eq 'tenant.create' } audit($id);
+}
+
+{
+    my $b = body_for(subscriptionTier => 'professional', trialDays => 30);
+    my $first = create($b);
+    is $first->{status}, 201, 'retry: the first create: 201';
+    my $id = $first->{json}{id};
+
+    my $again = create($b);
+    is $again->{status}, 200, 'retry: the same body again: 200 (not 409)' or diag explain brief($again);
+    is_deeply $again->{json}, $first->{json}, 'retry: ... the same tenant, as the first answer showed it';
+    is(($again->{headers}{location} || [])->[0], "$COLL/$id", 'retry: ... Location of the tenant');
+    is creates_of($id), 1, 'retry: one tenant.create audit row';
+    is sql_value('SELECT count(*) FROM public.tenants WHERE slug = $1', $b->{slug}), 1,
+        'retry: one row';
+
+    # the same body in other words: members in another order, spaces
+    my $json = '{ "trialDays": 30, "ownerEmail": ' . $JSON->encode($b->{ownerEmail})
+        . ', "subscriptionTier": "professional", "slug": ' . $JSON->encode($b->{slug})
+        . ', "name": ' . $JSON->encode($b->{name}) . ', "clerkOrganizationId": '
+        . $JSON->encode($b->{clerkOrganizationId}) . ' }';
+    is create($json)->{status}, 200, 'retry: the same members in another order: 200';
+
+    # trialDays absent is 14: the same as an explicit 14
+    my $d = body_for();
+    is create($d)->{status}, 201, 'retry: a body without trialDays: 201';
+    is create({ %$d, trialDays => 14 })->{status}, 200, 'retry: ... again with trialDays 14: 200';
+
+    my $before = db_state();
+    for my $diff (['another name', name => 'Someone Else'],
+                  ['another tier', subscriptionTier => 'enterprise'],
+                  ['another owner email', ownerEmail => 'other@example.com'],
+                  ['another trial length', trialDays => 31],
+                  ['another organization', clerkOrganizationId => 'org_retry_other'],
+                  ['another slug', slug => 'retry-other-slug'])
+    {
+        my ($what, %o) = @$diff;
+        my $r = create({ %$b, %o });
+        problem $r, 409, 'conflict', "retry: the same slug or organization, $what";
+    }
+    is_deeply db_state(), $before, 'retry: the conflicts changed nothing';
+
+    # a tenant changed since: a late retry is a conflict
+    is api(PATCH => "$COLL/$id", body => { subscriptionTier => 'enterprise' })->{status}, 200,
+        'retry: the tenant is moved to enterprise';
+    problem create($b), 409, 'conflict', 'retry: the first body once the tenant changed';
+}
+
+# Two identical creates at once, both held behind a table lock: the
+# second waits for the first one's row and answers with it.
+{
+    my $lock = DBI->connect("dbi:Pg:dbname=capliquify;host=$PG->{socket};port=$PG->{port}",
+                            'postgres', '', { RaiseError => 1, PrintError => 0, AutoCommit => 1 });
+    $lock->begin_work;
+    $lock->do('LOCK TABLE public.tenants IN ACCESS EXCLUSIVE MODE');
+
+    my $b = body_for();
+    my @bg = map { async_http(method => 'POST', path => $COLL, body => $JSON->encode($b),
+                              headers => [Authorization => "Bearer $ADMIN",
+                                          'Content-Type' => 'application/json']) } 1 .. 2;
+    ok wait_for(2, sub {
+        sql_value(q{SELECT count(*) FROM pg_locks
+                     WHERE NOT granted AND relation = 'public.tenants'::regclass}) >= 2 }),
+        'retry at once: both creates wait for the table';
+    $lock->rollback;
+    $lock->disconnect;
+
+    my @r = map { wait_http($_) } @bg;
+    is_deeply [sort map { $_->{status} } @r], [200, 201], 'retry at once: one 201, one 200'
+        or diag explain [map { brief($_) } @r];
+    is $r[0]{json}{id} // 'a', $r[1]{json}{id} // 'b', 'retry at once: the same tenant';
+    is sql_value('SELECT count(*) FROM public.tenants WHERE slug = $1', $b->{slug}), 1,
+        'retry at once: one row';
+    is schema_exists('tenant_' . ($b->{slug} =~ tr/-/_/r)), 1, 'retry at once: one schema';
+    is creates_of($r[0]{json}{id} // ''), 1, 'retry at once: one tenant.create audit row';
+}
+
+# The client goes away while its create waits: the statement was sent, so
+# it commits when the lock goes (the README says so); the retry the
+# client then makes gets the tenant.
+{
+    my $lock = DBI->connect("dbi:Pg:dbname=capliquify;host=$PG->{socket};port=$PG->{port}",
+                            'postgres', '', { RaiseError => 1, PrintError => 0, AutoCommit => 1 });
+    $lock->begin_work;
+    $lock->do('LOCK TABLE public.tenants IN ACCESS EXCLUSIVE MODE');
+
+    my $b = body_for();
+    my $gone = create($b, timeout => 0.5);
+    is $gone->{status}, 0, 'disconnect: the client gave up while the create waited';
+    sleep 0.3;
+    $lock->rollback;
+    $lock->disconnect;
+
+    ok wait_for(3, sub { sql_value('SELECT count(*) FROM public.tenants WHERE slug = $1', $b->{slug}) }),
+        'disconnect: the create committed all the same';
+    my $r = create($b);
+    is $r->{status}, 200, 'disconnect: the retry: 200 with the tenant' or diag explain brief($r);
+    is $r->{json}{slug}, $b->{slug}, 'disconnect: ... its slug';
+    is creates_of($r->{json}{id} // ''), 1, 'disconnect: one tenant.create audit row';
 }
 
 done_testing();
