@@ -13,10 +13,11 @@
  * (tenant_media_type_json()) and an Origin, host and origin cut at the
  * first 0xff byte (tenant_origin_is()): their answers must not depend on
  * the case of letters, an accepted media type starts with
- * application/json, and an origin is accepted the other way round too.  Cut at 0xff bytes, the chunks are
- * the fields of a signed message (tenant_sign_message(): method, target
- * and the tenant values, from the request line), which must split back
- * into exactly those fields, or be refused for a control byte.
+ * application/json, and an origin is accepted the other way round too.
+ * Cut at 0xff bytes, the chunks are the fields of a signed message
+ * (tenant_sign_message(): method, target and the tenant values, from
+ * the request line), which must split back into exactly those fields, or
+ * be refused for a control byte.
  *
  * Then the input is cut at 0xff bytes into: control bytes, type_base,
  * code, title, detail, and (name, value) pairs for the members, and
