@@ -71,6 +71,7 @@ for ((i = 1; i <= count; i++)); do
     out=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' \
           -X POST "http://127.0.0.1:$port/api/admin/tenants" \
           -H "Authorization: Bearer $token" \
+          -H 'Content-Type: application/json' \
           -d "{\"name\":\"Bench $i\",\"slug\":\"bench-$i-$$\",\"clerkOrganizationId\":\"org_bench_${i}_$$\",\"subscriptionTier\":\"professional\",\"ownerEmail\":\"bench$i@example.com\"}")
     [ "${out%% *}" = 201 ] || { echo "provision: creation $i answered $out" >&2; exit 1; }
     echo "${out#* }" >> "$dir/times"

@@ -17,7 +17,8 @@
 #                  v1 "org_id", v2 "o":{"id"}), or, for tokens minted with
 #                  JWT_KEY, org_smoke_test and org_smoke_starter
 #
-# Creating the tenants is idempotent (409: they exist already); exit 0
+# Creating the tenants is idempotent (200: they exist already, or 409 if
+# changed since); exit 0
 # only when every step passed.
 set -uo pipefail
 
@@ -107,10 +108,10 @@ step "health: /api/health" 200 "$status" "$body" '"status":"healthy".*"database"
 
 # Step 5: create the smoke-test tenant (and a starter one)
 req POST /api/admin/tenants "$ADMIN_TOKEN" '{"name":"Smoke Test Tenant","slug":"smoke-test-001","clerkOrganizationId":'"$(json_str "$org_pro")"',"subscriptionTier":"professional","ownerEmail":"smoketest@capliquify.com"}'
-step "create the smoke-test tenant (professional)" "201 409" "$status" "$body"
+step "create the smoke-test tenant (professional)" "201 200 409" "$status" "$body"
 
 req POST /api/admin/tenants "$ADMIN_TOKEN" '{"name":"Smoke Starter Tenant","slug":"smoke-starter-001","clerkOrganizationId":'"$(json_str "$org_starter")"',"subscriptionTier":"starter","ownerEmail":"smoketest@capliquify.com"}'
-step "create the smoke starter tenant" "201 409" "$status" "$body"
+step "create the smoke starter tenant" "201 200 409" "$status" "$body"
 
 # query tenant data
 req GET /api/products "$TENANT_TOKEN" "" "$org_pro"

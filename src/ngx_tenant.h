@@ -277,6 +277,8 @@ uint64_t ngx_tenant_ratelimit_seconds(tenant_rate_result_t *res);
 void ngx_tenant_headers_read_org(ngx_http_request_t *r,
     ngx_str_t *org, ngx_uint_t *count);
 ngx_int_t ngx_tenant_headers_strip(ngx_http_request_t *r);
+ngx_int_t ngx_tenant_headers_same_origin(ngx_http_request_t *r,
+    ngx_uint_t body);
 ngx_int_t ngx_tenant_headers_inject(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
 ngx_int_t ngx_tenant_headers_init(ngx_conf_t *cf);

@@ -355,6 +355,14 @@ ngx_tenant_access_verify(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 
     rc = ngx_tenant_access_token(r, tmcf, ctx, &status);
 
+    if (rc == NGX_DECLINED && tlcf->gateway == NGX_TENANT_GATEWAY_ADMIN) {
+        return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_TOKEN_MISSING,
+                                 "the admin API takes its token from "
+                                 "Authorization: Bearer only",
+                                 sizeof("the admin API takes its token from "
+                                        "Authorization: Bearer only") - 1);
+    }
+
     if (rc == NGX_DECLINED) {
         return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_TOKEN_MISSING,
                                  NULL, 0);
@@ -532,8 +540,9 @@ ngx_tenant_access_admin(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 
 
 /*
- * The token from "Authorization: Bearer", else the __session cookie:
- * NGX_DECLINED when there is none, NGX_OK with *status otherwise.
+ * The token from "Authorization: Bearer", else (except for the admin API)
+ * the __session cookie: NGX_DECLINED when there is none, NGX_OK with
+ * *status otherwise.
  */
 
 static ngx_int_t
@@ -549,6 +558,7 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     tenant_keyset_t      *keys;
     tenant_jwt_policy_t   policy;
     ngx_tenant_token_t    cached;
+    ngx_tenant_loc_conf_t *tlcf;
     u_char                key[TENANT_SHA256_LEN];
 
     h = r->headers_in.authorization;
@@ -562,6 +572,17 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         }
 
     } else {
+        /*
+         * Not on "tenant_gateway admin": a browser sends the cookie with
+         * requests that pages of other sites make it send (issue 12).
+         */
+
+        tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+
+        if (tlcf->gateway == NGX_TENANT_GATEWAY_ADMIN) {
+            return NGX_DECLINED;
+        }
+
         rc = ngx_tenant_access_cookie(r, &token, &len);
 
         if (rc == NGX_DECLINED) {

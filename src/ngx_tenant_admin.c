@@ -4,7 +4,9 @@
  * The admin API (tenant_admin), behind "tenant_gateway admin" (a verified
  * token whose metadata.role is tenant_admin_role):
  *
- *   POST   /api/admin/tenants                 create (201, Location)
+ *   POST   /api/admin/tenants                 create (201, Location; 200
+ *                                             for a retry that finds
+ *                                             the same tenant)
  *   GET    /api/admin/tenants?limit=&after=   list, keyset by slug
  *   GET    /api/admin/tenants/{id-or-slug}    one
  *   PATCH  /api/admin/tenants/{id-or-slug}    tier, status, trial end,
@@ -13,6 +15,11 @@
  *                                             the schema and the row
  *                                             (&force=true: and objects
  *                                             outside that depend on it)
+ *
+ * The token comes from Authorization only (never the __session cookie,
+ * which a browser sends with requests other sites make it send), a
+ * foreign Origin is refused and bodies must be application/json
+ * (ngx_tenant_headers_same_origin()).
  *
  * Bodies are validated (src/tenant_admin.c) before any SQL; each change is
  * one statement (so one transaction) with its audit row, and the tenant's
@@ -67,9 +74,17 @@
  * instead of committing later.
  */
 
+/*
+ * A create also says whether it created the tenant (the last column): a
+ * retry of a create that committed gets the tenant, not a conflict
+ * (migrations/006).
+ */
+
 static const char  ngx_tenant_admin_create_sql[] =
-    "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.admin_create_tenant($1, $2,"
-    " $3, $4, $5, $6::integer, $7, $8::jsonb, $9::integer) t";
+    "SELECT" NGX_TENANT_ADMIN_COLS ", c.created::text"
+    " FROM public.admin_create_tenant_once($1, $2, $3, $4, $5, $6::integer,"
+    " $7, $8::jsonb, $9::integer) c CROSS JOIN LATERAL"
+    " (SELECT (c.tenant).*) t";
 
 static const char  ngx_tenant_admin_get_sql[] =
     "SELECT" NGX_TENANT_ADMIN_COLS " FROM public.tenants t"
@@ -265,6 +280,15 @@ ngx_tenant_admin_handler(ngx_http_request_t *r)
 
     default:
         return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    /* no request another site's page could have made; JSON bodies only */
+
+    rc = ngx_tenant_headers_same_origin(r,
+                                        ctx->op == NGX_TENANT_ADMIN_CREATE
+                                        || ctx->op == NGX_TENANT_ADMIN_PATCH);
+    if (rc != NGX_DECLINED) {
+        return rc;
     }
 
     if (ctx->op == NGX_TENANT_ADMIN_LIST) {
@@ -582,7 +606,6 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     u_char                  *body, *p, *loc;
     size_t                   len;
     ngx_uint_t               status, level;
-    ngx_table_elt_t         *h;
     ngx_tenant_main_conf_t  *tmcf;
 
     tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
@@ -678,7 +701,8 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
      * without ngx_tenant_admin_names[] */
 
     if (PQnfields(res) != (ctx->purge ? NGX_TENANT_ADMIN_PURGE_NCOLS
-                                      : NGX_TENANT_ADMIN_NCOLS))
+                                      : NGX_TENANT_ADMIN_NCOLS
+                                        + (ctx->op == NGX_TENANT_ADMIN_CREATE)))
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -767,9 +791,18 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     status = NGX_HTTP_OK;
 
     if (ctx->op == NGX_TENANT_ADMIN_CREATE) {
-        status = NGX_HTTP_CREATED;
 
-        /* Location: the collection's URI and the new id */
+        /* 200 for a retry that found the tenant made by an earlier one */
+
+        v = PQgetvalue(res, 0, NGX_TENANT_ADMIN_NCOLS);
+        status = (v[0] == 't') ? NGX_HTTP_CREATED : NGX_HTTP_OK;
+
+        /*
+         * Location: the collection's URI and the new id, relative (RFC
+         * 9110, 10.2.2).  Not r->headers_out.location, which nginx's
+         * header filter would make absolute from the connection's scheme
+         * and the listening port: http://host:10000/... behind a TLS proxy.
+         */
 
         v = PQgetvalue(res, 0, 0);
         n = r->uri.len;
@@ -787,12 +820,9 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
 
         ngx_sprintf(loc, "%*s/%s", (size_t) n, r->uri.data, v);
 
-        h = ngx_tenant_header_out(r, "Location", loc, len);
-        if (h == NULL) {
+        if (ngx_tenant_header_out(r, "Location", loc, len) == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-
-        r->headers_out.location = h;
     }
 
     return ngx_tenant_json_send(r, status, body, p - body);

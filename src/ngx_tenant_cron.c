@@ -3,7 +3,8 @@
  *
  * POST /api/cron/expire-trials (tenant_cron_expire_trials), the trial
  * expiration job of the deployment guide, called by a Render cron job
- * with "Authorization: Bearer $CRON_SECRET": every trial past
+ * with "Authorization: Bearer $CRON_SECRET" (no Origin but its own, no
+ * Content-Type but application/json): every trial past
  * trial_ends_at becomes "expired" in one statement
  * (public.expire_trials(), migrations/004), with an audit row each; the
  * answer lists them, and their cached rows are dropped at once.  Running
@@ -83,6 +84,11 @@ ngx_tenant_cron_handler(ngx_http_request_t *r)
         return ngx_tenant_cron_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                       "cron_unavailable",
                                       "The job is not configured");
+    }
+
+    rc = ngx_tenant_headers_same_origin(r, 0);
+    if (rc != NGX_DECLINED) {
+        return rc;
     }
 
     if (!ngx_tenant_cron_authorized(r, &tmcf->cron_secret)) {

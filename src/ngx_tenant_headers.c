@@ -43,6 +43,10 @@ typedef struct {
 
 static ngx_int_t ngx_tenant_headers_target(ngx_http_request_t *r,
     ngx_str_t *target);
+static void ngx_tenant_headers_own_origin(ngx_http_request_t *r,
+    ngx_str_t *scheme, ngx_str_t *host);
+static ngx_table_elt_t *ngx_tenant_headers_next(ngx_http_request_t *r,
+    ngx_list_part_t **part, ngx_uint_t *i);
 static ngx_int_t ngx_tenant_header_add(ngx_http_request_t *r,
     ngx_tenant_header_t *h, u_char *value, size_t len);
 static ngx_int_t ngx_tenant_variable(ngx_http_request_t *r,
@@ -182,6 +186,190 @@ ngx_tenant_headers_read_org(ngx_http_request_t *r, ngx_str_t *org,
             (*count)++;
         }
     }
+}
+
+
+/*
+ * The admin API and the cron job refuse what a page of another site could
+ * make a browser send them: an Origin header other than the gateway's own
+ * origin (403 cross_origin; none, from curl or a server, is fine), and a
+ * Content-Type other than application/json (415 unsupported_media_type),
+ * which is what an HTML form sends (text/plain, urlencoded, multipart);
+ * with body set, also a request without a Content-Type.  Every copy of
+ * both headers is checked.  NGX_DECLINED when the request may go on,
+ * else the problem answer's return code.
+ */
+
+ngx_int_t
+ngx_tenant_headers_same_origin(ngx_http_request_t *r, ngx_uint_t body)
+{
+    ngx_str_t                scheme, host;
+    ngx_uint_t               i, typed;
+    ngx_list_part_t         *part;
+    ngx_table_elt_t         *h;
+    tenant_problem_t         pb;
+    ngx_tenant_loc_conf_t   *tlcf;
+
+    tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+
+    ngx_tenant_headers_own_origin(r, &scheme, &host);
+
+    ngx_memzero(&pb, sizeof(tenant_problem_t));
+
+    typed = 0;
+    part = NULL;
+
+    while ((h = ngx_tenant_headers_next(r, &part, &i)) != NULL) {
+
+        if (tenant_header_name_is(h->key.data, h->key.len, "origin",
+                                  sizeof("origin") - 1)
+            && !tenant_origin_is(h->value.data, h->value.len, scheme.data,
+                                 scheme.len, host.data, host.len))
+        {
+            ngx_log_error(tlcf->refusal_log_level, r->connection->log, 0,
+                          "tenant: refused with 403 cross_origin "
+                          "(Origin \"%V\" is not %V://%V)",
+                          &h->value, &scheme, &host);
+
+            return ngx_tenant_problem_answer(r, &pb, NGX_HTTP_FORBIDDEN,
+                       "cross_origin", "Cross-origin request refused",
+                       "the Origin header is not this gateway's origin");
+        }
+
+        if (!tenant_header_name_is(h->key.data, h->key.len, "content-type",
+                                   sizeof("content-type") - 1))
+        {
+            continue;
+        }
+
+        typed = 1;
+
+        if (!tenant_media_type_json(h->value.data, h->value.len)) {
+            ngx_log_error(tlcf->refusal_log_level, r->connection->log, 0,
+                          "tenant: refused with 415 unsupported_media_type "
+                          "(Content-Type \"%V\")", &h->value);
+            break;
+        }
+    }
+
+    if (h == NULL && (typed || !body)) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_tenant_problem_answer(r, &pb,
+                                     NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                     "unsupported_media_type",
+                                     "Unsupported media type",
+                                     "the body must be application/json");
+}
+
+
+/*
+ * The gateway's origin as the client sees it: the scheme and host of the
+ * first X-Forwarded-Proto and X-Forwarded-Host (their first element, as
+ * a TLS proxy such as Render's sets them), else the connection's scheme
+ * and the Host header.  A page cannot make a browser send these headers
+ * to another site (they are not CORS-safelisted), so they cannot turn a
+ * foreign Origin into this one.
+ */
+
+static void
+ngx_tenant_headers_own_origin(ngx_http_request_t *r, ngx_str_t *scheme,
+    ngx_str_t *host)
+{
+    u_char           *p, *last;
+    ngx_uint_t        i, seen, bit;
+    ngx_str_t        *v;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    ngx_str_set(scheme, "http");
+
+#if (NGX_HTTP_SSL)
+    if (r->connection->ssl) {
+        ngx_str_set(scheme, "https");
+    }
+#endif
+
+    ngx_str_null(host);
+
+    if (r->headers_in.host) {
+        *host = r->headers_in.host->value;
+    }
+
+    seen = 0;
+    part = NULL;
+
+    while ((h = ngx_tenant_headers_next(r, &part, &i)) != NULL) {
+
+        if (tenant_header_name_is(h->key.data, h->key.len,
+                                  "x-forwarded-proto",
+                                  sizeof("x-forwarded-proto") - 1))
+        {
+            v = scheme;
+            bit = 1;
+
+        } else if (tenant_header_name_is(h->key.data, h->key.len,
+                                         "x-forwarded-host",
+                                         sizeof("x-forwarded-host") - 1))
+        {
+            v = host;
+            bit = 2;
+
+        } else {
+            continue;
+        }
+
+        /* the first header only: a proxy appends its own after it */
+
+        if (seen & bit) {
+            continue;
+        }
+
+        seen |= bit;
+
+        p = h->value.data;
+        last = p + h->value.len;
+
+        while (p < last && (*p == ' ' || *p == '\t')) {
+            p++;
+        }
+
+        v->data = p;
+
+        while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
+            p++;
+        }
+
+        v->len = p - v->data;
+    }
+}
+
+
+/* The request headers one by one: *part NULL to start; NULL at the end. */
+
+static ngx_table_elt_t *
+ngx_tenant_headers_next(ngx_http_request_t *r, ngx_list_part_t **part,
+    ngx_uint_t *i)
+{
+    if (*part == NULL) {
+        *part = &r->headers_in.headers.part;
+        *i = 0;
+
+    } else {
+        (*i)++;
+    }
+
+    while (*i >= (*part)->nelts) {
+        if ((*part)->next == NULL) {
+            return NULL;
+        }
+
+        *part = (*part)->next;
+        *i = 0;
+    }
+
+    return &((ngx_table_elt_t *) (*part)->elts)[*i];
 }
 
 

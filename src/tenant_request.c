@@ -11,6 +11,13 @@
 static int tenant_is_token68(unsigned char ch);
 static int tenant_header_prefix(const unsigned char *name, size_t len,
     const char *want, size_t want_len);
+static int tenant_is_tchar(unsigned char ch);
+static int tenant_is_host_char(unsigned char ch);
+static int tenant_is_alnum_or(unsigned char ch, const char *more);
+static int tenant_caseless_is(const unsigned char *s, size_t len,
+    const char *want, size_t want_len);
+static int tenant_authority(const unsigned char *a, size_t len,
+    unsigned long dport, size_t *host_len, unsigned long *port);
 
 
 int
@@ -187,6 +194,295 @@ tenant_header_reserved(const unsigned char *name, size_t len)
                                     sizeof("x-org-role") - 1)
            || tenant_header_name_is(name, len, "x-organization-id",
                                     sizeof("x-organization-id") - 1);
+}
+
+
+int
+tenant_media_type_json(const unsigned char *value, size_t len)
+{
+    size_t                i, name, name_len, val, val_len;
+    static const char     json[] = "application/json";
+
+    i = 0;
+
+    while (i < len && (value[i] == ' ' || value[i] == '\t')) {
+        i++;
+    }
+
+    if (len - i < sizeof(json) - 1
+        || !tenant_caseless_is(&value[i], sizeof(json) - 1, json,
+                               sizeof(json) - 1))
+    {
+        return 0;
+    }
+
+    i += sizeof(json) - 1;
+
+    /* *( OWS ";" OWS [ name "=" ( token / quoted-string ) ] ) OWS */
+
+    for ( ;; ) {
+        while (i < len && (value[i] == ' ' || value[i] == '\t')) {
+            i++;
+        }
+
+        if (i == len) {
+            return 1;
+        }
+
+        if (value[i] != ';') {
+            return 0;
+        }
+
+        i++;
+
+        while (i < len && (value[i] == ' ' || value[i] == '\t')) {
+            i++;
+        }
+
+        if (i == len || value[i] == ';') {
+            continue;
+        }
+
+        name = i;
+
+        while (i < len && tenant_is_tchar(value[i])) {
+            i++;
+        }
+
+        name_len = i - name;
+
+        if (name_len == 0 || i == len || value[i] != '=') {
+            return 0;
+        }
+
+        i++;
+
+        if (i < len && value[i] == '"') {
+            val = ++i;
+
+            while (i < len && value[i] != '"') {
+                if (value[i] == '\\') {
+                    i++;
+                }
+
+                if (i == len
+                    || (value[i] < 0x20 && value[i] != '\t')
+                    || value[i] == 0x7f)
+                {
+                    return 0;
+                }
+
+                i++;
+            }
+
+            if (i == len) {
+                return 0;
+            }
+
+            val_len = i++ - val;
+
+        } else {
+            val = i;
+
+            while (i < len && tenant_is_tchar(value[i])) {
+                i++;
+            }
+
+            val_len = i - val;
+
+            if (val_len == 0) {
+                return 0;
+            }
+        }
+
+        /* a quoted "utf-8" with escapes in it is refused too: strict */
+
+        if (tenant_caseless_is(&value[name], name_len, "charset",
+                               sizeof("charset") - 1)
+            && !tenant_caseless_is(&value[val], val_len, "utf-8",
+                                   sizeof("utf-8") - 1))
+        {
+            return 0;
+        }
+    }
+}
+
+
+int
+tenant_origin_is(const unsigned char *origin, size_t len,
+    const unsigned char *scheme, size_t scheme_len,
+    const unsigned char *host, size_t host_len)
+{
+    size_t          o_len, h_len;
+    unsigned long   dport, o_port, h_port;
+
+    if (tenant_caseless_is(scheme, scheme_len, "http", 4)) {
+        dport = 80;
+
+    } else if (tenant_caseless_is(scheme, scheme_len, "https", 5)) {
+        dport = 443;
+
+    } else {
+        return 0;
+    }
+
+    if (len < scheme_len + 3
+        || !tenant_caseless_is(origin, scheme_len, (const char *) scheme,
+                               scheme_len)
+        || memcmp(&origin[scheme_len], "://", 3) != 0)
+    {
+        return 0;
+    }
+
+    origin += scheme_len + 3;
+    len -= scheme_len + 3;
+
+    if (tenant_authority(origin, len, dport, &o_len, &o_port) != 0
+        || tenant_authority(host, host_len, dport, &h_len, &h_port) != 0)
+    {
+        return 0;
+    }
+
+    return o_port == h_port
+           && tenant_caseless_is(origin, o_len, (const char *) host, h_len);
+}
+
+
+/*
+ * host [":" [port]] as a whole: 0 with the host's length and the port
+ * (dport when there is none), or -1.  The host is a name or an address,
+ * [IPv6] included; no userinfo, path, query or fragment.
+ */
+
+static int
+tenant_authority(const unsigned char *a, size_t len, unsigned long dport,
+    size_t *host_len, unsigned long *port)
+{
+    size_t          i, digits;
+    unsigned long   n;
+
+    i = 0;
+
+    if (len && a[0] == '[') {
+        for (i = 1; i < len && a[i] != ']'; i++) {
+            if (!tenant_is_host_char(a[i]) && a[i] != ':') {
+                return -1;
+            }
+        }
+
+        if (i == len || i == 1) {
+            return -1;
+        }
+
+        i++;
+
+    } else {
+        while (i < len && tenant_is_host_char(a[i])) {
+            i++;
+        }
+    }
+
+    if (i == 0) {
+        return -1;
+    }
+
+    *host_len = i;
+    *port = dport;
+
+    if (i == len) {
+        return 0;
+    }
+
+    if (a[i++] != ':') {
+        return -1;
+    }
+
+    n = 0;
+
+    for (digits = 0; i < len; i++, digits++) {
+        if (a[i] < '0' || a[i] > '9' || digits == 5) {
+            return -1;
+        }
+
+        n = n * 10 + (a[i] - '0');
+    }
+
+    if (n > 65535) {
+        return -1;
+    }
+
+    if (digits) {
+        *port = n;
+    }
+
+    return 0;
+}
+
+
+/* Whether len bytes of s are want, ASCII letters in any case. */
+
+static int
+tenant_caseless_is(const unsigned char *s, size_t len, const char *want,
+    size_t want_len)
+{
+    size_t         i;
+    unsigned char  c, w;
+
+    if (len != want_len) {
+        return 0;
+    }
+
+    for (i = 0; i < len; i++) {
+        c = s[i];
+        w = (unsigned char) want[i];
+
+        if (c >= 'A' && c <= 'Z') {
+            c |= 0x20;
+        }
+
+        if (w >= 'A' && w <= 'Z') {
+            w |= 0x20;
+        }
+
+        if (c != w) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/* RFC 9110 tchar */
+
+static int
+tenant_is_tchar(unsigned char ch)
+{
+    return tenant_is_alnum_or(ch, "!#$%&'*+-.^_`|~");
+}
+
+
+/* RFC 3986 reg-name, and the letters, digits and dots of addresses */
+
+static int
+tenant_is_host_char(unsigned char ch)
+{
+    return tenant_is_alnum_or(ch, "-._~%!$&'()*+,;=");
+}
+
+
+/* An ASCII letter or digit, or one of the characters of more. */
+
+static int
+tenant_is_alnum_or(unsigned char ch, const char *more)
+{
+    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+        || (ch >= '0' && ch <= '9'))
+    {
+        return 1;
+    }
+
+    return ch != 0 && strchr(more, ch) != NULL;
 }
 
 

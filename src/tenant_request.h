@@ -2,8 +2,9 @@
  * Copyright (C) ngx_tenant_module authors
  *
  * What the gateway reads from a request before trusting anything: the
- * bearer token (Authorization header or __session cookie) and the
- * organization id.  nginx-agnostic, fuzzed.
+ * bearer token (Authorization header or __session cookie), the
+ * organization id, and the media type and origin of the admin API's
+ * requests.  nginx-agnostic, fuzzed.
  */
 
 #ifndef _TENANT_REQUEST_H_INCLUDED_
@@ -64,6 +65,29 @@ int tenant_header_name_is(const unsigned char *name, size_t len,
  * X-Tenant-*, X-User-*, X-Org-Role or X-Organization-ID.  1 if so.
  */
 int tenant_header_reserved(const unsigned char *name, size_t len);
+
+/*
+ * Whether a Content-Type value names application/json (RFC 9110, 8.3.1):
+ * the type and subtype in any case, blanks (SP, HTAB) around them and
+ * around each ";" parameter (name=token or name="quoted string"); a
+ * charset parameter must be utf-8, in any case (RFC 8259: JSON is UTF-8).
+ * Another type (text/plain, a +json type, application/json-seq) or a
+ * malformed parameter: not JSON.  Returns 1 if JSON.
+ */
+int tenant_media_type_json(const unsigned char *value, size_t len);
+
+/*
+ * Whether an Origin header value (RFC 6454: scheme "://" host [":" port],
+ * nothing more) is the origin scheme://host, where scheme is "http" or
+ * "https" and host is as a Host header gives it (a name, an IPv4 address
+ * or an [IPv6] address, and an optional port).  Schemes and hosts are
+ * compared in any case; a missing or empty port is the scheme's default
+ * (80, 443).  "null", a path, userinfo, another scheme, an empty host or
+ * a malformed port are never the origin.  Returns 1 if it is.
+ */
+int tenant_origin_is(const unsigned char *origin, size_t len,
+    const unsigned char *scheme, size_t scheme_len,
+    const unsigned char *host, size_t host_len);
 
 
 #endif /* _TENANT_REQUEST_H_INCLUDED_ */

@@ -75,7 +75,7 @@ sub tenant_rows { sql_value('SELECT count(*) FROM public.tenants') }
 # --- migrate.sh -------------------------------------------------------
 
 my $N = scalar(@files);
-is $N, 6, 'six migration files';
+is $N, 7, 'seven migration files';
 
 {
     my ($rc, $out) = run_migrate(DATABASE_URL => undef);

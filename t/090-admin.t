@@ -2,7 +2,14 @@
 # The admin API (tenant_admin behind "tenant_gateway admin"):
 #
 #   1 auth        no token 401, a token whose metadata.role is not "admin"
-#                 403 admin_required, a bad token 401; admin admitted
+#                 403 admin_required, a bad token 401; admin admitted;
+#                 the __session cookie is not a token here
+#  1b cross-site  what a page of another site can make an admin's browser
+#                 send (the cookie, a text/plain form of JSON, a foreign
+#                 or null Origin, other media types), to the admin API
+#                 and the cron job: refused, nothing written; the normal
+#                 Authorization + JSON path still 201, behind a TLS proxy
+#                 too
 #   2 create      the deployment guide's smoke body: 201, Location, the
 #                 camelCase JSON; the row, the schema (9 tables, 14
 #                 indexes) and the audit row in the database; trialDays
@@ -26,6 +33,11 @@
 #   9 timing      20 creates: p50/p95 (diag), each < 2 s
 #  10 timeout     a create that outlives tenant_database's timeout: 503,
 #                 and nothing commits later
+#  14 retry       a create sent again: 200 with the same tenant (no second
+#                 audit row); another body for the slug or organization
+#                 409; two identical creates at once: one tenant, one
+#                 schema; a client gone while its create waited: it
+#                 commits, and its retry gets the tenant
 
 use strict;
 use warnings;
@@ -45,6 +57,7 @@ use Time::Local qw(timegm);
 # --- configuration ----------------------------------------------------------
 
 my $SIGNING_KEY = 'c0ffee00' x 8;
+my $CRON_SECRET = 'cron-090-' . ('s' x 32);
 my $DB_TIMEOUT  = 3;                        # tenant_database timeout=, s
 
 # %%LISTEN%% is replaced below: the default (LISTEN on tenant_database's
@@ -56,6 +69,7 @@ my $HTTP = <<"EOF";
     %%LISTEN%%
     tenant_jwks_file    %%JWKS%%;
     tenant_signing_key  $SIGNING_KEY;
+    tenant_cron_secret  $CRON_SECRET;
     tenant_tier         starter      features=dashboard;
     tenant_tier         professional features=dashboard,ai_forecasting;
     tenant_tier         enterprise   features=*;
@@ -68,6 +82,10 @@ my $HTTP = <<"EOF";
         location /api/admin/tenants {
             tenant_gateway admin;
             tenant_admin;
+        }
+
+        location = /api/cron/expire-trials {
+            tenant_cron_expire_trials;
         }
 
         location /api/ {
@@ -257,10 +275,13 @@ sub percentile {
 # --- setup ------------------------------------------------------------------
 
 my $PG = pg_start();
-nginx_start(workers => 2, http => http_conf());
+my $NGX_PORT = nginx_start(workers => 2, http => http_conf())->{port};
 
 
 # --- 1. auth ----------------------------------------------------------------
+
+# a tenant for the cross-site requests of 1b to aim at
+my $XSITE_ID = create_tenant(status => 'active')->{id};
 
 my $SMOKE = { name => 'Smoke Test Tenant', slug => 'smoke-test-001',
               clerkOrganizationId => 'org_smoke_test',
@@ -315,8 +336,172 @@ my $SMOKE = { name => 'Smoke Test Tenant', slug => 'smoke-test-001',
     is $r->{status}, 200, 'auth: metadata.role "admin": 200';
     is ref $r->{json}{tenants}, 'ARRAY', 'auth: admin: a tenant list';
 
+    # The admin API takes its token from Authorization only: a browser
+    # sends the cookie with requests other sites make it send.  (This
+    # asserted 200 before issue 12.)
     $r = http(path => "$COLL?limit=1", headers => [Cookie => "__session=$ADMIN"]);
-    is $r->{status}, 200, 'auth: admin token in the __session cookie: 200';
+    problem $r, 401, 'authentication_required', 'auth: admin token in the __session cookie only';
+    like $r->{json}{detail} // '', qr/Authorization: Bearer only/,
+        'auth: ... the detail says where the token must be';
+
+    # the cookie still works where it belongs: gateway routes
+    my $m = create_tenant(status => 'active');
+    my $mt = mint_token(org => $m->{clerk_organization_id}, exp => int(time) + 600);
+    is http(path => '/api/products', headers => [Cookie => "__session=$mt"])->{status}, 200,
+        'auth: a member\'s __session cookie on a gateway route: still 200';
+}
+
+
+# --- 1b. cross-site requests --------------------------------------------------
+
+# A page on a sibling subdomain (evil.example.com next to the gateway at
+# gw.example.com: same site, so a SameSite=Lax __session cookie goes
+# along) can make an admin's browser send a form: POST, a text/plain,
+# urlencoded or multipart body, the cookie, and an Origin header.  It
+# cannot set Authorization or any other header.
+my $GW   = 'gw.example.com';
+my $EVIL = 'https://evil.example.com';
+
+sub audit_count { return sql_value('SELECT count(*) FROM public.tenant_audit_log') }
+
+{
+    my $before = db_state();
+    my $audit  = audit_count();
+    my $form   = body_for(subscriptionTier => 'enterprise', clerkOrganizationId => 'org_attacker');
+
+    # the attack as the issue describes it: cookie, text/plain, JSON body
+    my $r = http(method => 'POST', path => $COLL, body => $JSON->encode($form),
+                 headers => [Host => $GW, Origin => $EVIL, Cookie => "__session=$ADMIN",
+                             'Content-Type' => 'text/plain']);
+    problem $r, 401, 'authentication_required',
+        'cross-site: text/plain form of JSON, cookie, sibling Origin';
+
+    # every admin method with the cookie alone (same-origin, JSON)
+    my $id = $XSITE_ID;
+    for my $m (['POST', $COLL, $form], ['PATCH', "$COLL/$id", { subscriptionTier => 'enterprise' }],
+               ['DELETE', "$COLL/$id", undef], ['DELETE', "$COLL/$id?purge=true", undef],
+               ['GET', "$COLL/$id", undef], ['GET', "$COLL?limit=5", undef])
+    {
+        my ($method, $path, $body) = @$m;
+        problem api($method => $path, token => undef, body => $body,
+                    headers => [Cookie => "__session=$ADMIN"]),
+            401, 'authentication_required', "cross-site: $method $path with the cookie only";
+    }
+
+    # With the bearer token (which a page cannot set), each check alone.
+    my %media = (
+        'text/plain'                         => 'text/plain',
+        'text/plain; charset=utf-8'          => 'text/plain; charset=utf-8',
+        'application/x-www-form-urlencoded'  => 'application/x-www-form-urlencoded',
+        'multipart/form-data'                => 'multipart/form-data; boundary=xyz',
+        'application/json; charset=latin1'   => 'application/json; charset=iso-8859-1',
+        'application/jsonp'                  => 'application/jsonp',
+        'an empty Content-Type'              => '',
+    );
+    for my $what (sort keys %media) {
+        my $r = http(method => 'POST', path => $COLL, body => $JSON->encode($form),
+                     headers => [Authorization => "Bearer $ADMIN", 'Content-Type' => $media{$what}]);
+        problem $r, 415, 'unsupported_media_type', "cross-site: POST $what";
+        like $r->{json}{type} // '', qr{/unsupported_media_type$}, "cross-site: POST $what: type";
+    }
+    problem http(method => 'POST', path => $COLL, body => $JSON->encode($form),
+                 headers => [Authorization => "Bearer $ADMIN"]),
+        415, 'unsupported_media_type', 'cross-site: POST with a body and no Content-Type';
+    problem http(method => 'POST', path => $COLL, body => $JSON->encode($form),
+                 headers => [Authorization => "Bearer $ADMIN", 'Content-Type' => 'application/json',
+                             'Content-Type' => 'text/plain']),
+        415, 'unsupported_media_type', 'cross-site: POST with application/json, then text/plain';
+    problem http(method => 'PATCH', path => "$COLL/$id", body => '{"subscriptionTier":"enterprise"}',
+                 headers => [Authorization => "Bearer $ADMIN", 'Content-Type' => 'text/plain']),
+        415, 'unsupported_media_type', 'cross-site: PATCH text/plain';
+    problem http(method => 'PATCH', path => "$COLL/$id", body => '{"subscriptionTier":"enterprise"}',
+                 headers => [Authorization => "Bearer $ADMIN"]),
+        415, 'unsupported_media_type', 'cross-site: PATCH without a Content-Type';
+    problem http(method => 'DELETE', path => "$COLL/$id",
+                 headers => [Authorization => "Bearer $ADMIN", 'Content-Type' => 'text/plain']),
+        415, 'unsupported_media_type', 'cross-site: DELETE declaring text/plain';
+
+    my %origins = (
+        'a sibling subdomain'               => [$GW, $EVIL],
+        'Origin: null'                      => [$GW, 'null'],
+        'the parent domain'                 => [$GW, 'https://example.com'],
+        'the host as a prefix'              => [$GW, "https://$GW.evil.net"],
+        'http:// of the https gateway'      => [$GW, "http://$GW"],
+        'another port'                      => [$GW, "https://$GW:8443"],
+        'a trailing slash'                  => [$GW, "https://$GW/"],
+    );
+    for my $what (sort keys %origins) {
+        my ($host, $origin) = @{ $origins{$what} };
+        for my $m (['POST', $COLL, $form], ['PATCH', "$COLL/$id", { subscriptionTier => 'enterprise' }],
+                   ['DELETE', "$COLL/$id?purge=true", undef], ['GET', "$COLL?limit=1", undef])
+        {
+            my ($method, $path, $body) = @$m;
+            my $r = api($method => $path, body => $body,
+                        headers => [Host => $host, 'X-Forwarded-Proto' => 'https',
+                                    Origin => $origin]);
+            problem $r, 403, 'cross_origin', "cross-site: $method, $what";
+        }
+    }
+    my $two = api(POST => $COLL, body => $form,
+                  headers => [Host => $GW, 'X-Forwarded-Proto' => 'https',
+                              Origin => "https://$GW", Origin => $EVIL]);
+    problem $two, 403, 'cross_origin', 'cross-site: the own Origin, then a foreign one';
+    like $two->{json}{type} // '', qr{/cross_origin$}, 'cross-site: type .../cross_origin';
+
+    # the cron job: a secret a page cannot send, and the same checks
+    my @cron = (Authorization => "Bearer $CRON_SECRET");
+    problem http(method => 'POST', path => '/api/cron/expire-trials',
+                 headers => [Cookie => "__session=$CRON_SECRET"]),
+        401, 'unauthorized', 'cross-site: cron job with the secret as a cookie';
+    problem http(method => 'POST', path => '/api/cron/expire-trials', body => '{}',
+                 headers => [@cron, 'Content-Type' => 'text/plain']),
+        415, 'unsupported_media_type', 'cross-site: cron job, text/plain';
+    problem http(method => 'POST', path => '/api/cron/expire-trials',
+                 headers => [@cron, Host => $GW, Origin => $EVIL]),
+        403, 'cross_origin', 'cross-site: cron job, sibling Origin';
+    problem http(method => 'POST', path => '/api/cron/expire-trials',
+                 headers => [@cron, Origin => 'null']),
+        403, 'cross_origin', 'cross-site: cron job, Origin: null';
+
+    is_deeply db_state(), $before, 'cross-site: the refused requests changed nothing';
+    is audit_count(), $audit, 'cross-site: ... and wrote no audit row';
+    is sql_value(q{SELECT count(*) FROM public.tenants WHERE clerk_organization_id = 'org_attacker'}), 0,
+        'cross-site: no tenant for the attacker\'s organization';
+
+    # what a client (curl, a server, the admin's own page) sends still works
+    is http(method => 'POST', path => '/api/cron/expire-trials', headers => \@cron)->{status}, 200,
+        'cross-site: cron job, no Origin, no body: 200';
+    is http(method => 'POST', path => '/api/cron/expire-trials', body => '{}',
+            headers => [@cron, 'Content-Type' => 'application/json'])->{status}, 200,
+        'cross-site: cron job, a JSON body: 200';
+
+    my %ok = (
+        'Authorization and JSON, no Origin'          => [],
+        'Application/JSON'                           => ['Content-Type' => 'Application/JSON'],
+        'application/json; charset=utf-8'            => ['Content-Type' => 'application/json; charset=utf-8'],
+        'APPLICATION/JSON;CHARSET="UTF-8"'           => ['Content-Type' => 'APPLICATION/JSON;CHARSET="UTF-8"'],
+        'its own Origin'                             => [Host => "localhost:$NGX_PORT",
+                                                         Origin => "http://localhost:$NGX_PORT"],
+        'its own Origin behind a TLS proxy'          => [Host => $GW, 'X-Forwarded-Proto' => 'https',
+                                                         Origin => "https://$GW"],
+        'its own Origin, X-Forwarded-Host'           => ['X-Forwarded-Proto' => 'https, http',
+                                                         'X-Forwarded-Host' => $GW,
+                                                         Origin => "https://$GW:443"],
+    );
+    for my $what (sort keys %ok) {
+        my @h = @{ $ok{$what} };
+        my %has = @h;
+        my $r = http(method => 'POST', path => $COLL, body => $JSON->encode(body_for()),
+                     headers => [Authorization => "Bearer $ADMIN",
+                                 ($has{'Content-Type'} ? () : ('Content-Type' => 'application/json')),
+                                 @h]);
+        is $r->{status}, 201, "cross-site: $what: 201" or diag explain brief($r);
+    }
+    is api(GET => "$COLL/$id", headers => [Host => $GW, 'X-Forwarded-Proto' => 'https',
+                                           Origin => "https://$GW"])->{status}, 200,
+        'cross-site: GET with its own Origin: 200';
+    is api(DELETE => "$COLL/" . create(body_for())->{json}{id})->{status}, 200,
+        'cross-site: DELETE without a body or Content-Type: 200';
 }
 
 
@@ -333,7 +518,9 @@ my $smoke;      # its JSON
     my $j = $smoke = $r->{json} || {};
     like $j->{id} // '', $UUID_RE, 'create: id is a uuid';
     my $loc = ($r->{headers}{location} || [])->[0] // '';
-    like $loc, qr{/api/admin/tenants/\Q$j->{id}\E$}, "create: Location ends with /<id> ($loc)";
+    # relative: nginx made it absolute from the connection (http://) and
+    # the listening port, wrong behind a TLS proxy (below)
+    is $loc, "/api/admin/tenants/$j->{id}", "create: Location is /api/admin/tenants/<id> ($loc)";
 
     is_deeply [sort keys %$j], [sort @FIELDS], 'create: exactly the documented members';
     is $j->{name}, 'Smoke Test Tenant', 'create: name';
@@ -384,6 +571,18 @@ my $smoke;      # its JSON
     $loc = ($r->{headers}{location} || [])->[0] // '';
     # (was .../tenants//<id>)
     unlike $loc, qr{//[^/]*$}, "create: trailing slash: Location without // ($loc)";
+
+    # Behind a TLS proxy (Render's): the client spoke https to
+    # gw.example.com, the proxy http to nginx's port.  The Location must
+    # name neither http:// nor that port.
+    $r = api(POST => $COLL, body => body_for(),
+             headers => [Host => 'gw.example.com', 'X-Forwarded-Proto' => 'https',
+                         'X-Forwarded-For' => '203.0.113.7']);
+    is $r->{status}, 201, 'create behind a TLS proxy: 201' or diag explain brief($r);
+    $loc = ($r->{headers}{location} || [])->[0] // '';
+    is $loc, "/api/admin/tenants/$r->{json}{id}",
+        "create behind a TLS proxy: Location is relative ($loc)";
+    unlike $loc, qr{http://|:$NGX_PORT\b}, 'create behind a TLS proxy: Location names neither http:// nor the port';
 
     # trialDays
     for my $days (0, 30, 365) {
@@ -759,7 +958,8 @@ nginx_reload(workers => 1);
 
     my $nb = body_for();
     my $bg = async_http(method => 'POST', path => $COLL, body => $JSON->encode($nb),
-                        headers => [Authorization => "Bearer $ADMIN"]);
+                        headers => [Authorization => "Bearer $ADMIN",
+                                    'Content-Type' => 'application/json']);
 
     ok wait_for(2, sub {
         sql_value(q{SELECT count(*) FROM pg_locks
@@ -976,6 +1176,113 @@ EOC
         'no admin gateway: "tenant_gateway admin" location still 200';
 
     nginx_reload(http => http_conf());
+}
+
+
+# --- 14. a retried create -------------------------------------------------------
+
+sub creates_of {
+    my ($id) = @_;
+    return scalar grep { $_->{action} eq 'tenant.create' } audit($id);
+}
+
+{
+    my $b = body_for(subscriptionTier => 'professional', trialDays => 30);
+    my $first = create($b);
+    is $first->{status}, 201, 'retry: the first create: 201';
+    my $id = $first->{json}{id};
+
+    my $again = create($b);
+    is $again->{status}, 200, 'retry: the same body again: 200 (not 409)' or diag explain brief($again);
+    is_deeply $again->{json}, $first->{json}, 'retry: ... the same tenant, as the first answer showed it';
+    is(($again->{headers}{location} || [])->[0], "$COLL/$id", 'retry: ... Location of the tenant');
+    is creates_of($id), 1, 'retry: one tenant.create audit row';
+    is sql_value('SELECT count(*) FROM public.tenants WHERE slug = $1', $b->{slug}), 1,
+        'retry: one row';
+
+    # the same body in other words: members in another order, spaces
+    my $json = '{ "trialDays": 30, "ownerEmail": ' . $JSON->encode($b->{ownerEmail})
+        . ', "subscriptionTier": "professional", "slug": ' . $JSON->encode($b->{slug})
+        . ', "name": ' . $JSON->encode($b->{name}) . ', "clerkOrganizationId": '
+        . $JSON->encode($b->{clerkOrganizationId}) . ' }';
+    is create($json)->{status}, 200, 'retry: the same members in another order: 200';
+
+    # trialDays absent is 14: the same as an explicit 14
+    my $d = body_for();
+    is create($d)->{status}, 201, 'retry: a body without trialDays: 201';
+    is create({ %$d, trialDays => 14 })->{status}, 200, 'retry: ... again with trialDays 14: 200';
+
+    my $before = db_state();
+    for my $diff (['another name', name => 'Someone Else'],
+                  ['another tier', subscriptionTier => 'enterprise'],
+                  ['another owner email', ownerEmail => 'other@example.com'],
+                  ['another trial length', trialDays => 31],
+                  ['another organization', clerkOrganizationId => 'org_retry_other'],
+                  ['another slug', slug => 'retry-other-slug'])
+    {
+        my ($what, %o) = @$diff;
+        my $r = create({ %$b, %o });
+        problem $r, 409, 'conflict', "retry: the same slug or organization, $what";
+    }
+    is_deeply db_state(), $before, 'retry: the conflicts changed nothing';
+
+    # a tenant changed since: a late retry is a conflict
+    is api(PATCH => "$COLL/$id", body => { subscriptionTier => 'enterprise' })->{status}, 200,
+        'retry: the tenant is moved to enterprise';
+    problem create($b), 409, 'conflict', 'retry: the first body once the tenant changed';
+}
+
+# Two identical creates at once, both held behind a table lock: the
+# second waits for the first one's row and answers with it.
+{
+    my $lock = DBI->connect("dbi:Pg:dbname=capliquify;host=$PG->{socket};port=$PG->{port}",
+                            'postgres', '', { RaiseError => 1, PrintError => 0, AutoCommit => 1 });
+    $lock->begin_work;
+    $lock->do('LOCK TABLE public.tenants IN ACCESS EXCLUSIVE MODE');
+
+    my $b = body_for();
+    my @bg = map { async_http(method => 'POST', path => $COLL, body => $JSON->encode($b),
+                              headers => [Authorization => "Bearer $ADMIN",
+                                          'Content-Type' => 'application/json']) } 1 .. 2;
+    ok wait_for(2, sub {
+        sql_value(q{SELECT count(*) FROM pg_locks
+                     WHERE NOT granted AND relation = 'public.tenants'::regclass}) >= 2 }),
+        'retry at once: both creates wait for the table';
+    $lock->rollback;
+    $lock->disconnect;
+
+    my @r = map { wait_http($_) } @bg;
+    is_deeply [sort map { $_->{status} } @r], [200, 201], 'retry at once: one 201, one 200'
+        or diag explain [map { brief($_) } @r];
+    is $r[0]{json}{id} // 'a', $r[1]{json}{id} // 'b', 'retry at once: the same tenant';
+    is sql_value('SELECT count(*) FROM public.tenants WHERE slug = $1', $b->{slug}), 1,
+        'retry at once: one row';
+    is schema_exists('tenant_' . ($b->{slug} =~ tr/-/_/r)), 1, 'retry at once: one schema';
+    is creates_of($r[0]{json}{id} // ''), 1, 'retry at once: one tenant.create audit row';
+}
+
+# The client goes away while its create waits: the statement was sent, so
+# it commits when the lock goes (the README says so); the retry the
+# client then makes gets the tenant.
+{
+    my $lock = DBI->connect("dbi:Pg:dbname=capliquify;host=$PG->{socket};port=$PG->{port}",
+                            'postgres', '', { RaiseError => 1, PrintError => 0, AutoCommit => 1 });
+    $lock->begin_work;
+    $lock->do('LOCK TABLE public.tenants IN ACCESS EXCLUSIVE MODE');
+
+    my $b = body_for();
+    my $gone = create($b, timeout => 0.5);
+    is $gone->{status}, 0, 'disconnect: the client gave up while the create waited';
+    sleep 0.3;
+    $lock->rollback;
+    $lock->disconnect;
+
+    ok wait_for(3, sub { sql_value('SELECT count(*) FROM public.tenants WHERE slug = $1', $b->{slug}) }),
+        'disconnect: the create committed all the same';
+    my $r = create($b);
+    is $r->{status}, 200, 'disconnect: the retry: 200 with the tenant' or diag explain brief($r);
+    is $r->{json}{slug}, $b->{slug}, 'disconnect: ... its slug';
+    is creates_of($r->{json}{id} // ''), 1, 'disconnect: one tenant.create audit row';
 }
 
 done_testing();

@@ -108,7 +108,7 @@ sub shipped {
         like $smoke, qr/^pass  \Q$step\E/m, "smoke: $step";
     }
 
-    # run twice: the tenants exist already (409), everything still passes
+    # run twice: the tenants exist already (200, a retry), everything still passes
     ($smoke) = eval {
         TenantTest::run_cmd({ BASE_URL => "http://127.0.0.1:$port",
                               JWT_KEY => $keys->{rsa_key}, %$smoke_env },

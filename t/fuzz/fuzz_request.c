@@ -9,10 +9,15 @@
  * (tenant_bearer_token()), a Cookie header value (tenant_cookie_value()
  * for "__session"), an organization id (tenant_org_id_valid()) and a
  * header name (tenant_header_reserved()), each compared with an
- * independent reading of its rules.  Cut at 0xff bytes, the chunks are
- * the fields of a signed message (tenant_sign_message(): method, target
- * and the tenant values, from the request line), which must split back
- * into exactly those fields, or be refused for a control byte.
+ * independent reading of its rules, and as a Content-Type
+ * (tenant_media_type_json()) and an Origin, host and origin cut at the
+ * first 0xff byte (tenant_origin_is()): their answers must not depend on
+ * the case of letters, an accepted media type starts with
+ * application/json, and an origin is accepted the other way round too.
+ * Cut at 0xff bytes, the chunks are the fields of a signed message
+ * (tenant_sign_message(): method, target and the tenant values, from
+ * the request line), which must split back into exactly those fields, or
+ * be refused for a control byte.
  *
  * Then the input is cut at 0xff bytes into: control bytes, type_base,
  * code, title, detail, and (name, value) pairs for the members, and
@@ -61,6 +66,10 @@ static void fuzz_cookie(const uint8_t *data, size_t size, const char *name,
 static void fuzz_org_id(const uint8_t *data, size_t size);
 static void fuzz_header_name(const uint8_t *data, size_t size);
 static void fuzz_sign_message(const uint8_t *data, size_t size);
+static void fuzz_media_type(const uint8_t *data, size_t size);
+static void fuzz_origin(const uint8_t *origin, size_t origin_len,
+    const uint8_t *host, size_t host_len);
+static uint8_t *fuzz_flip_case(const uint8_t *data, size_t size);
 static void fuzz_problem(const uint8_t *data, size_t size);
 static void fuzz_escape(const char *s, size_t len);
 static void fuzz_check_string(json_t *v, const char *s, size_t len);
@@ -85,17 +94,156 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_org_id(data, size);
     fuzz_header_name(data, size);
     fuzz_sign_message(data, size);
+    fuzz_media_type(data, size);
 
     sep = memchr(data, 0xff, size);
 
     if (sep != NULL) {
         fuzz_cookie(sep + 1, size - (sep - data) - 1, (const char *) data,
                     sep - data);
+        fuzz_origin(data, sep - data, sep + 1, size - (sep - data) - 1);
     }
 
     fuzz_problem(data, size);
 
     return 0;
+}
+
+
+/*
+ * Case never matters; an accepted value is blanks, application/json in
+ * any case, then the end, a blank or ';'.
+ */
+
+static void
+fuzz_media_type(const uint8_t *data, size_t size)
+{
+    int       rc;
+    size_t    i;
+    uint8_t  *flipped;
+
+    rc = tenant_media_type_json(data, size);
+
+    flipped = fuzz_flip_case(data, size);
+
+    if (rc != tenant_media_type_json(flipped, size)) {
+        abort();
+    }
+
+    free(flipped);
+
+    if (!rc) {
+        return;
+    }
+
+    for (i = 0; i < size && (data[i] == ' ' || data[i] == '\t'); i++) {
+        /* void */
+    }
+
+    if (size - i < 16
+        || strncasecmp((const char *) &data[i], "application/json", 16) != 0
+        || (size - i > 16 && data[i + 16] != ' ' && data[i + 16] != '\t'
+            && data[i + 16] != ';'))
+    {
+        abort();
+    }
+}
+
+
+/*
+ * For http and https: case never matters; an accepted origin is
+ * scheme://host[:port], nothing after, and scheme://host is accepted
+ * against the origin's authority (the relation is symmetric).
+ */
+
+static void
+fuzz_origin(const uint8_t *origin, size_t origin_len, const uint8_t *host,
+    size_t host_len)
+{
+    int           rc;
+    size_t        i, n;
+    uint8_t      *fo, *fh, *back;
+    const char   *scheme;
+
+    static const char  *schemes[] = { "http", "https" };
+
+    fo = fuzz_flip_case(origin, origin_len);
+    fh = fuzz_flip_case(host, host_len);
+
+    for (i = 0; i < 2; i++) {
+        scheme = schemes[i];
+        n = strlen(scheme);
+
+        rc = tenant_origin_is(origin, origin_len, (const uint8_t *) scheme,
+                              n, host, host_len);
+
+        if (rc != tenant_origin_is(fo, origin_len, (const uint8_t *) scheme,
+                                   n, fh, host_len))
+        {
+            abort();
+        }
+
+        if (!rc) {
+            continue;
+        }
+
+        if (origin_len < n + 3
+            || strncasecmp((const char *) origin, scheme, n) != 0
+            || memcmp(origin + n, "://", 3) != 0
+            || memchr(origin + n + 3, '/', origin_len - n - 3) != NULL
+            || memchr(origin + n + 3, '@', origin_len - n - 3) != NULL
+            || memchr(origin + n + 3, '?', origin_len - n - 3) != NULL
+            || memchr(origin + n + 3, '#', origin_len - n - 3) != NULL)
+        {
+            abort();
+        }
+
+        back = malloc(n + 3 + host_len + 1);
+        if (back == NULL) {
+            abort();
+        }
+
+        memcpy(back, scheme, n);
+        memcpy(back + n, "://", 3);
+        memcpy(back + n + 3, host, host_len);
+
+        if (!tenant_origin_is(back, n + 3 + host_len,
+                              (const uint8_t *) scheme, n, origin + n + 3,
+                              origin_len - n - 3))
+        {
+            abort();
+        }
+
+        free(back);
+    }
+
+    free(fo);
+    free(fh);
+}
+
+
+/* A copy with the case of every ASCII letter swapped. */
+
+static uint8_t *
+fuzz_flip_case(const uint8_t *data, size_t size)
+{
+    size_t    i;
+    uint8_t  *p;
+
+    p = malloc(size + 1);
+    if (p == NULL) {
+        abort();
+    }
+
+    for (i = 0; i < size; i++) {
+        p[i] = data[i];
+
+        if ((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z')) {
+            p[i] ^= 0x20;
+        }
+    }
+
+    return p;
 }
 
 

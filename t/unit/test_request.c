@@ -2,7 +2,8 @@
  * Copyright (C) ngx_tenant_module authors
  *
  * Unit tests: bearer token, __session cookie and organization id
- * extraction, reserved header names (src/tenant_request.c).
+ * extraction, reserved header names, the admin API's media type and
+ * origin checks (src/tenant_request.c).
  */
 
 
@@ -62,6 +63,24 @@ static int
 reserved(const char *name)
 {
     return tenant_header_reserved((const unsigned char *) name, strlen(name));
+}
+
+
+static int
+json_type(const char *v)
+{
+    return tenant_media_type_json((const unsigned char *) v, strlen(v));
+}
+
+
+/* the Origin o against scheme://host */
+
+static int
+origin(const char *o, const char *scheme, const char *host)
+{
+    return tenant_origin_is((const unsigned char *) o, strlen(o),
+                            (const unsigned char *) scheme, strlen(scheme),
+                            (const unsigned char *) host, strlen(host));
 }
 
 
@@ -241,6 +260,109 @@ main(void)
     ok(!tenant_header_name_is((const unsigned char *) "X_Organization_I", 16,
                               "x-organization-id", 17),
        "name_is: shorter name");
+
+    /* Content-Type: application/json, and what a cross-site form sends */
+
+    ok(json_type("application/json"), "application/json");
+    ok(json_type("Application/JSON"), "Application/JSON (any case)");
+    ok(json_type("APPLICATION/JSON"), "APPLICATION/JSON");
+    ok(json_type("application/json; charset=utf-8"), "charset=utf-8");
+    ok(json_type("application/json;charset=UTF-8"), "charset=UTF-8, no blank");
+    ok(json_type("application/json ; charset=\"utf-8\" "),
+       "quoted charset, blanks around");
+    ok(json_type(" \tapplication/json\t"), "blanks around the type");
+    ok(json_type("application/json;"), "an empty parameter (RFC 9110)");
+    ok(json_type("application/json; ; x=1"), "an empty parameter, another");
+    ok(json_type("application/json; profile=\"a;b \\\" c\""),
+       "a quoted parameter with ';', a blank and an escaped quote");
+    ok(!json_type("application/json; charset=iso-8859-1"),
+       "charset=iso-8859-1");
+    ok(!json_type("application/json; charset=utf-16"), "charset=utf-16");
+    ok(!json_type("application/json; charset=\"utf\\-8\""),
+       "charset utf-8 with an escape (strict)");
+    ok(!json_type("application/json; charset="), "charset without a value");
+    ok(!json_type("application/json; =utf-8"), "a parameter without a name");
+    ok(!json_type("application/json; charset"), "a parameter without '='");
+    ok(!json_type("application/json; x=\"open"), "an unclosed quote");
+    ok(!json_type("application/json; x=\"a\x01\""),
+       "a control character in a quoted value");
+    ok(!json_type("application/json x"), "junk after the type");
+    ok(!json_type("text/plain"), "text/plain");
+    ok(!json_type("text/plain; charset=utf-8"), "text/plain; charset=utf-8");
+    ok(!json_type("application/x-www-form-urlencoded"),
+       "application/x-www-form-urlencoded");
+    ok(!json_type("multipart/form-data; boundary=x"), "multipart/form-data");
+    ok(!json_type("application/jsonx"), "application/jsonx");
+    ok(!json_type("application/json-seq"), "application/json-seq");
+    ok(!json_type("application/problem+json"), "application/problem+json");
+    ok(!json_type("application/jso"), "application/jso");
+    ok(!json_type("application/json\r\n"), "CR LF after the type");
+    ok(!json_type("application /json"), "a blank inside the type");
+    ok(!json_type(""), "empty");
+    ok(!json_type("text/plain, application/json"), "a list");
+
+    /* Origin: the gateway's own, as the client (and its proxy) sees it */
+
+    ok(origin("http://localhost:8080", "http", "localhost:8080"),
+       "origin: http, host with a port");
+    ok(origin("https://gw.example.com", "https", "gw.example.com"),
+       "origin: https behind a TLS proxy, no port");
+    ok(origin("https://gw.example.com", "https", "gw.example.com:443"),
+       "origin: https's default port in Host");
+    ok(origin("https://gw.example.com:443", "https", "gw.example.com"),
+       "origin: https's default port in the Origin");
+    ok(origin("http://gw.example.com", "http", "gw.example.com:80"),
+       "origin: http's default port");
+    ok(origin("HTTPS://GW.Example.COM", "https", "gw.example.com"),
+       "origin: any case");
+    ok(origin("https://gw.example.com", "HTTPS", "GW.example.com"),
+       "origin: scheme and Host in any case");
+    ok(origin("http://[::1]:8080", "http", "[::1]:8080"), "origin: [::1]");
+    ok(origin("http://127.0.0.1", "http", "127.0.0.1:"),
+       "origin: an empty port is the default");
+
+    ok(!origin("https://evil.example.com", "https", "gw.example.com"),
+       "origin: a sibling subdomain");
+    ok(!origin("https://gw.example.com.evil.net", "https", "gw.example.com"),
+       "origin: the host as a prefix");
+    ok(!origin("https://example.com", "https", "gw.example.com"),
+       "origin: the parent domain");
+    ok(!origin("http://gw.example.com", "https", "gw.example.com"),
+       "origin: http page, https gateway");
+    ok(!origin("https://gw.example.com", "http", "gw.example.com"),
+       "origin: https page, http gateway");
+    ok(!origin("https://gw.example.com:8443", "https", "gw.example.com"),
+       "origin: another port");
+    ok(!origin("http://localhost:8081", "http", "localhost:8080"),
+       "origin: a neighbouring port");
+    ok(origin("http://localhost:080", "http", "localhost"),
+       "origin: 080 is port 80");
+    ok(!origin("null", "https", "gw.example.com"), "origin: null");
+    ok(!origin("", "https", "gw.example.com"), "origin: empty");
+    ok(!origin("https://", "https", "gw.example.com"), "origin: no host");
+    ok(!origin("https://gw.example.com/", "https", "gw.example.com"),
+       "origin: a trailing slash");
+    ok(!origin("https://gw.example.com/x", "https", "gw.example.com"),
+       "origin: a path");
+    ok(!origin("https://a@gw.example.com", "https", "gw.example.com"),
+       "origin: userinfo");
+    ok(!origin("https://gw.example.com:99999", "https",
+               "gw.example.com:99999"), "origin: port over 65535");
+    ok(!origin("https://gw.example.com:4430000", "https",
+               "gw.example.com:4430000"), "origin: port of 7 digits");
+    ok(!origin("https://gw.example.com:x", "https", "gw.example.com"),
+       "origin: a port that is not a number");
+    ok(!origin("file://gw.example.com", "file", "gw.example.com"),
+       "origin: another scheme");
+    ok(!origin("https:gw.example.com", "https", "gw.example.com"),
+       "origin: no //");
+    ok(!origin("https://gw.example.com", "https", ""), "origin: no Host");
+    ok(!origin("https://gw example.com", "https", "gw example.com"),
+       "origin: a blank in the host");
+    ok(!origin("http://[::1", "http", "[::1"), "origin: an open bracket");
+    ok(!origin("http://[]", "http", "[]"), "origin: empty brackets");
+    ok(!origin("https://gw.example.com", "ftp", "gw.example.com"),
+       "origin: the gateway's scheme is neither http nor https");
 
     return done_testing();
 }
