@@ -17,6 +17,11 @@
 #               __session token first (nginx's info line quotes it)
 #   invalid     a header whose name nginx finds invalid ("_"), a token
 #               as its value (nginx's info line quotes the line)
+#   query       no token, a development token in the query string
+#               (__clerk_db_jwt) and a code in the Referer's query (a
+#               refusal line at info: nginx's context quotes the request
+#               line and the referrer; the module's handler stops each
+#               at "?")
 #
 # then greps the error log (stderr) and the access log (stdout) for each
 # secret: whole, a token's payload and signature, another secret's first
@@ -184,7 +189,8 @@ sub gateway_run {
     my %tok = map { $_ => token() } qw(bearer cookie long invalid);
     $tok{expired} = token(exp => time - 600, iat => time - 900);
     %secret = (%tok, CLERK_SECRET_KEY => $SK, CRON_SECRET => $CRON,
-               ENCRYPTION_KEY => $ENC);
+               ENCRYPTION_KEY => $ENC, query => 'dvb_' . rand_hex(16),
+               referrer => 'rt_' . rand_hex(16));
 
     my $r = http(port => $port, path => '/api/products',
                  headers => [Authorization => "Bearer $tok{bearer}"]);
@@ -198,6 +204,10 @@ sub gateway_run {
     $r = http(port => $port, path => '/api/products',
               headers => [Authorization => "Bearer $tok{expired}"]);
     is $r->{status}, 401, "$label: expired token refused";
+
+    $r = http(port => $port, path => "/api/products?__clerk_db_jwt=$secret{query}",
+              headers => [Referer => "https://app.example/sso-callback?code=$secret{referrer}"]);
+    is $r->{status}, 401, "$label: no token, a token in the query and the Referer: refused";
 
     $r = http(port => $port, method => 'POST', path => '/api/cron/expire-trials',
               headers => [Authorization => "Bearer $CRON"]);
@@ -269,9 +279,77 @@ for my $level (@levels) {
     if ($level =~ /^(debug|trace|verbose|silly|info|http)$/) {
         ok $shows_info, "LOG_LEVEL=$level: the refusal line is logged"
             or diag $run->{error_log};
+        like $run->{error_log},
+            qr{tenant: refused with 401 \w+[^\n]*, request: "GET /api/products\?\.\.\. HTTP/1\.1", host: "localhost", referrer: "https://app\.example/sso-callback\?\.\.\."},
+            "LOG_LEVEL=$level: its context stops the request line and the referrer at \"?\"";
     } elsif ($level =~ /^(warn|warning|error|crit|fatal|alert|emerg)$/) {
         ok !$shows_info, "LOG_LEVEL=$level: no info line";
     }
+}
+
+
+# ---- the request context, HTTP/1.1 and HTTP/2, an upstream that fails ------
+#
+# The context nginx appends to a request's error log lines (request line,
+# upstream URI, referrer) stops at "?", also for HTTP/2 (whose request
+# line nginx builds) and for nginx's own lines (an upstream refusing the
+# connection, at error).
+
+{
+    my $down = free_port();
+    my $ngx = nginx_start(http => <<"CONF");
+    tenant_database     "%%PG%%";
+    tenant_cache        zone=tenants:1m;
+    tenant_tier         professional features=api;
+    tenant_jwks_file    %%JWKS%%;
+    tenant_signing_key  @{[ 'ab' x 32 ]};
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        listen 127.0.0.1:%%PORT2%% http2;
+
+        location /api/ {
+            tenant_gateway  on;
+            proxy_pass      http://127.0.0.1:$down;
+        }
+    }
+CONF
+    my $port2 = $ngx->{port2};
+    my $tok = token();
+    my %q = map { $_ => 'q' . rand_hex(16) } qw(h1 h2 h1_502 h2_502);
+    my %ref = map { $_ => 'r' . rand_hex(16) } keys %q;
+    my $mark = log_mark();
+
+    for my $k (sort keys %q) {
+        my $path = "/api/$k?__clerk_db_jwt=$q{$k}";
+        my @h = (Referer => "https://app.example/cb?code=$ref{$k}");
+        push @h, Authorization => "Bearer $tok" if $k =~ /502/;
+        my $status;
+        if ($k =~ /^h2/) {
+            my @args = map { ('-H', "$h[2 * $_]: $h[2 * $_ + 1]") } 0 .. $#h / 2;
+            open my $c, '-|', 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}',
+                '--http2-prior-knowledge', '--max-time', '10', @args,
+                "http://127.0.0.1:$port2$path" or die "curl: $!";
+            $status = <$c>;
+            close $c;
+        } else {
+            $status = http(path => $path, headers => \@h)->{status};
+        }
+        my $want = $k =~ /502/ ? 502 : 401;
+        is $status, $want, "context $k: $want";
+    }
+    error_log_allow(qr/connect\(\) failed \(111: Connection refused\)/);
+    my $log = error_log(since => $mark);
+    for my $k (sort keys %q) {
+        unlike $log, qr/\Q$q{$k}\E/, "context $k: the query string's token is not logged";
+        unlike $log, qr/\Q$ref{$k}\E/, "context $k: the referrer's query is not logged";
+        my $proto = $k =~ /^h2/ ? 'HTTP/2\.0' : 'HTTP/1\.1';
+        like $log, qr{request: "GET /api/$k\?\.\.\. $proto", (?:upstream: "[^"]*", )?host: "[^"]*", referrer: "https://app\.example/cb\?\.\.\."},
+            "context $k: the request line and the referrer up to \"?\"";
+    }
+    like $log, qr{connect\(\) failed .* upstream: "http://127\.0\.0\.1:$down/api/h1_502\?\.\.\."},
+        'context: the upstream URI up to "?"';
+    nginx_stop();
 }
 
 
