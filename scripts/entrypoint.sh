@@ -44,6 +44,14 @@ nginx=${NGINX:-nginx}
 unset NGINX
 conf=$RUN_DIR/nginx.conf
 
+# The container never writes nginx's debug log: it records every request
+# header (tokens, cookies, CRON_SECRET, CLERK_SECRET_KEY), and its logs go
+# to the platform's dashboard and log drains.
+case ${UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS:-0} in
+    0) ;;
+    *) die "UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS: refused in the container (nginx's debug log records tokens, cookies and secrets); use LOG_LEVEL" ;;
+esac
+
 case ${MIGRATE_ON_START:-0} in
     0|1|"") ;;
     *) die "MIGRATE_ON_START: must be 0 or 1" ;;

@@ -45,7 +45,13 @@
 #   RATE_LIMIT_WINDOW        60000 (milliseconds)
 #   MAX_REQUEST_SIZE         10mb (N, Nk, Nkb, Nm, Nmb, Ng, Ngb)
 #   LOG_LEVEL                info (debug, info, notice, warn, error, crit;
-#                            also warning, fatal, trace, verbose, http)
+#                            also warning, fatal, trace, verbose, http);
+#                            debug, trace, verbose: info (nginx's debug
+#                            log holds tokens and secrets)
+#   UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS
+#                            0; 1: nginx's debug log, every request header
+#                            in it (refused with NODE_ENV=production and
+#                            by the container's entrypoint)
 #   UPGRADE_URL              https://app.capliquify.com/settings/billing?...
 #   METRICS_ALLOW            "" (only 127.0.0.1 and ::1 may read /metrics);
 #                            addresses or CIDRs of the Prometheus scrapers
@@ -175,9 +181,13 @@ port_ok "$demo_port" \
     || die "DEMO_PORT: must be a port number 1-65535$(got "$demo_port")"
 demo_port=$((10#$demo_port))
 
+# No LOG_LEVEL puts a secret into the log.  nginx's debug log records
+# every request header (session tokens, cookies, the cron job's bearer,
+# the JWKS fetch's CLERK_SECRET_KEY): the verbose names are info, the
+# level of the module's refusal lines.
 get log_level LOG_LEVEL info
 case ${log_level,,} in
-    debug|trace|verbose|silly)  log_level=debug ;;
+    debug|trace|verbose|silly)  log_level=info ;;
     info|http)                  log_level=info ;;
     notice)                     log_level=notice ;;
     warn|warning)               log_level=warn ;;
@@ -186,6 +196,24 @@ case ${log_level,,} in
     alert)                      log_level=alert ;;
     emerg)                      log_level=emerg ;;
     *) die "LOG_LEVEL: must be one of debug, info, notice, warn, error$(got "$log_level")" ;;
+esac
+
+# nginx's own info lines about a malformed request quote its header lines
+# ("client sent invalid header line", "too long header line": a token, a
+# cookie): until a location is chosen, notice at least.
+header_log_level=$log_level
+[ "$log_level" = info ] && header_log_level=notice
+
+# nginx's debug log, headers and all: for a developer's machine only.
+get unsafe_debug UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS 0
+get node_env NODE_ENV
+case $unsafe_debug in
+    0)  ;;
+    1)  [ "$node_env" != production ] \
+            || die "UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS: refused with NODE_ENV=production (nginx's debug log records tokens, cookies and secrets)"
+        log_level=debug header_log_level=debug
+        warn "UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS=1: nginx's debug log records every request header (session tokens, cookies, CRON_SECRET, CLERK_SECRET_KEY); local debugging only" ;;
+    *)  die "UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS: must be 0 or 1 (1: nginx's debug log, with secrets, local only)" ;;
 esac
 
 get size MAX_REQUEST_SIZE 10mb
@@ -517,6 +545,7 @@ fi
 export RC_TENANT_MODULE=$module
 export RC_RUN_DIR=$run_dir
 export RC_LOG_LEVEL=$log_level
+export RC_HEADER_LOG_LEVEL=$header_log_level
 export RC_MAX_REQUEST_SIZE=$max_request_size
 export RC_DATABASE_URL=$(nginx_quote "$database_url")
 export RC_TENANT_JWT_KEY_FILE=$key_file
