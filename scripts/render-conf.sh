@@ -211,6 +211,8 @@ case $unsafe_debug in
     0)  ;;
     1)  [ "$node_env" != production ] \
             || die "UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS: refused with NODE_ENV=production (nginx's debug log records tokens, cookies and secrets)"
+        [ -z "$deploy" ] \
+            || die "UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS: refused by scripts/entrypoint.sh (the image): nginx's debug log records tokens, cookies and secrets"
         log_level=debug header_log_level=debug
         warn "UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS=1: nginx's debug log records every request header (session tokens, cookies, CRON_SECRET, CLERK_SECRET_KEY); local debugging only" ;;
     *)  die "UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS: must be 0 or 1 (1: nginx's debug log, with secrets, local only)" ;;

@@ -104,7 +104,8 @@ my @ours = qw(DATABASE_URL CLERK_JWT_KEY CLERK_JWKS_FILE CLERK_JWKS_URL
               CORS_ORIGIN RATE_LIMIT_MAX RATE_LIMIT_WINDOW MAX_REQUEST_SIZE
               LOG_LEVEL UPGRADE_URL METRICS_ALLOW PORT RUN_DIR TENANT_MODULE
               UPSTREAM_CA_FILE NODE_ENV MIGRATE_ON_START NGINX
-              UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS);
+              UNSAFE_NGINX_DEBUG_LOG_WITH_SECRETS
+              TEST_ONLY_CLERK_SECRET_TO_LOOPBACK);
 delete @ENV{@ours};
 
 my $seq = 0;
@@ -115,6 +116,7 @@ sub env_for {
         DATABASE_URL     => $pg->{url},
         CLERK_SECRET_KEY => $SK,
         CLERK_JWKS_URL   => "http://127.0.0.1:$jwks->{port}/v1/jwks",
+        TEST_ONLY_CLERK_SECRET_TO_LOOPBACK => 1,    # a fake Clerk
         ENCRYPTION_KEY   => $ENC,
         CRON_SECRET      => $CRON,
         BACKEND_URL      => "http://$upstream->{addr}",
