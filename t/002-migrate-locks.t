@@ -161,7 +161,7 @@ fill_pool();
     fill_pool();
     $r = run_migrate("$root/migrations");
     is $r->{rc}, 0, 'a second run succeeds' or diag $r->{out};
-    like $r->{out}, qr/^migrate: 0 applied, 5 already applied$/m, '... and applies nothing';
+    like $r->{out}, qr/^migrate: 0 applied, $n already applied$/m, '... and applies nothing';
     is advisory_locks(), 0, '... no advisory lock left';
 }
 
