@@ -116,7 +116,14 @@ my $HTTP = <<'EOF';
         location /api/ai/ {
             tenant_gateway         on;
             tenant_require_feature ai_forecasting;
-            tenant_upgrade_url     $arg_u;
+            tenant_upgrade_url     "";
+            proxy_pass             http://%%ECHO%%;
+        }
+
+        location /api/ai2/ {
+            tenant_gateway         on;
+            tenant_require_feature ai_forecasting;
+            tenant_upgrade_url     https://billing.example/up;
             proxy_pass             http://%%ECHO%%;
         }
 
@@ -554,14 +561,15 @@ my $before  = tenant_count();
     problem gw($ended->{clerk_organization_id}, '/api/items?trial2'), 402, 'trial_expired',
         'trial: an ended trial (contrast)';
 
-    # tenant_upgrade_url $arg_u
+    # tenant_upgrade_url "" and a literal one (this used $arg_u, a
+    # variable the client sets: refused since issue 12, item 5)
     my $st = create_tenant(status => 'active', tier => 'starter');
     $r = gw($st->{clerk_organization_id}, '/api/ai/x');
     problem $r, 403, 'feature_not_available', 'upgrade: starter on an ai_forecasting route';
     ok !exists $r->{json}{upgradeUrl}, 'upgrade: tenant_upgrade_url empty: no upgradeUrl member';
     is $r->{json}{requiredTier}, 'professional', 'upgrade: requiredTier still there';
-    $r = gw($st->{clerk_organization_id}, '/api/ai/x?u=https://billing.example/up');
-    is $r->{json}{upgradeUrl}, 'https://billing.example/up', 'upgrade: with ?u=: upgradeUrl';
+    $r = gw($st->{clerk_organization_id}, '/api/ai2/x');
+    is $r->{json}{upgradeUrl}, 'https://billing.example/up', 'upgrade: a literal tenant_upgrade_url: upgradeUrl';
 
     # preflight: Access-Control-Request-Method after 25 other headers (the
     # request's header list continues in a second part after 20)
