@@ -31,16 +31,8 @@ my $nginx = $TenantTest::NGINX;     # NGINX and TENANT_MODULE: make test-asan
 # Clerk's keys fetched at run time (CLERK_SECRET_KEY + CLERK_JWKS_URL):
 # a JWKS endpoint of our own that wants the secret as bearer.
 my $SK   = 'sk_test_' . ('Zq7' x 12);
-my $HITS = TenantTest::tmpdir() . '/jwks-hits';
-my $jwks = echo_start(handler => sub {
-    my ($req) = @_;
-    my $auth = $req->{headers}{authorization}[0] // '';
-    open my $fh, '>>', $HITS or die "$HITS: $!";
-    print $fh "$req->{method} $req->{uri} $auth\n";
-    close $fh;
-    return (401, [], '{"errors":[]}') if $auth ne "Bearer $SK";
-    return (200, ['Content-Type' => 'application/json'], $keys->{jwks_json});
-});
+my $jwks = clerk_jwks_start(secret => $SK, jwks => $keys->{jwks_json});
+my $HITS = $jwks->{hits};
 
 shipped('PEM key (CLERK_JWT_KEY)', {
     CLERK_JWT_KEY => scalar do { local (@ARGV, $/) = $keys->{rsa_pub}; <> },

@@ -82,7 +82,7 @@ our @EXPORT = qw(
     nginx_start nginx_reload nginx_stop nginx_conf_test nginx_workers
     error_log log_mark error_log_allow
     http async_http wait_http http_done retry_until free_port project_root
-    alive pg_proxy pgbouncer_start
+    alive pg_proxy pgbouncer_start clerk_jwks_start
 );
 
 our $ROOT   = abs_path(dirname(__FILE__) . '/../..');
@@ -551,6 +551,28 @@ sub jwt_raw {
 
 ###########################################################################
 # Fake upstream
+
+# A fake Clerk Backend API JWKS endpoint (CLERK_SECRET_KEY +
+# CLERK_JWKS_URL): answers jwks => JSON to "Authorization: Bearer
+# <secret>", 401 otherwise, and appends "METHOD URI AUTHORIZATION" to the
+# file {hits} for each request.  Returns echo_start's hash with {hits}.
+my $CLERK_JWKS_SEQ = 0;
+
+sub clerk_jwks_start {
+    my (%o) = @_;
+    my $hits = tmpdir() . '/jwks-hits.' . ++$CLERK_JWKS_SEQ;
+    my $srv = echo_start(handler => sub {
+        my ($req) = @_;
+        my $auth = $req->{headers}{authorization}[0] // '';
+        open my $fh, '>>', $hits or die "$hits: $!";
+        print $fh "$req->{method} $req->{uri} $auth\n";
+        close $fh;
+        return (401, [], '{"errors":[]}') if $auth ne "Bearer $o{secret}";
+        return (200, ['Content-Type' => 'application/json'], $o{jwks});
+    });
+    $srv->{hits} = $hits;
+    return $srv;
+}
 
 # A tiny HTTP/1.1 server on 127.0.0.1:<free port> in forked processes
 # (workers, default 2), one request per connection (Connection: close).
