@@ -24,6 +24,9 @@
 
 #define NGX_TENANT_RETRY_AFTER    "5"
 
+#define NGX_TENANT_ADMIN_BEARER_DETAIL                                       \
+    "the admin API takes its token from Authorization: Bearer only"
+
 #define NGX_TENANT_ADMIN_SESSION_DETAIL                                      \
     "administrator rights are accepted from Clerk session tokens only "      \
     "(a token with a \"sid\" claim), not from JWT template tokens"
@@ -141,8 +144,8 @@ static ngx_int_t ngx_tenant_access_admin(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
     ngx_tenant_ctx_t *ctx);
 static ngx_int_t ngx_tenant_access_token(ngx_http_request_t *r,
-    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx,
-    tenant_jwt_status_t *status);
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx, tenant_jwt_status_t *status);
 static ngx_int_t ngx_tenant_access_cookie(ngx_http_request_t *r,
     const u_char **token, size_t *len);
 static ngx_uint_t ngx_tenant_is_preflight(ngx_http_request_t *r);
@@ -353,14 +356,12 @@ ngx_tenant_access_verify(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     org = ctx->org;
     norg = ctx->norg;
 
-    rc = ngx_tenant_access_token(r, tmcf, ctx, &status);
+    rc = ngx_tenant_access_token(r, tmcf, tlcf, ctx, &status);
 
     if (rc == NGX_DECLINED && tlcf->gateway == NGX_TENANT_GATEWAY_ADMIN) {
         return ngx_tenant_refuse(r, tlcf, ctx, NGX_TENANT_R_TOKEN_MISSING,
-                                 "the admin API takes its token from "
-                                 "Authorization: Bearer only",
-                                 sizeof("the admin API takes its token from "
-                                        "Authorization: Bearer only") - 1);
+                                 NGX_TENANT_ADMIN_BEARER_DETAIL,
+                                 sizeof(NGX_TENANT_ADMIN_BEARER_DETAIL) - 1);
     }
 
     if (rc == NGX_DECLINED) {
@@ -547,7 +548,8 @@ ngx_tenant_access_admin(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 
 static ngx_int_t
 ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
-    ngx_tenant_ctx_t *ctx, tenant_jwt_status_t *status)
+    ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx,
+    tenant_jwt_status_t *status)
 {
     size_t                len;
     time_t                now;
@@ -558,7 +560,6 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     tenant_keyset_t      *keys;
     tenant_jwt_policy_t   policy;
     ngx_tenant_token_t    cached;
-    ngx_tenant_loc_conf_t *tlcf;
     u_char                key[TENANT_SHA256_LEN];
 
     h = r->headers_in.authorization;
@@ -576,8 +577,6 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
          * Not on "tenant_gateway admin": a browser sends the cookie with
          * requests that pages of other sites make it send (issue 12).
          */
-
-        tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
 
         if (tlcf->gateway == NGX_TENANT_GATEWAY_ADMIN) {
             return NGX_DECLINED;
