@@ -1,7 +1,7 @@
 #!/usr/bin/env perl
 # The container: scripts/entrypoint.sh (validation, nginx -t, migrations,
 # nginx in the foreground), scripts/build-module.sh, the Dockerfile's
-# consistency with them, and render.yaml.  No Docker engine needed: every
+# consistency with them.  No Docker engine needed: every
 # step the Dockerfile runs is one of these scripts.
 
 use strict;
@@ -338,38 +338,6 @@ like $ep // '', qr{^\["/srv/gateway/scripts/entrypoint\.sh"\]$}, 'runtime: ENTRY
 }
 
 
-# ---- (f) render.yaml ------------------------------------------------------
-
-SKIP: {
-    eval { require YAML::XS; 1 }
-        or skip 'YAML::XS missing (libyaml-libyaml-perl; make deps)', 1;
-    my $y = eval { YAML::XS::LoadFile("$root/render.yaml") };
-    ok ref $y eq 'HASH', 'render.yaml parses' or diag $@;
-    my @svc = @{ $y->{services} || [] };
-    my ($web)  = grep { ($_->{type} // '') eq 'web' } @svc;
-    my ($cronj) = grep { ($_->{type} // '') eq 'cron' } @svc;
-    ok $web, 'render.yaml: a web service';
-    is $web->{runtime}, 'docker', 'web: runtime docker';
-    is $web->{dockerfilePath}, './Dockerfile', 'web: the Dockerfile';
-    is $web->{healthCheckPath}, '/api/health', 'web: healthCheckPath /api/health';
-    my %ev = map { $_->{key} => $_ } @{ $web->{envVars} || [] };
-    for my $k (qw(CLERK_JWT_KEY ENCRYPTION_KEY)) {
-        ok exists $ev{$k}{sync} && !$ev{$k}{sync}, "web: $k sync: false";
-    }
-    ok $ev{CRON_SECRET}{generateValue}, 'web: CRON_SECRET generated';
-    my ($db) = @{ $y->{databases} || [] };
-    ok $db && $db->{name}, 'render.yaml: a database';
-    is $ev{DATABASE_URL}{fromDatabase}{name}, $db->{name},
-        'web: DATABASE_URL from that database';
-    is $ev{DATABASE_URL}{fromDatabase}{property}, 'connectionString',
-        'web: its connection string';
-    ok $cronj, 'render.yaml: a cron job';
-    like $cronj->{dockerCommand} // $cronj->{startCommand} // '',
-        qr{POST.*Authorization: Bearer \$CRON_SECRET.*/api/cron/expire-trials}s,
-        'cron: POSTs /api/cron/expire-trials with the bearer CRON_SECRET';
-    my ($cs) = grep { $_->{key} eq 'CRON_SECRET' } @{ $cronj->{envVars} || [] };
-    is $cs->{fromService}{envVarKey}, 'CRON_SECRET', 'cron: CRON_SECRET from the gateway';
-    is $cs->{fromService}{name}, $web->{name}, 'cron: that gateway';
-}
+# render.yaml: t/057-render-yaml.t.
 
 done_testing;
