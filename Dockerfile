@@ -46,7 +46,10 @@ ENV RUN_DIR=/run/gateway \
 USER gateway
 WORKDIR /srv/gateway
 EXPOSE 8080
-# nginx: SIGQUIT is the graceful shutdown.
+# The entrypoint (PID 1, nginx its child) turns SIGTERM, SIGQUIT and SIGINT
+# into nginx's graceful stop (SIGQUIT), bounded by SHUTDOWN_TIMEOUT (25 s):
+# Render sends SIGTERM whatever this line says.  docker stop waits 10 s
+# before its SIGKILL unless told otherwise (docker stop -t 30).
 STOPSIGNAL SIGQUIT
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD curl -fsS "http://127.0.0.1:${PORT}/api/health" >/dev/null || exit 1

@@ -13,8 +13,25 @@
 #    --check stops here (exit 0): `docker run IMAGE --check`, the tests.
 # 3. MIGRATE_ON_START=1: scripts/migrate.sh (default 0: migrations are a
 #    release step, e.g. `make migrate` or a pre-deploy command).
-# 4. exec nginx in the foreground (PID 1 in a container; SIGQUIT stops it
-#    gracefully, SIGTERM fast).
+# 4. nginx in the foreground as this script's child, not exec'd: nginx
+#    takes SIGTERM as a fast stop (in-flight requests cut), and a deploy
+#    on Render sends SIGTERM to the container's main process, whatever
+#    the Dockerfile's STOPSIGNAL says.  So the script stays, as PID 1:
+#      SIGTERM, SIGQUIT, SIGINT  nginx's graceful stop (SIGQUIT): it
+#                  closes its listening sockets (new connections are
+#                  refused), closes idle keep-alive connections, lets
+#                  the requests in flight finish, bounded by
+#                  worker_shutdown_timeout (SHUTDOWN_TIMEOUT, 25 s, below
+#                  Render's maxShutdownDelaySeconds), and exits 0.  A
+#                  second signal changes nothing: the drain goes on
+#                  within that bound (a fast stop: SIGTERM to nginx's
+#                  own pid, RUN_DIR/nginx.pid; the platform's SIGKILL at
+#                  its deadline ends everything anyway).
+#      SIGHUP      forwarded: nginx reloads (the same rendered file).
+#    The script exits with nginx's status: 0 after a graceful stop; 128+N
+#    when nginx dies of signal N by itself.  It reaps every child (bash
+#    does), so orphans never pile up under PID 1.  A stop signal before
+#    nginx starts (during migrations): exit 0 without starting it.
 #
 #   RUN_DIR        /run/gateway (nginx.conf, pid, temp files, key file)
 #   TENANT_MODULE  /usr/lib/nginx/modules/ngx_tenant_module.so
@@ -44,6 +61,65 @@ nginx=${NGINX:-nginx}
 unset NGINX
 conf=$RUN_DIR/nginx.conf
 
+# The stop signals (step 4).  Traps, not exec: bash as PID 1 gets only
+# the signals it traps (the kernel drops the others).  Set now, so that a
+# deploy's SIGTERM during the steps before nginx is not lost: a
+# foreground step (render-conf.sh, migrate.sh) finishes, then the script
+# exits 0 instead of starting nginx.  Not for --check (unchanged).
+nginx_pid=
+stopping=
+pid_file=$RUN_DIR/nginx.pid
+
+# Whether nginx has installed its signal handlers: it does so before it
+# writes its pid file (and before it starts any worker).
+nginx_ready() {
+    local p
+    read -r p 2>/dev/null < "$pid_file" && [ "$p" = "$nginx_pid" ]
+}
+
+# nginx's graceful stop.  Not before its handlers are installed: bash
+# starts a background command with SIGQUIT ignored, so an early SIGQUIT
+# would be lost (no worker serves before then, nothing to drain).
+quit_nginx() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        nginx_ready && break
+        kill -0 "$nginx_pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -QUIT "$nginx_pid" 2>/dev/null || true
+}
+
+on_signal() {
+    case $1 in
+        HUP)
+            # reload; never before nginx's handlers are installed (SIGHUP
+            # would kill it) nor while it stops
+            if [ -n "$nginx_pid" ] && [ -z "$stopping" ] && nginx_ready; then
+                kill -HUP "$nginx_pid" 2>/dev/null || true
+            fi
+            return 0 ;;
+    esac
+    if [ -n "$stopping" ]; then
+        printf 'entrypoint: SIG%s: already stopping gracefully\n' "$1" >&2
+    elif [ -z "$nginx_pid" ]; then
+        stopping=1
+        printf 'entrypoint: SIG%s: stopping before nginx starts\n' "$1" >&2
+    else
+        stopping=1
+        printf 'entrypoint: SIG%s: graceful stop (nginx SIGQUIT: requests in flight finish, new connections refused)\n' "$1" >&2
+    fi
+    # again on a second signal: harmless to an nginx that is stopping
+    [ -z "$nginx_pid" ] || quit_nginx
+}
+
+if [ -z "$check" ]; then
+    trap 'on_signal TERM' TERM
+    trap 'on_signal QUIT' QUIT
+    trap 'on_signal INT'  INT
+    trap 'on_signal HUP'  HUP
+fi
+
 # The container never writes nginx's debug log: it records every request
 # header (tokens, cookies, CRON_SECRET, CLERK_SECRET_KEY), and its logs go
 # to the platform's dashboard and log drains.
@@ -65,7 +141,6 @@ command -v "$nginx" >/dev/null 2>&1 || die "nginx not found ($nginx)"
 "$here/render-conf.sh" --deploy "$conf" || exit 1
 
 # Left over by a previous run in the same RUN_DIR (a restarted container).
-pid_file=$RUN_DIR/nginx.pid
 if [ -s "$pid_file" ]; then
     pid=$(cat "$pid_file" 2>/dev/null || true)
     if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
@@ -88,9 +163,28 @@ if [ -n "$check" ]; then
     echo "entrypoint: $conf is valid (nginx -t)"
     exit 0
 fi
+[ -z "$stopping" ] || exit 0
 
 if [ "${MIGRATE_ON_START:-0}" = 1 ]; then
     "$here/migrate.sh" || die "migrations failed (see above)"
 fi
+[ -z "$stopping" ] || exit 0
 
-exec "$nginx" -p "$RUN_DIR/" -e stderr -c "$conf" -g 'daemon off;'
+(( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 501 )) \
+    || die "bash 5.1 or later needed (wait -p), this is $BASH_VERSION"
+"$nginx" -p "$RUN_DIR/" -e stderr -c "$conf" -g 'daemon off;' &
+nginx_pid=$!
+# a signal between the two lines above found no pid
+[ -z "$stopping" ] || quit_nginx
+
+# A trapped signal ends `wait` early (status > 128, done_pid unset): wait
+# again until nginx itself has exited.  wait -p: bash 5.1 or later.
+while :; do
+    status=0 done_pid=
+    wait -p done_pid "$nginx_pid" || status=$?
+    [ -z "${done_pid:-}" ] && (( status > 128 )) || break
+done
+if [ -z "$stopping" ]; then
+    printf 'entrypoint: nginx exited by itself (status %s)\n' "$status" >&2
+fi
+exit "$status"

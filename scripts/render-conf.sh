@@ -55,6 +55,12 @@
 #   UPGRADE_URL              https://app.capliquify.com/settings/billing?...
 #   METRICS_ALLOW            "" (only 127.0.0.1 and ::1 may read /metrics);
 #                            addresses or CIDRs of the Prometheus scrapers
+#   SHUTDOWN_TIMEOUT         25 (seconds, 1-295): nginx's
+#                            worker_shutdown_timeout, the bound of a
+#                            graceful stop (a deploy): requests and
+#                            streams still running then are cut; keep it
+#                            below the platform's kill delay (Render's
+#                            maxShutdownDelaySeconds, 30 by default)
 #   PORT                     8080
 #   RUN_DIR                  .local/run (pid, temp files, key file, socket)
 #   TENANT_MODULE            build/nginx/objs/ngx_tenant_module.so
@@ -252,6 +258,13 @@ posint rate_window "$rate_window_env" \
     || die "RATE_LIMIT_WINDOW: at most 86400000 (one day)$(got "$rate_window_env")"
 (( rate_max <= 100000000 && rate_window * 1000 >= rate_max )) \
     || die "RATE_LIMIT_MAX: at most 100000000, and at most one request per microsecond of RATE_LIMIT_WINDOW$(got "$rate_max_env")"
+
+# SHUTDOWN_TIMEOUT: worker_shutdown_timeout, seconds.  At most 295: Render
+# kills a stopping instance after maxShutdownDelaySeconds (at most 300),
+# and nginx needs a moment after the timeout to close and exit.
+get shutdown_timeout_env SHUTDOWN_TIMEOUT 25
+posint shutdown_timeout "$shutdown_timeout_env" && (( shutdown_timeout <= 295 )) \
+    || die "SHUTDOWN_TIMEOUT: must be 1-295 seconds, a few below the platform's kill delay (Render: maxShutdownDelaySeconds, 30 by default)$(got "$shutdown_timeout_env")"
 
 # METRICS_ALLOW: who may scrape /metrics besides the machine itself
 # (nginx "allow" addresses or CIDRs, comma- or space-separated)
@@ -574,6 +587,7 @@ export RC_MCP_HOST_HEADER=$mcp_host_header
 export RC_UPSTREAM_CA_FILE=$ca_file
 export RC_CORS_ORIGIN_MAP=$cors_map
 export RC_PORT=$port
+export RC_SHUTDOWN_TIMEOUT=$shutdown_timeout
 export RC_DEMO_PORT=$demo_port
 export RC_DEMO_UPSTREAM=$demo
 
