@@ -2,6 +2,12 @@
 # The container's entrypoint (Dockerfile); also runs from a checkout.
 #
 #   scripts/entrypoint.sh [--check]
+#   scripts/entrypoint.sh migrate | /path/to/command [args]
+#
+# migrate runs scripts/migrate.sh, an absolute path runs that command
+# (exec, nothing else): the image's pre-deploy command
+# (/srv/gateway/scripts/migrate.sh in render.yaml) works whether the
+# platform passes it to this entrypoint or runs it instead.
 #
 # 1. scripts/render-conf.sh --deploy validates the environment (see its
 #    header) and renders RUN_DIR/nginx.conf; a missing or malformed
@@ -49,7 +55,13 @@ check=
 case ${1:-} in
     --check) check=1 ;;
     "") ;;
-    *) echo "usage: scripts/entrypoint.sh [--check]" >&2; exit 2 ;;
+    # A command for the image: Render's preDeployCommand
+    # (/srv/gateway/scripts/migrate.sh), whether the platform runs it
+    # through this entrypoint or instead of it; `docker run IMAGE
+    # /srv/gateway/scripts/migrate.sh`.
+    migrate) shift; exec "$here/migrate.sh" "$@" ;;
+    /*) exec "$@" ;;
+    *) echo "usage: scripts/entrypoint.sh [--check | migrate | /path/to/command [args]]" >&2; exit 2 ;;
 esac
 
 export RUN_DIR=${RUN_DIR:-/run/gateway}

@@ -179,6 +179,14 @@ my $echo = echo_start();
     like $out . $err, qr/applied/, 'the pre-deploy command applies the migrations';
     my ($again) = TenantTest::run_cmd({ DATABASE_URL => $pg->{url} }, $pre =~ s{^/srv/gateway}{$root}r);
     unlike $again, qr/^migrate: applied /m, '... and nothing on the next deploy';
+    # Through the image's ENTRYPOINT, as a platform may run it.
+    my ($via) = TenantTest::run_cmd({ DATABASE_URL => $pg->{url} },
+        "$root/scripts/entrypoint.sh", $pre =~ s{^/srv/gateway}{$root}r);
+    like $via, qr/^migrate: 0 applied, \d+ already applied$/m,
+        '... also when passed to the entrypoint';
+    ($via) = TenantTest::run_cmd({ DATABASE_URL => $pg->{url} },
+        "$root/scripts/entrypoint.sh", 'migrate');
+    like $via, qr/^migrate: 0 applied/m, '... or as its "migrate" command';
 }
 
 my $port = free_port();
