@@ -61,7 +61,8 @@
 #                            streams still running then are cut; keep it
 #                            below the platform's kill delay (Render's
 #                            maxShutdownDelaySeconds, 30 by default)
-#   PORT                     8080
+#   PORT                     8080 (Render sets 10000; with RENDER=true
+#                            its reserved 18012, 18013, 19099 are refused)
 #   RUN_DIR                  .local/run (pid, temp files, key file, socket)
 #   TENANT_MODULE            build/nginx/objs/ngx_tenant_module.so
 #   UPSTREAM_CA_FILE         /etc/ssl/certs/ca-certificates.crt (used when
@@ -180,6 +181,13 @@ get cron_secret CRON_SECRET
 
 get port PORT 8080
 port_ok "$port" || die "PORT: must be a port number 1-65535$(got "$port")"
+# Render reserves these for its own processes in the instance.
+if [ "${RENDER:-}" = true ]; then
+    case $((10#$port)) in
+        18012|18013|19099)
+            die "PORT: $port is reserved by Render (18012, 18013, 19099); leave PORT unset (Render sets 10000) or choose another" ;;
+    esac
+fi
 port=$((10#$port))
 
 get demo_port DEMO_PORT 8081

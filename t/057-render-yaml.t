@@ -224,6 +224,13 @@ like $env{CRON_SECRET}, qr{^[A-Za-z0-9+/]{43}=$}, 'a generated value as Render m
     local %ENV = %env;
     $out = `'$root/scripts/entrypoint.sh' --check 2>&1`;
     is $?, 0, '... also with Render\'s default PORT 10000' or diag $out;
+    for my $reserved (18012, 18013, 19099) {
+        local $env{PORT} = $reserved;
+        local %ENV = %env;
+        $out = `'$root/scripts/entrypoint.sh' --check 2>&1`;
+        isnt $?, 0, "PORT $reserved, reserved by Render: refused";
+        like $out, qr/^render-conf: PORT: $reserved is reserved by Render/m, '... naming it';
+    }
 }
 
 # The health check path: 200 while PostgreSQL is up, and while it is
