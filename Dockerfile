@@ -49,5 +49,5 @@ EXPOSE 8080
 # nginx: SIGQUIT is the graceful shutdown.
 STOPSIGNAL SIGQUIT
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD curl -fsS "http://127.0.0.1:${PORT}/api/health" >/dev/null || exit 1
+    CMD curl -fsS "http://127.0.0.1:${PORT}/api/health/live" >/dev/null || exit 1
 ENTRYPOINT ["/srv/gateway/scripts/entrypoint.sh"]
