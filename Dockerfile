@@ -52,5 +52,5 @@ EXPOSE 8080
 # before its SIGKILL unless told otherwise (docker stop -t 30).
 STOPSIGNAL SIGQUIT
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD curl -fsS "http://127.0.0.1:${PORT}/api/health" >/dev/null || exit 1
+    CMD curl -fsS "http://127.0.0.1:${PORT}/api/health/live" >/dev/null || exit 1
 ENTRYPOINT ["/srv/gateway/scripts/entrypoint.sh"]

@@ -280,7 +280,7 @@ static ngx_command_t  ngx_tenant_commands[] = {
       NULL },
 
     { ngx_string("tenant_health"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
       ngx_tenant_health,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,

@@ -11,6 +11,18 @@
  * that arrive meanwhile wait for its answer, and an answer is reused for
  * NGX_TENANT_HEALTH_REUSE milliseconds.
  *
+ * tenant_health live: the platform's check (Render's healthCheckPath),
+ * which must fail only when this instance cannot serve: the worker
+ * answers and can verify a token, i.e. has a key (a static one, or one
+ * fetched by tenant_jwks_request).  It never waits for or asks the
+ * database; the body says what the worker last knew of it:
+ *   200 {"status":"ok","uptime":N,"keys":K,"database":"connected"}
+ *   503 problem+json "keys_unavailable", with uptime, keys and database
+ * A worker with no key yet (keys from a URL only, a fresh instance)
+ * starts the fetch itself, or joins the one under way, and waits for it
+ * at most NGX_TENANT_HEALTH_LIVE_WAIT ms: the platform routes nothing to
+ * an instance before its check passes, so no token would ever start it.
+ *
  * Allocation failures answer 500; tests do not provoke them (class A of
  * docs/coverage-gaps.md).
  */
@@ -26,7 +38,10 @@
 #include "ngx_tenant_pg.h"
 
 
-#define NGX_TENANT_HEALTH_REUSE   1000
+#define NGX_TENANT_HEALTH_REUSE      1000
+
+/* under Render's 5 s response timeout */
+#define NGX_TENANT_HEALTH_LIVE_WAIT  3000
 
 
 typedef struct {
@@ -46,7 +61,24 @@ typedef struct {
 } ngx_tenant_health_ctx_t;
 
 
+/* A liveness check waiting for keys. */
+
+typedef struct {
+    ngx_http_request_t    *request;
+    ngx_tenant_ctx_t       jwks;           /* the JWKS wait's state */
+    ngx_event_t            timer;
+    unsigned               timed_out:1;
+} ngx_tenant_health_live_t;
+
+
 static ngx_int_t ngx_tenant_health_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_tenant_health_live_handler(ngx_http_request_t *r);
+static ngx_tenant_health_live_t *ngx_tenant_health_live_get(
+    ngx_http_request_t *r);
+static ngx_int_t ngx_tenant_health_live_send(ngx_http_request_t *r,
+    tenant_keyset_t *keys, const char *detail);
+static void ngx_tenant_health_live_timeout(ngx_event_t *ev);
+static void ngx_tenant_health_live_cleanup(void *data);
 static void ngx_tenant_health_done(ngx_tenant_pg_req_t *req, PGresult *res);
 static void ngx_tenant_health_answer(ngx_uint_t ok);
 static ngx_int_t ngx_tenant_health_send(ngx_http_request_t *r,
@@ -57,15 +89,36 @@ static void ngx_tenant_health_cleanup(void *data);
 static ngx_tenant_health_ping_t  ngx_tenant_health_ping;
 
 
+/* tenant_health [live]; */
+
 char *
 ngx_tenant_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_str_t                 *value;
     ngx_http_core_loc_conf_t  *clcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_tenant_health_handler;
 
-    return NGX_CONF_OK;
+    if (clcf->handler) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 1) {
+        clcf->handler = ngx_tenant_health_handler;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value[1].data, "live") == 0) {
+        clcf->handler = ngx_tenant_health_live_handler;
+        return NGX_CONF_OK;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\" (tenant_health takes "
+                       "nothing, or \"live\")", &value[1]);
+    return NGX_CONF_ERROR;
 }
 
 
@@ -255,4 +308,218 @@ ngx_tenant_health_cleanup(void *data)
         ngx_tenant_pg_cancel(&ping->query);
         ping->running = 0;
     }
+}
+
+
+/*
+ * The liveness check.  A content handler that may wait: it runs again
+ * (the phases run again from the content phase) when the JWKS fetch it
+ * waits for ends, or when its timer fires; its state is found through
+ * its pool cleanup.
+ */
+
+static ngx_int_t
+ngx_tenant_health_live_handler(ngx_http_request_t *r)
+{
+    uint32_t                   policy;
+    ngx_int_t                  rc;
+    tenant_keyset_t           *keys;
+    ngx_pool_cleanup_t        *cln;
+    ngx_tenant_main_conf_t    *tmcf;
+    ngx_tenant_health_live_t  *live;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+    live = ngx_tenant_health_live_get(r);
+
+    if (live) {
+        /* again: the fetch ended, or the time is up */
+
+        if (!live->timed_out) {
+            rc = ngx_tenant_jwks_waiting(r, tmcf, &live->jwks);
+
+            if (rc == NGX_AGAIN) {
+                r->main->count++;
+                return NGX_DONE;
+            }
+        }
+
+        if (live->timer.timer_set) {
+            ngx_del_timer(&live->timer);
+        }
+
+        keys = ngx_tenant_jwks_keys(tmcf, r->connection->log, &policy);
+
+        if (keys->nkeys) {
+            return ngx_tenant_health_live_send(r, keys, NULL);
+        }
+
+        return ngx_tenant_health_live_send(r, keys, live->timed_out
+                   ? "no signing key yet: the JWKS fetch did not end "
+                     "within 3 s"
+                   : "no signing key could be fetched from the JWKS "
+                     "endpoint (see the error log); it is tried again at "
+                     "most once per interval");
+    }
+
+    keys = ngx_tenant_jwks_keys(tmcf, r->connection->log, &policy);
+
+    if (keys->nkeys) {
+        return ngx_tenant_health_live_send(r, keys, NULL);
+    }
+
+    if (tmcf->jwks == NULL) {
+        return ngx_tenant_health_live_send(r, keys,
+                   "no signing key is configured (tenant_jwt_key, "
+                   "tenant_jwks_file or tenant_jwks_request)");
+    }
+
+    /* keys from a URL only, none yet: fetch them, or wait for the fetch
+     * under way */
+
+    live = ngx_pcalloc(r->pool, sizeof(ngx_tenant_health_live_t));
+    if (live == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    live->request = r;
+
+    cln->handler = ngx_tenant_health_live_cleanup;
+    cln->data = live;
+
+    rc = ngx_tenant_jwks_prefetch(r, tmcf, &live->jwks);
+
+    if (rc != NGX_AGAIN) {
+        return ngx_tenant_health_live_send(r, keys,
+                   "no signing key could be fetched from the JWKS "
+                   "endpoint (see the error log); it is tried again at "
+                   "most once per interval");
+    }
+
+    live->timer.handler = ngx_tenant_health_live_timeout;
+    live->timer.data = live;
+    live->timer.log = r->connection->log;
+
+    ngx_add_timer(&live->timer, NGX_TENANT_HEALTH_LIVE_WAIT);
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static ngx_tenant_health_live_t *
+ngx_tenant_health_live_get(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_tenant_health_live_cleanup) {
+            return cln->data;
+        }
+    }
+
+    return NULL;
+}
+
+
+/* The time is up: the request runs again, and answers with what it has. */
+
+static void
+ngx_tenant_health_live_timeout(ngx_event_t *ev)
+{
+    ngx_tenant_health_live_t *live = ev->data;
+
+    live->timed_out = 1;
+
+    /* woken already, its phases posted: they find timed_out */
+
+    ngx_tenant_jwks_stop_waiting(&live->jwks);
+}
+
+
+static void
+ngx_tenant_health_live_cleanup(void *data)
+{
+    ngx_tenant_health_live_t *live = data;
+
+    if (live->timer.timer_set) {
+        ngx_del_timer(&live->timer);
+    }
+}
+
+
+static ngx_int_t
+ngx_tenant_health_live_send(ngx_http_request_t *r, tenant_keyset_t *keys,
+    const char *detail)
+{
+    u_char                  *body, *p;
+    size_t                   len;
+    time_t                   uptime;
+    tenant_problem_t         pb;
+    ngx_tenant_main_conf_t  *tmcf;
+    u_char                   nkeys[NGX_INT_T_LEN], up[NGX_TIME_T_LEN];
+
+    static const char  *db[] = { "unknown", "connected", "disconnected" };
+
+    tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
+
+    uptime = ngx_time() - tmcf->start_time;
+
+    /* informational: never the reason for a failure */
+
+    p = (u_char *) db[tmcf->pg ? ngx_tenant_pg_pool_state(tmcf->pg)
+                               : NGX_TENANT_PG_DB_UNKNOWN];
+
+    if (detail == NULL) {
+        len = sizeof("{\"status\":\"ok\",\"uptime\":,\"keys\":,"
+                     "\"database\":\"disconnected\"}")
+              + NGX_TIME_T_LEN + NGX_INT_T_LEN;
+
+        body = ngx_pnalloc(r->pool, len);
+        if (body == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        len = ngx_sprintf(body, "{\"status\":\"ok\",\"uptime\":%T,"
+                          "\"keys\":%ui,\"database\":\"%s\"}",
+                          uptime, keys->nkeys, p)
+              - body;
+
+        return ngx_tenant_json_send(r, NGX_HTTP_OK, body, len);
+    }
+
+    /* not logged: the platform asks every few seconds, and a failed
+     * fetch logs why itself (once per interval) */
+
+    ngx_memzero(&pb, sizeof(tenant_problem_t));
+
+    pb.members[0].name = "uptime";
+    pb.members[0].value = (char *) up;
+    pb.members[0].value_len = ngx_sprintf(up, "%T", uptime) - up;
+    pb.members[0].number = 1;
+
+    pb.members[1].name = "keys";
+    pb.members[1].value = (char *) nkeys;
+    pb.members[1].value_len = ngx_sprintf(nkeys, "%ui", keys->nkeys) - nkeys;
+    pb.members[1].number = 1;
+
+    pb.members[2].name = "database";
+    pb.members[2].value = (char *) p;
+    pb.members[2].value_len = ngx_strlen(p);
+
+    pb.nmembers = 3;
+
+    return ngx_tenant_problem_answer(r, &pb, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                     "keys_unavailable",
+                                     "Signing keys unavailable",
+                                     (char *) detail);
 }

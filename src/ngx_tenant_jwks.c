@@ -124,6 +124,8 @@ static void ngx_tenant_jwks_install(ngx_tenant_jwks_t *jwks,
     tenant_keyset_t *ks, uint32_t crc, ngx_uint_t gen);
 static tenant_keyset_t *ngx_tenant_jwks_build(ngx_tenant_jwks_t *jwks,
     u_char *doc, size_t len, char *err, size_t errlen);
+static ngx_int_t ngx_tenant_jwks_enqueue(ngx_http_request_t *r,
+    ngx_tenant_jwks_t *jwks, ngx_uint_t id, ngx_tenant_ctx_t *ctx);
 static ngx_uint_t ngx_tenant_jwks_busy(ngx_tenant_jwks_t *jwks,
     ngx_uint_t id);
 static void ngx_tenant_jwks_sleep(ngx_tenant_jwks_waiter_t *w);
@@ -479,12 +481,10 @@ ngx_int_t
 ngx_tenant_jwks_wait(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ngx_tenant_ctx_t *ctx)
 {
-    ngx_int_t                  rc;
-    ngx_uint_t                 id;
-    ngx_pool_cleanup_t        *cln;
-    ngx_tenant_jwks_t         *jwks;
-    ngx_tenant_jwks_fetch_t   *f;
-    ngx_tenant_jwks_waiter_t  *w;
+    ngx_int_t                 rc;
+    ngx_uint_t                id;
+    ngx_tenant_jwks_t        *jwks;
+    ngx_tenant_jwks_fetch_t  *f;
 
     jwks = tmcf->jwks;
 
@@ -502,28 +502,8 @@ ngx_tenant_jwks_wait(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 
     if (rc == NGX_BUSY) {
         /* another request, maybe in another worker, is fetching (claim
-         * id): wait in the worker's queue, detached by the cleanup when
-         * the client goes away */
-
-        w = ngx_pcalloc(r->pool, sizeof(ngx_tenant_jwks_waiter_t));
-        cln = ngx_pool_cleanup_add(r->pool, 0);
-
-        if (w == NULL || cln == NULL) {
-            return NGX_DECLINED;
-        }
-
-        w->request = r;
-        w->jwks = jwks;
-        w->id = id;
-
-        cln->handler = ngx_tenant_jwks_waiter_cleanup;
-        cln->data = w;
-
-        ctx->state = NGX_TENANT_STATE_WAIT_KEYS;
-        ctx->jwks_waiter = w;
-
-        ngx_tenant_jwks_sleep(w);
-        return NGX_AGAIN;
+         * id): wait in the worker's queue */
+        return ngx_tenant_jwks_enqueue(r, jwks, id, ctx);
     }
 
     if (ngx_tenant_jwks_fetch(r, jwks, id, 0, &f) != NGX_OK) {
@@ -533,6 +513,114 @@ ngx_tenant_jwks_wait(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ctx->state = NGX_TENANT_STATE_WAIT_KEYS;
     ctx->jwks_fetch = f;
 
+    return NGX_AGAIN;
+}
+
+
+/*
+ * The liveness check (tenant_health live) of a worker that has no key:
+ * a fetch in the background, or the one under way, and the request waits
+ * for it in the worker's queue like a token's.  The fetch is background
+ * so that the check may answer before it ends (its own timer) and the
+ * fetch still goes on.  NGX_AGAIN: waiting, the phases run again when
+ * the fetch ends or ngx_tenant_jwks_stop_waiting() is called;
+ * NGX_DECLINED: no fetch now (one started less than "interval" ago).
+ */
+
+ngx_int_t
+ngx_tenant_jwks_prefetch(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_ctx_t *ctx)
+{
+    ngx_int_t           rc;
+    ngx_uint_t          id;
+    ngx_tenant_jwks_t  *jwks;
+
+    jwks = tmcf->jwks;
+
+    /* defensive: the health handler tests tmcf->jwks and is no
+     * subrequest's */
+
+    if (jwks == NULL || r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    rc = ngx_tenant_jwks_claim(jwks, &id);
+
+    if (rc == NGX_DECLINED) {
+        return NGX_DECLINED;
+    }
+
+    if (rc == NGX_OK) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "tenant: JWKS fetch %ui for the liveness check", id);
+
+        if (ngx_tenant_jwks_fetch(r, jwks, id, 1, NULL) != NGX_OK) {
+            return NGX_DECLINED;
+        }
+    }
+
+    return ngx_tenant_jwks_enqueue(r, jwks, id, ctx);
+}
+
+
+/*
+ * A request waiting in the queue (ngx_tenant_jwks_prefetch) stops: it is
+ * taken out and its phases run again, as if the fetch had ended.  One
+ * already woken (its phases are posted) is left alone.
+ */
+
+void
+ngx_tenant_jwks_stop_waiting(ngx_tenant_ctx_t *ctx)
+{
+    ngx_http_request_t        *r;
+    ngx_tenant_jwks_waiter_t  *w;
+
+    w = ctx->jwks_waiter;
+
+    if (w == NULL || !w->queued) {
+        return;
+    }
+
+    ngx_tenant_jwks_waiter_cleanup(w);
+
+    r = w->request;
+    r->write_event_handler = ngx_tenant_jwks_resume;
+
+    ngx_post_event(r->connection->write, &ngx_posted_events);
+}
+
+
+/*
+ * Into the worker's queue for the fetch of claim id, detached by the
+ * cleanup when the client goes away.  NGX_AGAIN, or NGX_DECLINED when
+ * out of memory.
+ */
+
+static ngx_int_t
+ngx_tenant_jwks_enqueue(ngx_http_request_t *r, ngx_tenant_jwks_t *jwks,
+    ngx_uint_t id, ngx_tenant_ctx_t *ctx)
+{
+    ngx_pool_cleanup_t        *cln;
+    ngx_tenant_jwks_waiter_t  *w;
+
+    w = ngx_pcalloc(r->pool, sizeof(ngx_tenant_jwks_waiter_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+
+    if (w == NULL || cln == NULL) {
+        return NGX_DECLINED;
+    }
+
+    w->request = r;
+    w->jwks = jwks;
+    w->id = id;
+
+    cln->handler = ngx_tenant_jwks_waiter_cleanup;
+    cln->data = w;
+
+    ctx->state = NGX_TENANT_STATE_WAIT_KEYS;
+    ctx->jwks_waiter = w;
+
+    ngx_tenant_jwks_sleep(w);
     return NGX_AGAIN;
 }
 

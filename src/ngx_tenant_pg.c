@@ -144,6 +144,27 @@ ngx_tenant_pg_pool_destroy(ngx_tenant_pg_pool_t *pool)
 }
 
 
+ngx_tenant_pg_db_state_e
+ngx_tenant_pg_pool_state(ngx_tenant_pg_pool_t *pool)
+{
+    ngx_uint_t  i;
+
+    if (pool->down) {
+        return NGX_TENANT_PG_DB_DISCONNECTED;
+    }
+
+    for (i = 0; i < pool->size; i++) {
+        if (pool->conns[i].state == NGX_TENANT_PG_IDLE
+            || pool->conns[i].state == NGX_TENANT_PG_BUSY)
+        {
+            return NGX_TENANT_PG_DB_CONNECTED;
+        }
+    }
+
+    return NGX_TENANT_PG_DB_UNKNOWN;
+}
+
+
 ngx_int_t
 ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
 {

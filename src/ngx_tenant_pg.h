@@ -92,6 +92,21 @@ void ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req);
  */
 ngx_int_t ngx_tenant_pg_orphan(ngx_tenant_pg_req_t *req);
 
+/*
+ * What the pool last knew of the database, without asking it: CONNECTED
+ * (a connection is open), DISCONNECTED (the last attempt failed, no
+ * connection has been made since) or UNKNOWN (nothing open, nothing
+ * failed: not used yet, or idle connections the server closed).
+ */
+typedef enum {
+    NGX_TENANT_PG_DB_UNKNOWN = 0,
+    NGX_TENANT_PG_DB_CONNECTED,
+    NGX_TENANT_PG_DB_DISCONNECTED
+} ngx_tenant_pg_db_state_e;
+
+ngx_tenant_pg_db_state_e ngx_tenant_pg_pool_state(
+    ngx_tenant_pg_pool_t *pool);
+
 /* For a pool that LISTENs: notifications, and losses of the connection
  * (after which it must LISTEN again on a new one). */
 void ngx_tenant_pg_pool_watch(ngx_tenant_pg_pool_t *pool,

@@ -138,6 +138,8 @@ sub render {
     like $c, qr/^\s*listen\s+8080;/m, '... listens on 8080';
     like $c, qr/location = \/api\/health \{\s*(?:error_log\s+stderr info;\s*)?tenant_health;\s*\}/,
         '... open health location';
+    like $c, qr/location = \/api\/health\/live \{[^}]*tenant_health live;\s*\}/,
+        '... open liveness location (the platform\'s check)';
     like $c, qr/location \/api\/ \{[^}]*tenant_gateway\s+on;[^}]*proxy_pass/,
         '... /api/ is gated and proxied';
     like $c, qr/^\s*tenant_feature_route\s+\/api\/forecasts\/ai\s+ai_forecasting;/m,

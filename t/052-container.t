@@ -195,6 +195,13 @@ sub serve {
     }
     is $status, 200, "$label: /api/health answers 200"
         or diag slurp("$out.err");
+    if (!$exited) {
+        my $res = $http->get("http://127.0.0.1:$env->{PORT}/api/health/live");
+        is $res->{status}, 200, "$label: /api/health/live answers 200"
+            or diag $res->{content};
+        like $res->{content}, qr/^\{"status":"ok","uptime":\d+,"keys":\d+,"database":"\w+"\}$/,
+            "$label: /api/health/live body" or diag $res->{content};
+    }
 
     # nginx runs as the entrypoint's child (t/053-drain.t: the entrypoint
     # turns a deploy's SIGTERM into nginx's graceful SIGQUIT)
@@ -272,7 +279,7 @@ push @{ $rt{$_->[0]} }, $_->[1] for @{ $runtime->{lines} };
 my ($user) = @{ $rt{USER} || [] };
 ok defined $user && $user !~ /^(root|0)(:|$)/, 'runtime: USER is not root';
 ok $rt{EXPOSE}, 'runtime: EXPOSE';
-like "@{ $rt{HEALTHCHECK} || [] }", qr{CMD .*/api/health}, 'runtime: HEALTHCHECK on /api/health';
+like "@{ $rt{HEALTHCHECK} || [] }", qr{CMD .*/api/health/live"}, 'runtime: HEALTHCHECK on /api/health/live';
 my ($ep) = @{ $rt{ENTRYPOINT} || [] };
 like $ep // '', qr{^\["/srv/gateway/scripts/entrypoint\.sh"\]$}, 'runtime: ENTRYPOINT';
 
