@@ -36,10 +36,10 @@
 # reason, for "worker_processes N (WHY)"), cpu_count_warnings (an array)
 # and cpu_count_error (a refusal of WORKER_PROCESSES: false is returned).
 cpu_count_workers() {
-    local wp root proc line path limit why_part n milli best best_why
+    local wp root proc line path n milli best best_why
     local -a parts=()
 
-    cpu_count= cpu_count_why= cpu_count_error=
+    cpu_count="" cpu_count_why="" cpu_count_error=""
     cpu_count_warnings=()
 
     wp=${WORKER_PROCESSES:-}
@@ -58,7 +58,7 @@ cpu_count_workers() {
     root=${CGROUP_ROOT:-/sys/fs/cgroup}
     root=${root%/}
     proc=/proc/self/cgroup
-    best= best_why=
+    best="" best_why=""
 
     # _cpu_limit MILLI TEXT: one more limit (in thousandths of a CPU)
     _cpu_limit() {

@@ -281,6 +281,8 @@ for w in "${cpu_count_warnings[@]}"; do
     warn "$w"
 done
 infos=("render-conf: worker_processes $workers ($cpu_count_why)")
+wn="$workers workers"
+(( workers == 1 )) && wn="1 worker"
 
 # DATABASE_POOL_SIZE: every connection one instance opens to PostgreSQL.
 # The listener (tenant_database_listen: one per instance, in the first
@@ -295,16 +297,17 @@ else
     posint db_pool_size "$pool_env" \
         || die "DATABASE_POOL_SIZE: must be a positive integer, the connections one instance opens to PostgreSQL$(got "$pool_env")"
     db_per_worker=$(( (db_pool_size - 1) / workers ))
-    (( db_per_worker >= 1 )) \
-        || die "DATABASE_POOL_SIZE: $db_pool_size leaves no connection for each of the $workers workers: ($db_pool_size - 1 listener) / $workers workers = 0 per worker; set at least $(( workers + 1 )), or a lower WORKER_PROCESSES"
+    if (( db_per_worker < 1 )); then
+        fewer=
+        (( workers > 1 )) && fewer=", or a lower WORKER_PROCESSES"
+        die "DATABASE_POOL_SIZE: $db_pool_size leaves no connection for each of the $wn: ($db_pool_size - 1 listener) / $wn = 0 per worker; set at least $(( workers + 1 ))$fewer"
+    fi
     pool_note=
     if (( db_per_worker > 256 )); then
         db_per_worker=256
         pool_note=" (at most 256 per worker)"
     fi
 fi
-wn="$workers workers"
-(( workers == 1 )) && wn="1 worker"
 infos+=("render-conf: database connections: $wn × $db_per_worker + 1 listener = $(( workers * db_per_worker + 1 )) of DATABASE_POOL_SIZE=$db_pool_size$pool_note")
 
 # METRICS_ALLOW: who may scrape /metrics besides the machine itself

@@ -274,7 +274,7 @@ for my $case (
     [{ WORKER_PROCESSES => 8, DATABASE_POOL_SIZE => 5 },
      qr/\Arender-conf: DATABASE_POOL_SIZE: 5 leaves no connection for each of the 8 workers: \(5 - 1 listener\) \/ 8 workers = 0 per worker; set at least 9,/],
     [{ WORKER_PROCESSES => 1, DATABASE_POOL_SIZE => 1 },
-     qr/\Arender-conf: DATABASE_POOL_SIZE: 1 leaves no connection for each of the 1 workers/],
+     qr/\Arender-conf: DATABASE_POOL_SIZE: 1 leaves no connection for each of the 1 worker: \(1 - 1 listener\) \/ 1 worker = 0 per worker; set at least 2\n\z/],
     [{ DATABASE_POOL_SIZE => 'ten' },
      qr/\Arender-conf: DATABASE_POOL_SIZE: must be a positive integer, the connections one instance opens to PostgreSQL \(got "ten"\)\n\z/],
     [{ DATABASE_POOL_SIZE => '0' },
