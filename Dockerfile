@@ -33,6 +33,8 @@ COPY --from=build /out/ngx_tenant_module.so /usr/lib/nginx/modules/ngx_tenant_mo
 COPY conf/nginx.conf.template /srv/gateway/conf/
 COPY migrations/ /srv/gateway/migrations/
 COPY scripts/entrypoint.sh scripts/render-conf.sh scripts/migrate.sh /srv/gateway/scripts/
+# sourced by render-conf.sh: worker_processes from the container's CPUs
+COPY scripts/cpu-count.sh /srv/gateway/scripts/
 
 RUN useradd --system --no-create-home --home-dir /srv/gateway \
         --shell /usr/sbin/nologin gateway \

@@ -1942,6 +1942,7 @@ ngx_tenant_cleanup_sign(void *data)
 static ngx_int_t
 ngx_tenant_init_process(ngx_cycle_t *cycle)
 {
+    u_char                  *name;
     ngx_tenant_main_conf_t  *tmcf;
 
     if (ngx_process != NGX_PROCESS_WORKER
@@ -1962,11 +1963,20 @@ ngx_tenant_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    name = ngx_pnalloc(cycle->pool, sizeof("ngx_tenant worker ")
+                                    + NGX_INT_T_LEN);
+    if (name == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(name, "ngx_tenant worker %ui%Z", ngx_worker);
+
     tmcf->pg = ngx_tenant_pg_pool_create(cycle, tmcf->db_info->keywords,
                                          tmcf->db_info->values,
                                          tmcf->db_pool_size,
                                          tmcf->db_timeout,
-                                         &tmcf->metrics->db);
+                                         &tmcf->metrics->db,
+                                         (const char *) name);
     if (tmcf->pg == NULL) {
         return NGX_ERROR;
     }

@@ -10,6 +10,15 @@
 #
 # A missing or malformed required variable: exit 1 and one line on stderr
 # naming the variable and what is wrong.  Secret values are never printed.
+# On success, two lines on stderr say the workers and the database
+# connections chosen, and why:
+#
+#   render-conf: worker_processes 2 (least of: cgroup v2 cpu.max
+#       200000/100000 = 2 CPUs; cpuset 0-15 = 16 CPUs; nproc 16)
+#   render-conf: database connections: 2 workers × 4 + 1 listener = 9
+#       of DATABASE_POOL_SIZE=10
+#
+# (one line each), then any warnings.
 #
 # Variables (empty counts as unset; surrounding blanks are ignored):
 #
@@ -55,6 +64,14 @@
 #   UPGRADE_URL              https://app.capliquify.com/settings/billing?...
 #   METRICS_ALLOW            "" (only 127.0.0.1 and ::1 may read /metrics);
 #                            addresses or CIDRs of the Prometheus scrapers
+#   WORKER_PROCESSES         auto: the container's CPUs (cgroup quota,
+#                            cpuset, affinity, RENDER_CPU_COUNT: see
+#                            scripts/cpu-count.sh); or a number 1-64
+#   DATABASE_POOL_SIZE       the connections one instance opens to
+#                            PostgreSQL in all: 1 for the listener, and
+#                            each worker's pool gets
+#                            (DATABASE_POOL_SIZE - 1) / workers, refused
+#                            when that is 0; default: 4 per worker + 1
 #   SHUTDOWN_TIMEOUT         25 (seconds, 1-295): nginx's
 #                            worker_shutdown_timeout, the bound of a
 #                            graceful stop (a deploy): requests and
@@ -273,6 +290,46 @@ posint rate_window "$rate_window_env" \
 get shutdown_timeout_env SHUTDOWN_TIMEOUT 25
 posint shutdown_timeout "$shutdown_timeout_env" && (( shutdown_timeout <= 295 )) \
     || die "SHUTDOWN_TIMEOUT: must be 1-295 seconds, a few below the platform's kill delay (Render: maxShutdownDelaySeconds, 30 by default)$(got "$shutdown_timeout_env")"
+
+# ---- workers and database connections --------------------------------------
+
+# worker_processes from the container's CPUs (scripts/cpu-count.sh), not
+# nginx's "auto", which counts the host's.
+. "$root/scripts/cpu-count.sh"
+cpu_count_workers || die "$cpu_count_error"
+workers=$cpu_count
+for w in "${cpu_count_warnings[@]}"; do
+    warn "$w"
+done
+infos=("render-conf: worker_processes $workers ($cpu_count_why)")
+wn="$workers workers"
+(( workers == 1 )) && wn="1 worker"
+
+# DATABASE_POOL_SIZE: every connection one instance opens to PostgreSQL.
+# The listener (tenant_database_listen: one per instance, in the first
+# worker) takes one; each worker's pool (lookups, refreshes, the health
+# ping, the admin API, the trial job) an equal share of the rest.
+get pool_env DATABASE_POOL_SIZE
+if [ -z "$pool_env" ]; then
+    db_per_worker=4
+    db_pool_size=$(( workers * db_per_worker + 1 ))
+    pool_note=" (the default: 4 per worker + 1 listener)"
+else
+    posint db_pool_size "$pool_env" \
+        || die "DATABASE_POOL_SIZE: must be a positive integer, the connections one instance opens to PostgreSQL$(got "$pool_env")"
+    db_per_worker=$(( (db_pool_size - 1) / workers ))
+    if (( db_per_worker < 1 )); then
+        fewer=
+        (( workers > 1 )) && fewer=", or a lower WORKER_PROCESSES"
+        die "DATABASE_POOL_SIZE: $db_pool_size leaves no connection for each of the $wn: ($db_pool_size - 1 listener) / $wn = 0 per worker; set at least $(( workers + 1 ))$fewer"
+    fi
+    pool_note=
+    if (( db_per_worker > 256 )); then
+        db_per_worker=256
+        pool_note=" (at most 256 per worker)"
+    fi
+fi
+infos+=("render-conf: database connections: $wn × $db_per_worker + 1 listener = $(( workers * db_per_worker + 1 )) of DATABASE_POOL_SIZE=$db_pool_size$pool_note")
 
 # METRICS_ALLOW: who may scrape /metrics besides the machine itself
 # (nginx "allow" addresses or CIDRs, comma- or space-separated)
@@ -596,6 +653,8 @@ export RC_UPSTREAM_CA_FILE=$ca_file
 export RC_CORS_ORIGIN_MAP=$cors_map
 export RC_PORT=$port
 export RC_SHUTDOWN_TIMEOUT=$shutdown_timeout
+export RC_WORKER_PROCESSES=$workers
+export RC_DATABASE_POOL_PER_WORKER=$db_per_worker
 export RC_DEMO_PORT=$demo_port
 export RC_DEMO_UPSTREAM=$demo
 
@@ -672,6 +731,7 @@ chmod 0600 "$tmp_out"
 mv -f "$tmp_out" "$out"
 trap - EXIT
 
+printf '%s\n' "${infos[@]}" >&2
 if (( ${#warnings[@]} )); then
     printf '%s\n' "${warnings[@]}" >&2
 fi

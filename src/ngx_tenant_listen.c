@@ -69,7 +69,8 @@ ngx_tenant_listen_init(ngx_cycle_t *cycle, ngx_tenant_main_conf_t *tmcf)
 
     ls->pool = ngx_tenant_pg_pool_create(cycle, tmcf->listen_info->keywords,
                                          tmcf->listen_info->values, 1,
-                                         tmcf->db_timeout, &ls->stats);
+                                         tmcf->db_timeout, &ls->stats,
+                                         "ngx_tenant listener");
     if (ls->pool == NULL) {
         return NGX_ERROR;
     }

@@ -92,14 +92,49 @@ static void ngx_tenant_pg_lost(ngx_tenant_pg_pool_t *pool);
 ngx_tenant_pg_pool_t *
 ngx_tenant_pg_pool_create(ngx_cycle_t *cycle, const char *const *keywords,
     const char *const *values, ngx_uint_t size, ngx_msec_t timeout,
-    ngx_tenant_pg_stats_t *stats)
+    ngx_tenant_pg_stats_t *stats, const char *name)
 {
-    ngx_uint_t             i;
+    ngx_uint_t             i, n;
+    const char           **kw, **vals;
     ngx_tenant_pg_pool_t  *pool;
 
     pool = ngx_pcalloc(cycle->pool, sizeof(ngx_tenant_pg_pool_t));
     if (pool == NULL) {
         return NULL;
+    }
+
+    /*
+     * The pool's name as libpq's fallback_application_name: operators
+     * tell the workers' and the listener's connections apart in
+     * pg_stat_activity; an application_name in the connection string
+     * wins.
+     */
+
+    for (n = 0; keywords[n]; n++) {
+        if (ngx_strcmp(keywords[n], "fallback_application_name") == 0) {
+            name = NULL;
+        }
+    }
+
+    if (name) {
+        kw = ngx_palloc(cycle->pool, (n + 2) * sizeof(char *));
+        vals = ngx_palloc(cycle->pool, (n + 2) * sizeof(char *));
+        if (kw == NULL || vals == NULL) {
+            return NULL;
+        }
+
+        for (i = 0; i < n; i++) {
+            kw[i] = keywords[i];
+            vals[i] = values[i];
+        }
+
+        kw[n] = "fallback_application_name";
+        vals[n] = name;
+        kw[n + 1] = NULL;
+        vals[n + 1] = NULL;
+
+        keywords = kw;
+        values = vals;
     }
 
     pool->conns = ngx_pcalloc(cycle->pool,

@@ -63,10 +63,12 @@ struct ngx_tenant_pg_req_s {
 
 
 /* keywords/values: NULL-terminated, as PQconnectStartParams takes them;
- * they must live as long as the cycle. */
+ * they must live as long as the cycle.  name: the connections'
+ * application_name in pg_stat_activity unless the connection string sets
+ * one (libpq's fallback_application_name). */
 ngx_tenant_pg_pool_t *ngx_tenant_pg_pool_create(ngx_cycle_t *cycle,
     const char *const *keywords, const char *const *values, ngx_uint_t size,
-    ngx_msec_t timeout, ngx_tenant_pg_stats_t *stats);
+    ngx_msec_t timeout, ngx_tenant_pg_stats_t *stats, const char *name);
 void ngx_tenant_pg_pool_destroy(ngx_tenant_pg_pool_t *pool);
 
 /*

@@ -95,7 +95,7 @@ sub render {
     my @err = split /\n/, slurp("$tmp/err$n");
     return {
         rc   => $? >> 8,
-        err  => [grep { !/^render-conf: warning: / } @err],
+        err  => [grep { !/^render-conf: (warning: |worker_processes \d|database connections: )/ } @err],
         warn => [grep { /^render-conf: warning: / } @err],
         out  => $out,
         run  => $env{RUN_DIR},

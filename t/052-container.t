@@ -168,7 +168,8 @@ for my $case ([BACKEND_URL => [BACKEND_URL => undef]],
     open my $f, '>', $bogus or die; print $f "not an ELF\n"; close $f;
     my ($rc, $out, $err) = run(env_for(TENANT_MODULE => $bogus), $entry, '--check');
     is $rc, 1, 'nginx -t refuses: exit 1';
-    like $err, qr/\Aentrypoint: nginx -t refused [^\n]*\n\z/,
+    # after render-conf.sh's two lines (the workers, the connections)
+    like $err, qr/\A(render-conf: (worker_processes|database connections)[^\n]*\n){2}entrypoint: nginx -t refused [^\n]*\n\z/,
         'nginx -t refuses: one line' or diag $err;
 }
 
