@@ -78,7 +78,6 @@ static char *ngx_tenant_rate_params(ngx_conf_t *cf, ngx_str_t *value,
 static ngx_int_t ngx_tenant_read_file(ngx_conf_t *cf, ngx_str_t *name,
     ngx_str_t *out);
 static char *ngx_tenant_pstrdup0(ngx_pool_t *pool, const char *s);
-static ngx_uint_t ngx_tenant_is_bearer_token(ngx_str_t *s);
 static void ngx_tenant_cleanup_keys(void *data);
 static void ngx_tenant_cleanup_sign(void *data);
 static ngx_int_t ngx_tenant_init_process(ngx_cycle_t *cycle);
@@ -303,6 +302,13 @@ static ngx_command_t  ngx_tenant_commands[] = {
     { ngx_string("tenant_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_tenant_metrics,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_metrics_token"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_tenant_metrics_token,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -584,6 +590,7 @@ ngx_tenant_create_loc_conf(ngx_conf_t *cf)
     tlcf->refusal_log_level = NGX_CONF_UNSET_UINT;
     tlcf->upgrade_url = NGX_CONF_UNSET_PTR;
     tlcf->rl_by = NGX_CONF_UNSET_PTR;
+    tlcf->metrics_token = NGX_CONF_UNSET_PTR;
 
     return tlcf;
 }
@@ -615,6 +622,8 @@ ngx_tenant_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                              "https://capliquify.com/problems/");
 
     ngx_conf_merge_ptr_value(conf->upgrade_url, prev->upgrade_url, NULL);
+    ngx_conf_merge_ptr_value(conf->metrics_token, prev->metrics_token,
+                             NULL);
 
     if (conf->rl_by == NGX_CONF_UNSET_PTR) {
         conf->rl_by = (prev->rl_by == NGX_CONF_UNSET_PTR) ? NULL : prev->rl_by;
@@ -1880,7 +1889,7 @@ failed:
 
 /* Whether "Bearer <s>" would parse: a secret clients can present. */
 
-static ngx_uint_t
+ngx_uint_t
 ngx_tenant_is_bearer_token(ngx_str_t *s)
 {
     u_char               *auth;

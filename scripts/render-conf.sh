@@ -62,8 +62,19 @@
 #                            in it (refused with NODE_ENV=production and
 #                            by the container's entrypoint)
 #   UPGRADE_URL              https://app.capliquify.com/settings/billing?...
-#   METRICS_ALLOW            "" (only 127.0.0.1 and ::1 may read /metrics);
-#                            addresses or CIDRs of the Prometheus scrapers
+#   METRICS_TOKEN            "" (no token); secret: at least 32 letters,
+#                            digits or -._~+/ (trailing =): every request
+#                            to /metrics but this machine's must send
+#                            "Authorization: Bearer METRICS_TOKEN"
+#   METRICS_ALLOW            "": only 127.0.0.1 and ::1 may read /metrics,
+#                            or, with METRICS_TOKEN, every address (with
+#                            the token); addresses or CIDRs of the
+#                            Prometheus scrapers, which also need the
+#                            token when it is set.  A /0 needs
+#                            METRICS_TOKEN; so does any METRICS_ALLOW on
+#                            Render (RENDER=true): public requests reach
+#                            the instance from Render's proxy on a private
+#                            address
 #   WORKER_PROCESSES         auto: the container's CPUs (cgroup quota,
 #                            cpuset, affinity, RENDER_CPU_COUNT: see
 #                            scripts/cpu-count.sh); or a number 1-64
@@ -331,15 +342,35 @@ else
 fi
 infos+=("render-conf: database connections: $wn × $db_per_worker + 1 listener = $(( workers * db_per_worker + 1 )) of DATABASE_POOL_SIZE=$db_pool_size$pool_note")
 
+# METRICS_TOKEN: the bearer token of the Prometheus scrapers (secret).
+get metrics_token METRICS_TOKEN
+if [ -n "$metrics_token" ]; then
+    (( ${#metrics_token} >= 32 )) \
+        || die "METRICS_TOKEN: too short, at least 32 characters (openssl rand -hex 32)"
+    [[ $metrics_token =~ ^[A-Za-z0-9._~+/-]+=*$ ]] \
+        || die "METRICS_TOKEN: only letters, digits and -._~+/ (a bearer token), e.g. openssl rand -hex 32"
+fi
+
 # METRICS_ALLOW: who may scrape /metrics besides the machine itself
-# (nginx "allow" addresses or CIDRs, comma- or space-separated)
+# (nginx "allow" addresses or CIDRs, comma- or space-separated).  nginx's
+# allow sees the connection's address: behind a proxy, the proxy's, so
+# an address cannot tell the internet from the private network there.
 get metrics_allow METRICS_ALLOW ""
 metrics_allow_lines=""
 for a in ${metrics_allow//,/ }; do
     [[ $a =~ ^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$ ]] \
         || die "METRICS_ALLOW: \"$a\" is not an address or CIDR"
+    [[ -n $metrics_token || ! $a =~ /0+$ ]] \
+        || die "METRICS_ALLOW: $a opens /metrics to every address; set METRICS_TOKEN (Prometheus sends it as a bearer token)"
     metrics_allow_lines+="${metrics_allow_lines:+$'\n'            }allow $a;"
 done
+if [ "${RENDER:-}" = true ] && [ -n "$metrics_allow" ] && [ -z "$metrics_token" ]; then
+    die "METRICS_TOKEN: required on Render with METRICS_ALLOW: public requests reach the instance from Render's proxy on a private address, which METRICS_ALLOW cannot tell from a scraper's"
+fi
+# With a token and no addresses, any address may try: the token decides.
+if [ -n "$metrics_token" ] && [ -z "$metrics_allow_lines" ]; then
+    metrics_allow_lines="allow all;"
+fi
 
 get upgrade_url UPGRADE_URL \
     'https://app.capliquify.com/settings/billing?plan=$tenant_required_tier&org=$tenant_org_id'
@@ -641,6 +672,7 @@ export RC_UPGRADE_URL=$upgrade_url
 export RC_RATE_LIMIT_MAX=$rate_max
 export RC_RATE_LIMIT_WINDOW=$rate_window
 export RC_METRICS_ALLOW=$metrics_allow_lines
+export RC_METRICS_TOKEN=$metrics_token
 export RC_BACKEND_SCHEME=$backend_scheme
 export RC_BACKEND_SERVER=$backend_server
 export RC_BACKEND_HOST=$backend_host

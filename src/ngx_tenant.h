@@ -194,6 +194,9 @@ typedef struct {
     /* a second limit, per value within the tenant (e.g. per user) */
     ngx_http_complex_value_t *rl_by;
     tenant_rate_t             rl_by_rate;
+
+    /* tenant_metrics_token: the SHA-256 of the token; NULL: none */
+    u_char                   *metrics_token;
 } ngx_tenant_loc_conf_t;
 
 
@@ -334,6 +337,9 @@ char *ngx_tenant_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 /* ngx_tenant_cron.c */
 char *ngx_tenant_cron_expire_trials(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+
+/* ngx_tenant_module.c */
+ngx_uint_t ngx_tenant_is_bearer_token(ngx_str_t *s);
 
 
 #endif /* _NGX_TENANT_H_INCLUDED_ */

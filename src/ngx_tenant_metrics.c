@@ -22,6 +22,11 @@
 static ngx_int_t ngx_tenant_metrics_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_tenant_metrics_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_tenant_metrics_authorize(ngx_http_request_t *r,
+    u_char *digest);
+static ngx_uint_t ngx_tenant_metrics_loopback(struct sockaddr *sa);
+static ngx_int_t ngx_tenant_metrics_refuse(ngx_http_request_t *r,
+    ngx_uint_t sent);
 static u_char *ngx_tenant_metrics_family(u_char *p, char *name,
     char *type, char *help);
 static u_char *ngx_tenant_metrics_caches(u_char *p,
@@ -206,20 +211,81 @@ ngx_tenant_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * tenant_metrics_token: the token is kept as its SHA-256 only (see
+ * ngx_tenant_metrics_authorize()); at least 32 characters that a client
+ * can send after "Bearer ", like tenant_cron_secret.
+ */
+
+char *
+ngx_tenant_metrics_token(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_tenant_loc_conf_t *tlcf = conf;
+
+    ngx_str_t  *value;
+
+    if (tlcf->metrics_token != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len < 32) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tenant_metrics_token\" must be at least 32 "
+                           "characters");
+        return NGX_CONF_ERROR;
+    }
+
+    if (!ngx_tenant_is_bearer_token(&value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tenant_metrics_token\" must be a bearer "
+                           "token: letters, digits and -._~+/ (trailing =)");
+        return NGX_CONF_ERROR;
+    }
+
+    tlcf->metrics_token = ngx_palloc(cf->pool, TENANT_SHA256_LEN);
+    if (tlcf->metrics_token == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (tenant_secret_digest(value[1].data, value[1].len, tlcf->metrics_token)
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tenant_metrics_token\": SHA-256 failed");
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 static ngx_int_t
 ngx_tenant_metrics_handler(ngx_http_request_t *r)
 {
     u_char                   *body, *p;
     size_t                    len;
+    ngx_int_t                 rc;
     ngx_str_t                 type = ngx_string("text/plain; version=0.0.4");
     ngx_uint_t                s, o, i, cum, open, busy, workers;
     ngx_core_conf_t          *ccf;
     ngx_tenant_metrics_sh_t  *m;
+    ngx_tenant_loc_conf_t    *tlcf;
     ngx_tenant_main_conf_t   *tmcf;
     ngx_tenant_jwks_stats_t   jwks;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+
+    if (tlcf->metrics_token) {
+        rc = ngx_tenant_metrics_authorize(r, tlcf->metrics_token);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
     }
 
     tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
@@ -369,6 +435,138 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
     }
 
     return ngx_tenant_body_send(r, NGX_HTTP_OK, &type, body, p - body);
+}
+
+
+/*
+ * With a token, a connection from this machine is served without one (the
+ * container's own checks, an operator's shell): both its ends on a
+ * loopback address.  The local end cannot be forged by a header, and
+ * packets to a loopback address come from this machine only; the peer's
+ * address is the one nginx's allow/deny see, which the realip module may
+ * have replaced (a proxy on this machine forwarding public requests).
+ * Every other request needs "Authorization: Bearer <token>" (the scheme
+ * in any case), its SHA-256 compared in constant time with the token's:
+ * neither the token nor its length shows in the time taken.  A second
+ * Authorization header is nginx's 400 before any handler runs.
+ * NGX_DECLINED: go on; anything else is the refusal's answer.
+ */
+
+static ngx_int_t
+ngx_tenant_metrics_authorize(ngx_http_request_t *r, u_char *digest)
+{
+    size_t                len;
+    ngx_connection_t     *c;
+    ngx_table_elt_t      *h;
+    const unsigned char  *token;
+
+    c = r->connection;
+
+    /* ngx_connection_local_sockaddr() fails only when getsockname() or
+     * an allocation does: then the token decides */
+
+    if (ngx_connection_local_sockaddr(c, NULL, 0) == NGX_OK
+        && ngx_tenant_metrics_loopback(c->local_sockaddr)
+        && ngx_tenant_metrics_loopback(c->sockaddr))
+    {
+        return NGX_DECLINED;
+    }
+
+    h = r->headers_in.authorization;
+
+    if (h == NULL) {
+        return ngx_tenant_metrics_refuse(r, 0);
+    }
+
+    if (tenant_bearer_token(h->value.data, h->value.len, &token, &len) != 0
+        || tenant_secret_matches(digest, token, len) != 1)
+    {
+        return ngx_tenant_metrics_refuse(r, 1);
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104; a unix socket is not */
+
+static ngx_uint_t
+ngx_tenant_metrics_loopback(struct sockaddr *sa)
+{
+    struct sockaddr_in   *sin;
+#if (NGX_HAVE_INET6)
+    struct sockaddr_in6  *sin6;
+#endif
+
+    switch (sa->sa_family) {
+
+    case AF_INET:
+        sin = (struct sockaddr_in *) sa;
+        return (ntohl(sin->sin_addr.s_addr) >> 24) == 127;
+
+#if (NGX_HAVE_INET6)
+    case AF_INET6:
+        sin6 = (struct sockaddr_in6 *) sa;
+
+        if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+            return sin6->sin6_addr.s6_addr[12] == 127;
+        }
+
+        return IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr);
+#endif
+
+    default:
+        return 0;
+    }
+}
+
+
+/*
+ * 401 problem+json with "WWW-Authenticate: Bearer realm="metrics"", and
+ * error="invalid_token" when credentials were sent (RFC 6750, 3).  The
+ * log line says which; never what was sent.
+ */
+
+static ngx_int_t
+ngx_tenant_metrics_refuse(ngx_http_request_t *r, ngx_uint_t sent)
+{
+    ngx_str_t               value;
+    ngx_table_elt_t        *h;
+    tenant_problem_t        pb;
+    ngx_tenant_loc_conf_t  *tlcf;
+
+    tlcf = ngx_http_get_module_loc_conf(r, ngx_tenant_module);
+
+    ngx_log_error(tlcf->refusal_log_level, r->connection->log, 0,
+                  "tenant: metrics refused: %s",
+                  sent ? "not the metrics token" : "no bearer token");
+
+    if (sent) {
+        ngx_str_set(&value,
+                    "Bearer realm=\"metrics\", error=\"invalid_token\"");
+
+    } else {
+        ngx_str_set(&value, "Bearer realm=\"metrics\"");
+    }
+
+    h = ngx_tenant_header_out(r, "WWW-Authenticate", value.data, value.len);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.www_authenticate = h;
+
+    ngx_memzero(&pb, sizeof(tenant_problem_t));
+
+    if (sent) {
+        return ngx_tenant_problem_answer(r, &pb, NGX_HTTP_UNAUTHORIZED,
+                                         "invalid_token",
+                                         "Invalid metrics token", NULL);
+    }
+
+    return ngx_tenant_problem_answer(r, &pb, NGX_HTTP_UNAUTHORIZED,
+                                     "authentication_required",
+                                     "Metrics token required", NULL);
 }
 
 

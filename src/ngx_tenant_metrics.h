@@ -4,7 +4,9 @@
  * Counters in a shared-memory zone ("tenant_metrics", created with the
  * module's configuration and kept across reloads), so that every
  * worker's requests are counted once, and the tenant_metrics handler
- * that exposes them in Prometheus' text format (version 0.0.4).
+ * that exposes them in Prometheus' text format (version 0.0.4), to the
+ * machine itself and, with tenant_metrics_token, to the bearer of the
+ * token.
  */
 
 #ifndef _NGX_TENANT_METRICS_H_INCLUDED_
@@ -37,6 +39,8 @@ ngx_int_t ngx_tenant_metrics_init_conf(ngx_conf_t *cf,
     ngx_tenant_main_conf_t *tmcf);
 ngx_int_t ngx_tenant_metrics_log_handler(ngx_http_request_t *r);
 char *ngx_tenant_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_tenant_metrics_token(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 
 #endif /* _NGX_TENANT_METRICS_H_INCLUDED_ */

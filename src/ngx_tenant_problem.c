@@ -43,8 +43,8 @@ ngx_tenant_problem_send(ngx_http_request_t *r, tenant_problem_t *p)
 /*
  * The problem answer of a content handler (admin API, cron job): its type
  * under the location's tenant_problem_type_base; a 401 gets
- * "WWW-Authenticate: Bearer", a 503 "Retry-After: 5".  pb may carry
- * members already.
+ * "WWW-Authenticate: Bearer" unless the caller set one, a 503
+ * "Retry-After: 5".  pb may carry members already.
  */
 
 ngx_int_t
@@ -64,6 +64,7 @@ ngx_tenant_problem_answer(ngx_http_request_t *r, tenant_problem_t *pb,
     pb->detail_len = detail ? ngx_strlen(detail) : 0;
 
     if (status == NGX_HTTP_UNAUTHORIZED
+        && r->headers_out.www_authenticate == NULL
         && ngx_tenant_header_out(r, "WWW-Authenticate", (u_char *) "Bearer",
                                  sizeof("Bearer") - 1)
            == NULL)

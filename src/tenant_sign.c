@@ -331,6 +331,29 @@ tenant_ct_equal(const unsigned char *a, size_t alen, const unsigned char *b,
 }
 
 
+int
+tenant_secret_digest(const unsigned char *secret, size_t len,
+    unsigned char digest[TENANT_SHA256_LEN])
+{
+    return EVP_Digest(secret, len, digest, NULL, EVP_sha256(), NULL) ? 0
+                                                                     : -1;
+}
+
+
+int
+tenant_secret_matches(const unsigned char digest[TENANT_SHA256_LEN],
+    const unsigned char *token, size_t len)
+{
+    unsigned char  d[TENANT_SHA256_LEN];
+
+    if (tenant_secret_digest(token, len, d) != 0) {
+        return -1;
+    }
+
+    return tenant_ct_equal(d, TENANT_SHA256_LEN, digest, TENANT_SHA256_LEN);
+}
+
+
 /* ctx := SHA-256 state after the 64-byte block (key padded) ^ pad. */
 
 static int

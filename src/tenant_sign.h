@@ -112,5 +112,15 @@ long tenant_hex_decode(unsigned char *dst, const char *src, size_t len);
 int tenant_ct_equal(const unsigned char *a, size_t alen,
     const unsigned char *b, size_t blen);
 
+/* A configured secret kept as its SHA-256 (tenant_secret_digest()), and
+ * whether a presented token is that secret: the token's SHA-256 compared
+ * with tenant_ct_equal(), so that the time depends on the token's length
+ * only, never on the secret nor its length.  Both return -1 when OpenSSL
+ * fails; tenant_secret_matches() 1 if the token is the secret, else 0. */
+int tenant_secret_digest(const unsigned char *secret, size_t len,
+    unsigned char digest[TENANT_SHA256_LEN]);
+int tenant_secret_matches(const unsigned char digest[TENANT_SHA256_LEN],
+    const unsigned char *token, size_t len);
+
 
 #endif /* _TENANT_SIGN_H_INCLUDED_ */

@@ -157,6 +157,9 @@ sub render {
     like $c, qr/tenant_cron_secret\s+\S{32,};/, '... its secret';
     like $c, qr/location = \/metrics \{[^}]*allow\s+127\.0\.0\.1;[^}]*deny\s+all;\s*tenant_metrics;/,
         '... /metrics for this machine only';
+    my ($mloc) = $c =~ /(location = \/metrics \{[^}]*\})/;
+    unlike $mloc // '', qr/allow\s+all|tenant_metrics_token/,
+        '... without METRICS_TOKEN: no token and no other address';
     like $c, qr/add_header\s+Access-Control-Allow-Origin\s+\$gw_cors_origin\s+always;/,
         '... CORS headers with always';
     like $c, qr/upstream backend \{\s*server 127\.0\.0\.1:8081;/,
@@ -216,6 +219,49 @@ sub render {
     like $c, qr/tenant_upgrade_url\s+"https:\/\/billing\.example\.com\/up\?t=\$tenant_required_tier";/,
         '... UPGRADE_URL';
     is_deeply $r->{warn}, [], '... no warnings';
+}
+
+# METRICS_TOKEN and METRICS_ALLOW: the /metrics location as rendered.
+{
+    my $tok = 'Mt0k-' . ('q' x 30) . '+/=';
+    my $loc = sub { my ($c) = @_; ($c // '') =~ /(location = \/metrics \{[^}]*\})/ ? $1 : '' };
+
+    my $r = render(METRICS_TOKEN => $tok);
+    is $r->{rc}, 0, 'METRICS_TOKEN alone: rendered' or diag join "\n", @{$r->{err}};
+    my $m = $loc->($r->{conf});
+    like $m, qr/allow\s+127\.0\.0\.1;\s*allow\s+::1;\s*allow all;\s*deny\s+all;\s*tenant_metrics;\s*tenant_metrics_token\s+\Q$tok\E;/,
+        '... every address may try, with the token';
+    is_deeply $r->{err}, [], '... no error';
+    is_deeply [grep { /METRICS|\Q$tok\E/ } @{$r->{warn}}], [], '... no warning about it, never the token';
+
+    $r = render(METRICS_TOKEN => $tok, METRICS_ALLOW => '10.0.0.0/8, 192.168.1.7');
+    $m = $loc->($r->{conf});
+    like $m, qr/allow\s+::1;\s*allow 10\.0\.0\.0\/8;\s*allow 192\.168\.1\.7;\s*deny\s+all;\s*tenant_metrics;\s*tenant_metrics_token\s+\Q$tok\E;/,
+        'METRICS_TOKEN and METRICS_ALLOW: those addresses, with the token';
+    unlike $m, qr/allow all/, '... and no other';
+
+    $r = render(METRICS_ALLOW => '10.0.0.0/8');
+    $m = $loc->($r->{conf});
+    like $m, qr/allow 10\.0\.0\.0\/8;\s*deny\s+all;\s*tenant_metrics;\s*\}/,
+        'METRICS_ALLOW alone (not on Render): those addresses, no token, as before';
+
+    for my $all ('0.0.0.0/0', '::/0', '10.0.0.0/00') {
+        $r = render(METRICS_TOKEN => $tok, METRICS_ALLOW => $all);
+        is $r->{rc}, 0, "METRICS_ALLOW=$all with METRICS_TOKEN: rendered";
+        like $loc->($r->{conf}), qr/allow \Q$all\E;[^}]*tenant_metrics_token/, '... with the token';
+    }
+
+    # Render: RENDER=true in every service's environment
+    $r = render(RENDER => 'true', METRICS_ALLOW => '10.0.0.0/8', METRICS_TOKEN => $tok);
+    is $r->{rc}, 0, 'RENDER=true, METRICS_ALLOW and METRICS_TOKEN: rendered';
+    like $loc->($r->{conf}), qr/allow 10\.0\.0\.0\/8;[^}]*tenant_metrics_token\s+\Q$tok\E;/,
+        '... with the token';
+    $r = render(RENDER => 'true');
+    is $r->{rc}, 0, 'RENDER=true without METRICS_ALLOW: rendered (this machine only)';
+    like $loc->($r->{conf}), qr/allow\s+::1;\s*deny\s+all;\s*tenant_metrics;\s*\}/, '... as before';
+    $r = render(RENDER => 'true', METRICS_TOKEN => $tok);
+    like $loc->($r->{conf}), qr/allow all;[^}]*tenant_metrics_token/,
+        'RENDER=true with METRICS_TOKEN alone: every address, with the token';
 }
 
 {
@@ -377,6 +423,17 @@ my @bad = (
     [{ RATE_LIMIT_WINDOW => '86400001' },               'RATE_LIMIT_WINDOW'],
     [{ RATE_LIMIT_MAX => '5000', RATE_LIMIT_WINDOW => '1' }, 'RATE_LIMIT_MAX'],
     [{ METRICS_ALLOW => '10.0.0.0/8; deny all' },       'METRICS_ALLOW'],
+    # to the world without a token; on Render any METRICS_ALLOW is: public
+    # requests reach the instance from Render's proxy on a private address
+    [{ METRICS_ALLOW => '0.0.0.0/0' },                  'METRICS_ALLOW'],
+    [{ METRICS_ALLOW => '10.0.0.1, ::/0' },             'METRICS_ALLOW'],
+    [{ METRICS_ALLOW => 'all' },                        'METRICS_ALLOW'],
+    [{ RENDER => 'true', METRICS_ALLOW => '10.0.0.0/8' }, 'METRICS_TOKEN'],
+    [{ RENDER => 'true', METRICS_ALLOW => '192.168.7.7' }, 'METRICS_TOKEN'],
+    [{ METRICS_TOKEN => 'T0ken-' . ('y' x 25) },        'METRICS_TOKEN'],
+    [{ METRICS_TOKEN => 'T0ken-' . ('y' x 30) . '!' },  'METRICS_TOKEN'],
+    [{ METRICS_TOKEN => 'T0ken-' . ('y' x 30) . ' z' }, 'METRICS_TOKEN'],
+    [{ METRICS_TOKEN => 'T0ken-' . ('y' x 30) . '";' }, 'METRICS_TOKEN'],
     [{ CRON_SECRET => ('x' x 31) . ' y' },              'CRON_SECRET'],
     [{ MAX_REQUEST_SIZE => '0' },                       'MAX_REQUEST_SIZE'],
     [{ MAX_REQUEST_SIZE => '1.5mb' },                   'MAX_REQUEST_SIZE'],
@@ -423,7 +480,7 @@ for my $case (@bad) {
         unlike $err, qr/\Q$db_pass\E/, 'no database password';
         unlike $err, qr/\Q$_\E/, 'no secret value'
             for grep { defined && length >= 16 }
-                map { $set->{$_} } grep { /KEY|SECRET/ } keys %$set;
+                map { $set->{$_} } grep { /KEY|SECRET|TOKEN/ } keys %$set;
         ok !-e $r->{out}, 'no configuration written';
     };
 }
@@ -448,6 +505,7 @@ for my $case (
     [RESOLVER         => '$http_cookie', CLERK_SECRET_KEY => 'sk_test_' . ('a' x 20)],
     [CLERK_AUTHORIZED_PARTIES => 'https://$http_cookie.example'],
     [CRON_SECRET      => ('x' x 32) . '$http_cookie'],
+    [METRICS_TOKEN    => ('x' x 32) . '$http_cookie'],
     [BACKEND_URL      => 'http://$http_cookie'],
     [MCP_URL          => 'http://$http_cookie:80'],
     [CORS_ORIGIN      => 'https://a.example$http_cookie'],
@@ -541,6 +599,14 @@ sub nginx_t {
                    CLERK_JWKS_FILE => $jwks);
     my ($rc, $out) = nginx_t($r->{out}, $r->{run});
     is $rc, 0, 'nginx -t accepts the rendered configuration with the module'
+        or diag $out;
+
+    $r = render(PORT => 18000 + $n, DEMO_PORT => 19000 + $n,
+                DATABASE_URL => 'postgresql://postgres@127.0.0.1:1/none',
+                METRICS_TOKEN => 'k7Jd9sP2vQ8xN4mL1zR6tY3wE5uI0oA2bC7dF9gH1jK=',
+                METRICS_ALLOW => '10.0.0.0/8', RENDER => 'true');
+    ($rc, $out) = nginx_t($r->{out}, $r->{run});
+    is $rc, 0, '... and with METRICS_TOKEN and METRICS_ALLOW on Render'
         or diag $out;
 
     $r = render(PORT => 18000 + $n, DEMO_PORT => 19000 + $n,

@@ -7,9 +7,35 @@
 # counters are kept across reloads; /metrics is restricted by nginx's own
 # access module; a JSON access log carries the tenant variables, also for
 # an admitted request whose upstream fails into an error_page.
+# tenant_metrics_token: loopback served without the token, other clients
+# (other addresses, v4-mapped, a unix socket, an address realip took from
+# X-Forwarded-For) only with "Bearer <token>", with an allow-list too.
+#
+# Clients that are not loopback: the file runs in a network namespace of
+# its own (unshare --net, as root like the rest of the suite) whose lo
+# also holds 10.254.0.1, 10.254.0.2 and fd00:254::1 (without an IPv6
+# address other than ::1, getaddrinfo's AI_ADDRCONFIG would hide ::1);
+# the host's network is untouched and the namespace ends with the test.
 
 use strict;
 use warnings;
+
+BEGIN {
+    my $ns = readlink('/proc/self/ns/net') // '?';
+    if (!defined $ENV{TENANT_070_HOST_NETNS}) {
+        $ENV{TENANT_070_HOST_NETNS} = $ns;
+        exec 'unshare', '--net', '--', $^X, $0, @ARGV;
+        die "t/070: unshare --net: $! (the file needs root)\n";
+    }
+    die "t/070: not in a network namespace of its own\n"
+        if $ns eq $ENV{TENANT_070_HOST_NETNS};
+    for my $cmd ('ip link set lo up', 'ip addr add 10.254.0.1/32 dev lo',
+                 'ip addr add 10.254.0.2/32 dev lo',
+                 'ip addr add fd00:254::1/128 dev lo nodad')
+    {
+        system($cmd) == 0 or die "t/070: $cmd: failed\n";
+    }
+}
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
@@ -26,6 +52,8 @@ use Time::HiRes qw(time sleep);
 # --- configuration ----------------------------------------------------------
 
 my $SIGNING_KEY = '00112233445566778899aabbccddeeff' x 2;
+# tenant_metrics_token's token: base64 as Render's generateValue makes
+my $MTOKEN = 'k7Jd9sP2vQ8xN4mL1zR6tY3wE5uI0oA2bC7dF9gH1jK=';
 my $CLOSED_PORT = free_port();          # nothing listens there
 
 # Two workers (reuseport spreads new connections over both); X-Worker and
@@ -56,6 +84,8 @@ __TIERS__
 
     server {
         listen 127.0.0.1:%%PORT%% reuseport;
+        listen 10.254.0.1:%%PORT%% reuseport;
+        listen unix:%%DIR%%/http.sock;
         access_log %%DIR%%/access.json tenant_json;
 
         add_header X-Worker     $pid        always;
@@ -105,6 +135,44 @@ __TIERS__
             deny  all;
             tenant_metrics;
         }
+
+        # any address, with the token unless loopback
+        location = /metrics-token {
+            tenant_metrics;
+            tenant_metrics_token __MTOKEN__;
+        }
+
+        # the shipped configuration's shape: loopback and METRICS_ALLOW,
+        # with METRICS_TOKEN
+        location = /metrics-allowlist {
+            allow 127.0.0.1;
+            allow ::1;
+            allow 10.254.0.1;
+            deny  all;
+            tenant_metrics;
+            tenant_metrics_token __MTOKEN__;
+        }
+
+        # realip trusts X-Forwarded-For from both addresses: the peer's
+        # address is then a header's ($remote_addr in X-Peer)
+        location = /metrics-realip {
+            set_real_ip_from 10.254.0.1;
+            set_real_ip_from 127.0.0.1;
+            real_ip_header   X-Forwarded-For;
+            add_header       X-Peer $remote_addr always;
+            tenant_metrics;
+            tenant_metrics_token __MTOKEN__;
+        }
+    }
+
+    # IPv6 and v4-mapped addresses; the token from the server level
+    server {
+        listen [::]:%%PORT2%% ipv6only=off;
+        tenant_metrics_token __MTOKEN__;
+
+        location = /metrics {
+            tenant_metrics;
+        }
     }
 EOF
 
@@ -118,7 +186,7 @@ sub http_conf {
     my (@tiers) = @_;
     my $tiers = join '', map { "    $_\n" } @tiers;
     return $HTTP =~ s/__TIERS__\n/$tiers/r =~ s/__KEY__/$SIGNING_KEY/r
-                 =~ s/__CLOSED__/$CLOSED_PORT/r;
+                 =~ s/__CLOSED__/$CLOSED_PORT/r =~ s/__MTOKEN__/$MTOKEN/gr;
 }
 
 # the outage provokes these (none is an alert)
@@ -791,6 +859,203 @@ sub log_line {
     }
     ok $lines >= 40, "access log: $lines lines";
     is_deeply \@bad, [], 'access log: every line parses as JSON';
+}
+
+# --- tenant_metrics_token -------------------------------------------------------
+
+# GET $path from a client: addr (the address connected to, the client's
+# own then too), local (the client's address), unix, port, auth (the
+# Authorization value), headers.
+sub mget {
+    my ($path, %o) = @_;
+    my @h = defined $o{auth} ? (Authorization => $o{auth}) : ();
+    return http(path => $path, method => $o{method} // 'GET',
+                headers => [@h, @{ $o{headers} || [] }],
+                (map { defined $o{$_} ? ($_ => $o{$_}) : () }
+                     qw(addr local_addr unix port)));
+}
+
+# A 200 with the exposition, a 401 with a problem and no metrics.
+sub served {
+    my ($r, $what) = @_;
+    my $ok = $r->{status} == 200 && $r->{body} =~ /^tenant_requests_total\{/m;
+    ok $ok, "$what: 200 with the metrics" or diag brief($r);
+}
+sub refused {
+    my ($r, $what, $code, $head) = @_;
+    my $www = ($r->{headers}{'www-authenticate'} || [])->[0] // '';
+    my $ok = $r->{status} == 401
+        && ($r->{headers}{'content-type'}[0] // '') eq 'application/problem+json'
+        && ($head ? $r->{body} eq '' : code($r) eq $code) && $r->{body} !~ /tenant_/
+        && @{ $r->{headers}{'www-authenticate'} || [] } == 1
+        && $www eq ($code eq 'invalid_token'
+                    ? 'Bearer realm="metrics", error="invalid_token"'
+                    : 'Bearer realm="metrics"');
+    ok $ok, "$what: 401 $code, WWW-Authenticate, no metrics"
+        or diag brief($r), " WWW-Authenticate: $www\n$r->{body}";
+}
+
+{
+    my $X = '10.254.0.1';
+    my $before = scrape()->{m};
+    my $mark = log_mark();
+
+    # control: the client address really is not loopback
+    my $p = mget('/metrics-realip', addr => $X);
+    is(($p->{headers}{'x-peer'} || [])->[0], $X, "control: the client from $X is seen as $X");
+
+    # loopback: the machine's own checks need no token
+    served(mget('/metrics-token'), '127.0.0.1, no token');
+    served(mget('/metrics-token', addr => '127.0.0.1', local_addr => '127.0.0.5'),
+           '127.0.0.5 (127.0.0.0/8), no token');
+
+    # any other address needs the token
+    refused(mget('/metrics-token', addr => $X), "$X, no token", 'authentication_required');
+    refused(mget('/metrics-token', addr => $X, method => 'HEAD'), "$X, HEAD, no token",
+            'authentication_required', 'HEAD');
+    is mget('/metrics-token', addr => $X, method => 'HEAD', auth => "Bearer $MTOKEN")->{status},
+        200, "$X, HEAD, the token: 200";
+    my $wrong = $MTOKEN =~ s/K=$/L=/r;
+    is length $wrong, length $MTOKEN, 'the wrong token has the same length';
+    refused(mget('/metrics-token', addr => $X, auth => "Bearer $wrong"),
+            "$X, wrong token of the same length", 'invalid_token');
+    refused(mget('/metrics-token', addr => $X, auth => 'Bearer ' . substr($MTOKEN, 0, -2)),
+            "$X, the token without its last characters", 'invalid_token');
+    refused(mget('/metrics-token', addr => $X, auth => "Bearer ${MTOKEN}x"),
+            "$X, the token and one more character", 'invalid_token');
+    refused(mget('/metrics-token', addr => $X, auth => 'Bearer ' . substr($MTOKEN, 0, 8)),
+            "$X, a short prefix of the token", 'invalid_token');
+    refused(mget('/metrics-token', addr => $X, auth => 'Bearer '),
+            "$X, Bearer and no token", 'invalid_token');
+    refused(mget('/metrics-token', addr => $X, auth => "Basic $MTOKEN"),
+            "$X, the token under another scheme", 'invalid_token');
+    refused(mget('/metrics-token', addr => $X, auth => $MTOKEN),
+            "$X, the token without a scheme", 'invalid_token');
+    refused(mget('/metrics-token', addr => $X, auth => "Bearer\t$MTOKEN"),
+            "$X, a tab after Bearer", 'invalid_token');
+
+    served(mget('/metrics-token', addr => $X, auth => "Bearer $MTOKEN"), "$X, the token");
+    for my $scheme (qw(bearer BEARER bEaReR)) {
+        served(mget('/metrics-token', addr => $X, auth => "$scheme $MTOKEN"),
+               "$X, the token after \"$scheme\"");
+    }
+    served(mget('/metrics-token', addr => $X, auth => "Bearer   $MTOKEN  "),
+           "$X, the token with more blanks around it");
+
+    # a second Authorization header: nginx's own 400, before any handler
+    for my $pair ([$MTOKEN, $wrong], [$wrong, $MTOKEN], [$MTOKEN, $MTOKEN]) {
+        my $r = mget('/metrics-token', addr => $X, headers => [
+            Authorization => "Bearer $pair->[0]", Authorization => "Bearer $pair->[1]"]);
+        ok $r->{status} == 400 && $r->{body} !~ /tenant_/,
+            "$X, two Authorization headers ("
+            . join(', ', map { $_ eq $MTOKEN ? 'right' : 'wrong' } @$pair) . '): 400, no metrics'
+            or diag brief($r);
+    }
+
+    # the token elsewhere than the Authorization header
+    for my $q ("token=$MTOKEN", "access_token=$MTOKEN", "authorization=Bearer%20$MTOKEN") {
+        refused(mget("/metrics-token?$q", addr => $X), "$X, ?${\ ($q =~ s/=.*//r)}=<token> in the query",
+                'authentication_required');
+    }
+    refused(mget('/metrics-token', addr => $X, headers => [Cookie => "token=$MTOKEN"]),
+            "$X, the token in a cookie", 'authentication_required');
+    refused(mget('/metrics-token', addr => $X, headers => ['X-Metrics-Token' => $MTOKEN]),
+            "$X, the token in another header", 'authentication_required');
+
+    # the method is checked first; the token does not open another one
+    is mget('/metrics-token', addr => $X, method => 'POST', auth => "Bearer $MTOKEN")->{status},
+        405, "$X, POST with the token: 405";
+
+    # a unix socket is not loopback: a proxy on this machine could forward anyone
+    refused(mget('/metrics-token', unix => "$ngx->{dir}/http.sock"), 'unix socket, no token',
+            'authentication_required');
+    served(mget('/metrics-token', unix => "$ngx->{dir}/http.sock", auth => "Bearer $MTOKEN"),
+           'unix socket, the token');
+
+    # the allow-list still applies first, then the token
+    served(mget('/metrics-allowlist'), 'allow-list: 127.0.0.1 without the token');
+    refused(mget('/metrics-allowlist', addr => $X), "allow-list: $X (listed), no token",
+            'authentication_required');
+    served(mget('/metrics-allowlist', addr => $X, auth => "Bearer $MTOKEN"),
+           "allow-list: $X (listed), the token");
+    for my $auth (undef, "Bearer $MTOKEN") {
+        my $r = mget('/metrics-allowlist', addr => $X, local_addr => '10.254.0.2', auth => $auth);
+        ok $r->{status} == 403 && $r->{body} !~ /tenant_/,
+            'allow-list: 10.254.0.2 (not listed), ' . ($auth ? 'the token' : 'no token')
+            . ': nginx\'s 403' or diag brief($r);
+    }
+
+    # realip: a header may change the address allow sees, never the
+    # loopback exemption
+    $p = mget('/metrics-realip', addr => $X, headers => ['X-Forwarded-For' => '127.0.0.1']);
+    is(($p->{headers}{'x-peer'} || [])->[0], '127.0.0.1',
+       "realip: $X with X-Forwarded-For: 127.0.0.1 is 127.0.0.1 to nginx");
+    refused($p, "realip: $X with X-Forwarded-For: 127.0.0.1, no token", 'authentication_required');
+    served(mget('/metrics-realip', addr => $X, auth => "Bearer $MTOKEN",
+                headers => ['X-Forwarded-For' => '127.0.0.1']),
+           "realip: $X with X-Forwarded-For: 127.0.0.1, the token");
+    $p = mget('/metrics-realip', headers => ['X-Forwarded-For' => '203.0.113.7']);
+    is(($p->{headers}{'x-peer'} || [])->[0], '203.0.113.7',
+       'realip: 127.0.0.1 forwarding for 203.0.113.7 is 203.0.113.7 to nginx');
+    refused($p, 'realip: a proxy on 127.0.0.1 forwarding for 203.0.113.7, no token',
+            'authentication_required');
+    served(mget('/metrics-realip'), 'realip: 127.0.0.1 for itself, no token');
+
+    # IPv6 and v4-mapped addresses ([::]:PORT2 ipv6only=off); the token
+    # set at the server level
+    my $p2 = $ngx->{port2};
+    served(mget('/metrics', addr => '::1', port => $p2), '[::1], no token');
+    served(mget('/metrics', addr => '127.0.0.1', port => $p2), '::ffff:127.0.0.1, no token');
+    refused(mget('/metrics', addr => $X, port => $p2), "::ffff:$X, no token",
+            'authentication_required');
+    refused(mget('/metrics', addr => 'fd00:254::1', port => $p2), '[fd00:254::1], no token',
+            'authentication_required');
+    served(mget('/metrics', addr => 'fd00:254::1', port => $p2, auth => "Bearer $MTOKEN"),
+           '[fd00:254::1], the token');
+    served(mget('/metrics', addr => $X, port => $p2, auth => "Bearer $MTOKEN"),
+           "::ffff:$X, the token (set at the server level)");
+
+    # without a token, as before: the address alone decides
+    my $r = mget('/metrics', addr => $X, auth => "Bearer $MTOKEN");
+    is $r->{status}, 403, "/metrics without tenant_metrics_token: $X 403 whatever it sends";
+
+    # refusals are logged without what was sent, and not counted as
+    # gateway requests
+    my $log = error_log(since => $mark);
+    like $log, qr/tenant: metrics refused: no bearer token/, 'log: a refusal without a token';
+    like $log, qr/tenant: metrics refused: not the metrics token/, 'log: a refusal of a wrong token';
+    # but nginx's own info line on a duplicate header, which quotes both
+    # (logged before a location is chosen: the shipped configuration logs
+    # that part at notice, t/056)
+    my @leaks = grep { !/client sent duplicate header line: "Authorization: / }
+                grep { /\Q$MTOKEN\E|\Q$wrong\E|\Q${\ substr($MTOKEN, 0, 20)}\E/ }
+                split /\n/, error_log();
+    is_deeply \@leaks, [], 'error log: no token, right or wrong';
+    my $after = scrape()->{m};
+    is_deeply delta(requests($before), requests($after)), {},
+        'tenant_requests_total: metrics refusals are not gateway requests';
+}
+
+# tenant_metrics_token's parameter at nginx -t
+for my $case (
+    ['x' x 31,                  qr/"tenant_metrics_token" must be at least 32 characters/],
+    [('x' x 32) . '!',          qr/"tenant_metrics_token" must be a bearer token/],
+    ['"' . ('x' x 32) . ' y"',  qr/"tenant_metrics_token" must be a bearer token/],
+    ["$MTOKEN;\n            tenant_metrics_token $MTOKEN", qr/"tenant_metrics_token" directive is duplicate/],
+) {
+    my ($v, $want) = @$case;
+    my $t = nginx_conf_test(http => <<"EOF");
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location = /metrics {
+            tenant_metrics;
+            tenant_metrics_token $v;
+        }
+    }
+EOF
+    ok !$t->{ok} && $t->{output} =~ $want, "nginx -t refuses tenant_metrics_token: $want"
+        or diag $t->{output};
+    unlike $t->{output}, qr/xxxxxxxxxxxxxxxx|\Q$MTOKEN\E/, '... without the value';
 }
 
 diag "scrapes: $SCRAPES";

@@ -63,6 +63,8 @@ use File::Path       qw(make_path remove_tree);
 use File::Temp       ();
 use IO::Select       ();
 use IO::Socket::INET ();
+use IO::Socket::IP   ();
+use IO::Socket::UNIX ();
 use JSON::XS         ();
 use MIME::Base64     qw(encode_base64url);
 use POSIX            qw(:sys_wait_h);
@@ -1294,6 +1296,8 @@ sub _complete {
 }
 
 # One request to nginx (127.0.0.1:%%PORT%%, or port => ...).
+#   addr (127.0.0.1; an IPv6 address too), local_addr (connect from it),
+#   unix (a socket path instead of addr and port),
 #   method (GET), path (/), headers => [name => value, ...] (sent as given,
 #   in order, duplicates and invalid values included), body, timeout (10 s)
 #   Host: localhost, Connection: close and Content-Length (with a body) are
@@ -1330,8 +1334,15 @@ sub http {
 
     my $start = time;
     my $res = { status => 0, headers => {}, body => '' };
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
-                                  Timeout => $timeout);
+    my $s = $r{unix}
+        ? IO::Socket::UNIX->new(Peer => $r{unix}, Timeout => $timeout)
+        : defined $r{addr} || defined $r{local_addr}
+        ? IO::Socket::IP->new(PeerHost => $r{addr} // '127.0.0.1',
+                              PeerPort => $port, Timeout => $timeout,
+                              (defined $r{local_addr}
+                               ? (LocalHost => $r{local_addr}) : ()))
+        : IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                Timeout => $timeout);
     if (!$s) {
         $res->{error} = "connect: $!";
         return $res;

@@ -62,6 +62,7 @@ static void test_message(void);
 static void test_sha256(void);
 static void test_hex(void);
 static void test_ct_equal(void);
+static void test_secret(void);
 
 
 int
@@ -75,6 +76,7 @@ main(void)
     test_sha256();
     test_hex();
     test_ct_equal();
+    test_secret();
 
     return done_testing();
 }
@@ -687,4 +689,36 @@ test_ct_equal(void)
     is_int(tenant_ct_equal((const unsigned char *) "\x80", 1,
                            (const unsigned char *) "\x00", 1), 0,
            "high bit differs");
+}
+
+
+/* tenant_secret_digest/_matches: the SHA-256 of the secret (checked
+ * against EVP_Digest's one-shot answer), the secret itself matches, a
+ * token of the same length, a prefix, a longer one and the empty one do
+ * not. */
+
+static void
+test_secret(void)
+{
+    unsigned char         d[32], want[32];
+    const unsigned char  *s;
+
+    s = (const unsigned char *) "0123456789abcdef0123456789abcdef";
+
+    is_int(tenant_secret_digest(s, 32, d), 0, "secret digest");
+    ok(EVP_Digest(s, 32, want, NULL, EVP_sha256(), NULL) == 1
+       && memcmp(d, want, 32) == 0, "secret digest is its SHA-256");
+
+    is_int(tenant_secret_matches(d, s, 32), 1, "the secret matches");
+    is_int(tenant_secret_matches(d,
+               (const unsigned char *) "0123456789abcdef0123456789abcdeF",
+               32), 0, "same length, last byte differs");
+    is_int(tenant_secret_matches(d, s, 31), 0, "a prefix does not match");
+    is_int(tenant_secret_matches(d,
+               (const unsigned char *) "0123456789abcdef0123456789abcdef0",
+               33), 0, "a longer token does not match");
+    is_int(tenant_secret_matches(d, (const unsigned char *) "", 0), 0,
+           "the empty token does not match");
+    is_int(tenant_secret_matches(d, want, 32), 0,
+           "the digest itself is not the secret");
 }
