@@ -545,6 +545,16 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    /* compared by digest: the time tells nothing of the secret's length */
+
+    if (tmcf->cron_secret.len
+        && tenant_secret_digest(tmcf->cron_secret.data, tmcf->cron_secret.len,
+                                tmcf->cron_digest)
+           != 0)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     for (i = 0; tmcf->rl_zone == NULL && i < tmcf->tiers->ntiers; i++) {
         if (tmcf->tier_rate[i].limit) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

@@ -136,6 +136,7 @@ typedef struct {
     ngx_uint_t                listen_set;
     ngx_tenant_pg_pool_t     *listen_pool;     /* the first worker's */
     ngx_str_t                 cron_secret;
+    u_char                    cron_digest[TENANT_SHA256_LEN];
     ngx_str_t                 admin_role;
     char                     *role_claim;      /* NULL: metadata.role */
     ngx_flag_t                admin_session;   /* admin needs a "sid" */

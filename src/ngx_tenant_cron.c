@@ -35,7 +35,7 @@ typedef struct {
 
 static ngx_int_t ngx_tenant_cron_handler(ngx_http_request_t *r);
 static ngx_uint_t ngx_tenant_cron_authorized(ngx_http_request_t *r,
-    ngx_str_t *secret);
+    u_char *digest);
 static void ngx_tenant_cron_done(ngx_tenant_pg_req_t *req, PGresult *res);
 static ngx_int_t ngx_tenant_cron_answer(ngx_http_request_t *r,
     PGresult *res);
@@ -91,7 +91,7 @@ ngx_tenant_cron_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    if (!ngx_tenant_cron_authorized(r, &tmcf->cron_secret)) {
+    if (!ngx_tenant_cron_authorized(r, tmcf->cron_digest)) {
         return ngx_tenant_cron_refuse(r, NGX_HTTP_UNAUTHORIZED,
                                       "unauthorized",
                                       "Bearer CRON_SECRET required");
@@ -135,10 +135,13 @@ ngx_tenant_cron_handler(ngx_http_request_t *r)
 }
 
 
-/* "Bearer <CRON_SECRET>", compared in constant time. */
+/*
+ * "Bearer <CRON_SECRET>", compared by SHA-256 digest in constant time:
+ * the time depends on the token sent, never on the secret or its length.
+ */
 
 static ngx_uint_t
-ngx_tenant_cron_authorized(ngx_http_request_t *r, ngx_str_t *secret)
+ngx_tenant_cron_authorized(ngx_http_request_t *r, u_char *digest)
 {
     size_t                len;
     ngx_table_elt_t      *h;
@@ -153,7 +156,7 @@ ngx_tenant_cron_authorized(ngx_http_request_t *r, ngx_str_t *secret)
         return 0;
     }
 
-    return tenant_ct_equal(token, len, secret->data, secret->len);
+    return tenant_secret_matches(digest, token, len) == 1;
 }
 
 
