@@ -5,13 +5,17 @@
 #   docker run --rm -p 8080:8080 --env-file .env gateway
 #
 # Every step below runs a project script that `make test` also runs
-# (t/052-container.t): scripts/build-module.sh, scripts/entrypoint.sh.
+# (t/052-container.t): scripts/deps.sh, scripts/build-module.sh,
+# scripts/entrypoint.sh.
 
 # ---- build: the module against Debian's nginx-dev, as CI builds it --------
 FROM debian:bookworm AS build
 WORKDIR /src
+# The packages first: a layer that a change of the sources does not undo.
+COPY scripts/deps.sh scripts/
+RUN scripts/deps.sh --build
 COPY . .
-RUN scripts/build-module.sh /out
+RUN scripts/build-module.sh --no-deps /out
 
 # ---- runtime ----------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # What the Dockerfile's build stage runs: the packages of the build
-# (scripts/deps.sh), then `make module`, the target CI builds, and prints
+# (scripts/deps.sh --build), then `make module`, the target CI builds, and prints
 # the path of the module on the last line of stdout.
 #
 #   scripts/build-module.sh [--no-deps] [--if-up-to-date] [DEST_DIR]
 #
-#   --no-deps         skip scripts/deps.sh (the packages are there)
+#   --no-deps         skip scripts/deps.sh --build (the packages are there)
 #   --if-up-to-date   build nothing: exit 1 unless the module is up to
 #                     date with its sources (make -q), for the tests
 #   DEST_DIR          also copy the module there (printing that path)
@@ -30,7 +30,7 @@ for arg in "$@"; do
 done
 
 cd "$root"
-[ -z "$deps" ] || scripts/deps.sh || die "scripts/deps.sh failed"
+[ -z "$deps" ] || scripts/deps.sh --build || die "scripts/deps.sh --build failed"
 
 if [ -n "$question" ]; then
     make -s -q module || die "$module is missing or older than its sources (make module)"

@@ -2,11 +2,21 @@
 # Installs the Debian packages the build, `make run` and the test suite
 # need, when any is missing.  Idempotent; needs root (or sudo) only when
 # something is missing.
+#
+#   scripts/deps.sh [--build]
+#
+#   --build   only the packages `make module` needs (the Dockerfile's
+#             build stage, through scripts/build-module.sh)
 set -euo pipefail
 
-pkgs=(
-    build-essential nginx-core nginx-dev libpq-dev libjansson-dev libssl-dev
+build_pkgs=(
+    build-essential nginx-dev libpq-dev libjansson-dev libssl-dev
     zlib1g-dev libpcre3-dev
+)
+
+pkgs=(
+    "${build_pkgs[@]}"
+    nginx-core
     clang libclang-rt-14-dev valgrind lcov
     postgresql postgresql-client pgbouncer
     libcrypt-jwt-perl libdbd-pg-perl libjson-xs-perl libcryptx-perl
@@ -18,6 +28,12 @@ pkgs=(
     nodejs
     prometheus
 )
+
+case ${1:-} in
+    --build) pkgs=("${build_pkgs[@]}") ;;
+    "") ;;
+    *) echo "usage: scripts/deps.sh [--build]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${pkgs[@]}"; do

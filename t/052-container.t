@@ -264,7 +264,8 @@ my ($build, $runtime) = @stages;
 like $build->{from},   qr/^debian:bookworm\s+AS\s+build$/i, 'build stage: FROM debian:bookworm';
 like $runtime->{from}, qr/^debian:bookworm-slim\b/, 'runtime stage: FROM debian:bookworm-slim';
 
-my %exercised = ('build-module.sh' => 1, 'entrypoint.sh' => 1);
+my %exercised = ('build-module.sh' => 1, 'entrypoint.sh' => 1,
+                 'deps.sh' => 1);
 for my $s (@stages) {
     for (@{ $s->{lines} }) {
         my ($ins, $args) = @$_;
@@ -289,15 +290,32 @@ like $ep // '', qr{^\["/srv/gateway/scripts/entrypoint\.sh"\]$}, 'runtime: ENTRY
 # module must already be up to date), into the directory the runtime
 # stage copies from.
 {
-    my ($run) = map { $_->[1] } grep { $_->[0] eq 'RUN' } @{ $build->{lines} };
-    my ($dest) = ($run // '') =~ m{scripts/build-module\.sh\s+(\S+)};
+    # The packages of the build in a layer of their own, before the
+    # sources: what scripts/deps.sh --build installs, all there on a
+    # machine that built the module.
+    my @bl = @{ $build->{lines} };
+    my ($deps_at) = grep { $bl[$_][0] eq 'RUN'
+                           && $bl[$_][1] =~ m{^scripts/deps\.sh --build$} } 0 .. $#bl;
+    my ($src_at) = grep { $bl[$_][0] eq 'COPY' && $bl[$_][1] =~ /^\.\s/ } 0 .. $#bl;
+    ok defined $deps_at && defined $src_at && $deps_at < $src_at,
+        'build stage: RUN scripts/deps.sh --build before COPY . .';
+    like $bl[$deps_at - 1][1] // '', qr{^scripts/deps\.sh\s+scripts/$},
+        '... after copying scripts/deps.sh alone' if defined $deps_at;
+    my ($rc, $out, $err) = run({}, "$root/scripts/deps.sh", '--build');
+    is "$rc $out$err", '0 ', 'scripts/deps.sh --build: nothing missing here';
+
+    my ($run) = map { $_->[1] }
+        grep { $_->[0] eq 'RUN' && $_->[1] =~ /build-module/ } @bl;
+    like $run // '', qr{^scripts/build-module\.sh --no-deps \S+$},
+        'build stage: RUN scripts/build-module.sh --no-deps DEST';
+    my ($dest) = ($run // '') =~ m{scripts/build-module\.sh\s+(?:--\S+\s+)*(\S+)};
     ok $dest, 'build stage: RUN scripts/build-module.sh DEST';
     my ($copy) = grep { m{^--from=build\s} } @{ $rt{COPY} || [] };
     like $copy // '', qr{^--from=build\s+\Q$dest\E/ngx_tenant_module\.so\s+/usr/lib/nginx/modules/},
         'runtime: copies the module from the build stage\'s DEST';
 
     my $out_dir = "$tmp/out";
-    my ($rc, $out, $err) = run({}, "$root/scripts/build-module.sh",
+    ($rc, $out, $err) = run({}, "$root/scripts/build-module.sh",
                                '--no-deps', '--if-up-to-date', $out_dir);
     is $rc, 0, 'build-module.sh: exit 0' or diag $err;
     my $last = (split /\n/, $out)[-1] // '';
