@@ -15,7 +15,8 @@
 #    printed.  --deploy: BACKEND_URL and MCP_URL are required whatever
 #    NODE_ENV says (the demo upstream of make run echoes the signed tenant
 #    headers to clients) and the TEST_ONLY_* switches are refused.
-# 2. nginx -t on the rendered file: one line and exit 1 when refused.
+# 2. nginx's access log: RUN_DIR/access-log.fifo, copied to stdout (below).
+#    nginx -t on the rendered file: one line and exit 1 when refused.
 #    --check stops here (exit 0): `docker run IMAGE --check`, the tests.
 # 3. MIGRATE_ON_START=1: scripts/migrate.sh (default 0: migrations are a
 #    release step, e.g. `make migrate` or a pre-deploy command).
@@ -149,8 +150,10 @@ command -v "$nginx" >/dev/null 2>&1 || die "nginx not found ($nginx)"
 [ -r "$TENANT_MODULE" ] \
     || die "TENANT_MODULE: $TENANT_MODULE is not a readable file"
 
+access_fifo=$RUN_DIR/access-log.fifo
+
 # render-conf.sh prints its own one line on failure.
-"$here/render-conf.sh" --deploy "$conf" || exit 1
+"$here/render-conf.sh" --deploy --access-log "$access_fifo" "$conf" || exit 1
 
 # Left over by a previous run in the same RUN_DIR (a restarted container).
 if [ -s "$pid_file" ]; then
@@ -162,6 +165,20 @@ if [ -s "$pid_file" ]; then
     rm -f "$pid_file"
 fi
 
+# The access log.  nginx opens it by name, and open("/dev/stdout") fails
+# when stdout is a pipe, file or terminal that the (non-root) user does
+# not own (13: Permission denied) or a socket (6: No such device or
+# address), as container runtimes hand them out; the inherited descriptor
+# itself is writable.  So nginx writes to a FIFO and a cat copies it to
+# our stdout.  Descriptor 4, a write end kept through the exec, keeps the
+# copier reading until nginx's last process is gone: it ends after the
+# last lines, not on a stop signal (it ignores them).
+rm -f "$access_fifo"
+mkfifo -m 0600 "$access_fifo" || die "cannot create the FIFO $access_fifo"
+exec 3<>"$access_fifo"              # read-write: opens without waiting
+( trap '' HUP INT QUIT TERM USR1 USR2 WINCH; exec cat <"$access_fifo" 3<&- ) &
+exec 4>"$access_fifo" 3<&-
+
 # -e stderr: the built-in /var/log/nginx/error.log is not writable by a
 # non-root user.  nginx's own messages name files and directives, never
 # the values of the secrets.
@@ -172,6 +189,8 @@ if ! out=$("$nginx" -t -q -p "$RUN_DIR/" -e stderr -c "$conf" -g 'daemon off;' 2
 fi
 
 if [ -n "$check" ]; then
+    exec 4>&-
+    wait                            # the copier, at the FIFO's end
     echo "entrypoint: $conf is valid (nginx -t)"
     exit 0
 fi

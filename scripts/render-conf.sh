@@ -3,10 +3,12 @@
 # into OUT_FILE (mode 0600: it holds the database password and the
 # signing key).
 #
-#   scripts/render-conf.sh [--deploy] OUT_FILE
+#   scripts/render-conf.sh [--deploy] [--access-log PATH] OUT_FILE
 #
 # --deploy (scripts/entrypoint.sh, so the image): the demo upstream and the
 # TEST_ONLY_* switches are refused.
+# --access-log PATH: nginx's access log (default /dev/stdout);
+# scripts/entrypoint.sh gives its FIFO, RUN_DIR/access.log.
 #
 # A missing or malformed required variable: exit 1 and one line on stderr
 # naming the variable and what is wrong.  Secret values are never printed.
@@ -165,14 +167,25 @@ origin_ok() {
 }
 
 
-deploy=
-if [ "${1:-}" = --deploy ]; then
-    deploy=1
-    shift
-fi
-[ $# -eq 1 ] \
-    || { echo "usage: scripts/render-conf.sh [--deploy] OUT_FILE" >&2; exit 2; }
+usage() {
+    echo "usage: scripts/render-conf.sh [--deploy] [--access-log PATH] OUT_FILE" >&2
+    exit 2
+}
+
+deploy= access_log=/dev/stdout
+while [ $# -gt 1 ]; do
+    case $1 in
+        --deploy)     deploy=1; shift ;;
+        --access-log) [ $# -ge 3 ] && [ -n "$2" ] || usage
+                      access_log=$2; shift 2 ;;
+        *)            usage ;;
+    esac
+done
+[ $# -eq 1 ] && [[ $1 != -* ]] || usage
 abs out "$1"
+abs access_log "$access_log"
+unsafe_path "$access_log" \
+    && die "--access-log: must be a path without spaces, quotes or any of ;{}\$#\\"
 
 [ -r "$template" ] || die "template $template is missing"
 
@@ -655,6 +668,7 @@ fi
 # Values reach perl through the environment, never through argv (ps).
 export RC_TENANT_MODULE=$module
 export RC_RUN_DIR=$run_dir
+export RC_ACCESS_LOG=$access_log
 export RC_LOG_LEVEL=$log_level
 export RC_HEADER_LOG_LEVEL=$header_log_level
 export RC_MAX_REQUEST_SIZE=$max_request_size

@@ -13,6 +13,8 @@ use TenantTest;
 use File::Path   qw(make_path);
 use File::Copy   qw(copy);
 use HTTP::Tiny   ();
+use IO::Select   ();
+use Socket       qw(AF_UNIX SOCK_STREAM PF_UNSPEC);
 use POSIX        qw(WNOHANG);
 use Time::HiRes  qw(sleep time);
 use Test::More;
@@ -242,6 +244,118 @@ my $migrated = "SELECT to_regclass('public.schema_migrations') IS NOT NULL";
         scalar @files, 'MIGRATE_ON_START=1: every migration applied';
     ok sql_value("SELECT to_regclass('public.tenants') IS NOT NULL"),
         'MIGRATE_ON_START=1: public.tenants exists';
+}
+
+
+# ---- (g) the access log, whoever owns stdout ------------------------------
+#
+# nginx opens its access log by name; open("/dev/stdout") fails for a
+# socket (6: No such device or address) whoever runs it, and for a pipe or
+# file of another user (13: Permission denied), which is what a container
+# runtime hands a non-root USER.  The entrypoint's FIFO and copier write
+# to the inherited descriptor instead: the access log line arrives.
+
+sub serve_stdout {
+    my ($kind) = @_;
+    my $env = env_for();
+    my ($r, $w);
+    my ($uid, $gid);
+    if ($kind eq 'a socket') {
+        socketpair($r, $w, AF_UNIX, SOCK_STREAM, PF_UNSPEC)
+            or die "socketpair: $!";
+    } else {
+        pipe($r, $w) or die "pipe: $!";
+        (undef, undef, $uid, $gid) = getpwnam('nobody')
+            or die "no user nobody";
+        make_path($env->{RUN_DIR});
+        chown $uid, $gid, $env->{RUN_DIR} or die "chown: $!";
+    }
+    my $err = "$tmp/stdout" . ++$seq . '.err';
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        close $r;
+        delete @ENV{@ours};
+        @ENV{keys %$env} = values %$env;
+        open STDIN,  '<', '/dev/null';
+        open STDOUT, '>&', $w or POSIX::_exit(125);
+        open STDERR, '>', $err or POSIX::_exit(125);
+        if (defined $uid) {
+            $) = "$gid $gid";
+            $( = $gid;
+            POSIX::setuid($uid) or POSIX::_exit(126);
+        }
+        exec $entry or POSIX::_exit(127);
+    }
+    close $w;
+
+    my $agent = "t052-stdout-$$-" . int rand 1e9;
+    my $ua = HTTP::Tiny->new(timeout => 2, agent => $agent);
+    my ($status, $exited) = (0);
+    my $deadline = time + 30;
+    while (time < $deadline) {
+        if (waitpid($pid, WNOHANG) == $pid) { $exited = 1; last }
+        $status = $ua->get("http://127.0.0.1:$env->{PORT}/api/health")->{status};
+        last if $status == 200;
+        sleep 0.2;
+    }
+    is $status, 200, "stdout $kind: /api/health answers 200"
+        or diag slurp($err);
+
+    kill 'QUIT', $pid unless $exited;
+    my $done = $exited;
+    for (1 .. 150) {
+        last if $done;
+        $done = waitpid($pid, WNOHANG) == $pid;
+        sleep 0.1 unless $done;
+    }
+    if (!$done) { kill 'KILL', $pid; waitpid $pid, 0 }
+    ok $done && !$exited, "stdout $kind: SIGQUIT stops it";
+    is $? >> 8, 0, "stdout $kind: exit status 0" if $done && !$exited;
+
+    # Everything the copier wrote, up to its end (EOF: nginx is gone).
+    my ($out, $eof) = ('', 0);
+    my $sel = IO::Select->new($r);
+    my $until = time + 10;
+    while (time < $until && $sel->can_read($until - time)) {
+        sysread($r, $out, 65536, length $out) or do { $eof = 1; last };
+    }
+    close $r;
+    ok $eof, "stdout $kind: the copier ends with nginx (end of file)";
+    my ($line) = grep { /"user_agent":"\Q$agent\E"/ } split /\n/, $out;
+    ok $line, "stdout $kind: the access log line arrives" or diag $out;
+    like $line // '', qr/\A\{.*"uri":"\/api\/health".*"status":200\b/,
+        "stdout $kind: ... as JSON, the request's URI and status";
+    unlike slurp($err), qr{/dev/stdout|\[(emerg|alert)\]},
+        "stdout $kind: no open() failure nor alert on stderr";
+    ok -p "$env->{RUN_DIR}/access-log.fifo",
+        "stdout $kind: the access log is RUN_DIR/access-log.fifo, a FIFO";
+}
+
+# render-conf.sh --access-log PATH: the access_log line; /dev/stdout
+# without it (make run, t/056).
+{
+    my $render = "$root/scripts/render-conf.sh";
+    my $env = env_for();
+    my $conf = "$env->{RUN_DIR}/nginx.conf";
+    my ($rc, $out, $err) = run($env, $render, $conf);
+    like $rc ? '' : slurp($conf), qr{^\s*access_log /dev/stdout tenant_json;$}m,
+        'render-conf.sh: access_log /dev/stdout by default' or diag $err;
+    ($rc, $out, $err) = run($env, $render, '--deploy', '--access-log',
+                            "$tmp/access.fifo", $conf);
+    like $rc ? '' : slurp($conf), qr{^\s*access_log \Q$tmp\E/access\.fifo tenant_json;$}m,
+        'render-conf.sh --access-log PATH: access_log PATH' or diag $err;
+    unlike slurp($conf), qr{^\s*access_log /dev/stdout}m, "... and no access_log /dev/stdout";
+    ($rc, $out, $err) = run($env, $render, '--access-log', "$tmp/a;b", $conf);
+    is $rc, 1, 'render-conf.sh --access-log with a ";": exit 1';
+    like $err, qr/\Arender-conf: --access-log: [^\n]*\n\z/, '... one line naming it';
+    ($rc, $out, $err) = run($env, $render, '--access-log', $conf);
+    is $rc, 2, 'render-conf.sh --access-log without OUT_FILE: usage, exit 2';
+}
+
+serve_stdout('a socket');
+SKIP: {
+    skip 'not root: no other user to run the entrypoint as', 7 if $> != 0;
+    serve_stdout('a pipe of root, the entrypoint as nobody');
 }
 
 
