@@ -15,7 +15,8 @@
 #    printed.  --deploy: BACKEND_URL and MCP_URL are required whatever
 #    NODE_ENV says (the demo upstream of make run echoes the signed tenant
 #    headers to clients) and the TEST_ONLY_* switches are refused.
-# 2. nginx's access log: RUN_DIR/access-log.fifo, copied to stdout (below).
+# 2. nginx's access log: RUN_DIR/access-log.fifo, copied to stdout by a
+#    cat (below).
 #    nginx -t on the rendered file: one line and exit 1 when refused.
 #    --check stops here (exit 0): `docker run IMAGE --check`, the tests.
 # 3. MIGRATE_ON_START=1: scripts/migrate.sh (default 0: migrations are a
@@ -170,13 +171,15 @@ fi
 # not own (13: Permission denied) or a socket (6: No such device or
 # address), as container runtimes hand them out; the inherited descriptor
 # itself is writable.  So nginx writes to a FIFO and a cat copies it to
-# our stdout.  Descriptor 4, a write end kept through the exec, keeps the
-# copier reading until nginx's last process is gone: it ends after the
-# last lines, not on a stop signal (it ignores them).
+# our stdout.  This script's descriptor 4, a write end, keeps the copier
+# reading until nginx has exited (nginx -t closing the FIFO is no end);
+# then the script closes it and waits for the copier to copy the last
+# lines (step 4).  The copier ignores the stop signals.
 rm -f "$access_fifo"
 mkfifo -m 0600 "$access_fifo" || die "cannot create the FIFO $access_fifo"
 exec 3<>"$access_fifo"              # read-write: opens without waiting
 ( trap '' HUP INT QUIT TERM USR1 USR2 WINCH; exec cat <"$access_fifo" 3<&- ) &
+copier=$!
 exec 4>"$access_fifo" 3<&-
 
 # -e stderr: the built-in /var/log/nginx/error.log is not writable by a
@@ -203,7 +206,7 @@ fi
 
 (( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 501 )) \
     || die "bash 5.1 or later needed (wait -p), this is $BASH_VERSION"
-"$nginx" -p "$RUN_DIR/" -e stderr -c "$conf" -g 'daemon off;' &
+"$nginx" -p "$RUN_DIR/" -e stderr -c "$conf" -g 'daemon off;' 4>&- &
 nginx_pid=$!
 # a signal between the two lines above found no pid
 [ -z "$stopping" ] || quit_nginx
@@ -218,4 +221,13 @@ done
 if [ -z "$stopping" ]; then
     printf 'entrypoint: nginx exited by itself (status %s)\n' "$status" >&2
 fi
+
+# The access log's last lines: the copier ends once nginx's processes and
+# this script have closed the FIFO.  Bounded: the workers of a killed
+# master would keep it open.
+exec 4>&-
+for ((i = 0; i < 20; i++)); do
+    kill -0 "$copier" 2>/dev/null || break
+    sleep 0.1
+done
 exit "$status"
