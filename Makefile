@@ -8,6 +8,8 @@
 #   make migrate    apply pending migrations to DATABASE_URL
 #   make bench      gateway vs plain proxy_pass (bench/run.sh)
 #   make smoke      the deployment guide's smoke tests against BASE_URL
+#   make image-test build the Dockerfile with buildah and run the image
+#                   (t/160-image.t; root; in make test with IMAGE_TEST=1)
 #
 # Hardening targets (fuzz, sanitizers, coverage, soak) live in mk/*.mk.
 
@@ -37,7 +39,7 @@ GUARD        = $(BUILD)/guard/blockguard.so
 GUARD_TEST   = $(BUILD)/guard/blockguard_test
 
 .PHONY: all module unit guard deps run stop test migrate bench bench-provision \
-        smoke clean
+        smoke image-test clean
 
 all: module
 
@@ -96,6 +98,9 @@ smoke:
 test: deps module unit guard
 	prove --exec "" $(UNIT_TESTS)
 	prove -j1 t/
+
+image-test: deps
+	IMAGE_TEST=1 prove -v t/160-image.t
 
 clean:
 	rm -rf $(BUILD)

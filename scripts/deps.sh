@@ -27,6 +27,7 @@ pkgs=(
     faketime
     nodejs
     prometheus
+    buildah debootstrap         # make image-test (t/160-image.t)
 )
 
 case ${1:-} in
