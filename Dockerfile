@@ -6,7 +6,8 @@
 #
 # Every step below runs a project script that `make test` also runs
 # (t/052-container.t): scripts/deps.sh, scripts/build-module.sh,
-# scripts/entrypoint.sh.
+# scripts/entrypoint.sh.  Without Docker: scripts/image-build.sh (buildah);
+# make image-test builds and runs the image (t/160-image.t).
 
 # ---- build: the module against Debian's nginx-dev, as CI builds it --------
 FROM debian:bookworm AS build

@@ -10,7 +10,7 @@
 #   scripts/image-build.sh [TAG]      default localhost/ngx-tenant-gateway:latest
 #
 # Environment: those of scripts/image-base.sh (IMAGE_CACHE, IMAGE_STORAGE,
-# ...).  The build log goes to stderr.
+# ...) and IMAGE_STORAGE_MAX_MB (below).  The build log goes to stderr.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,5 +30,16 @@ log "buildah bud $tag"
     || { rm -f "$cache/.iid.$$"; die "buildah bud failed (see above)"; }
 iid=$(cat "$cache/.iid.$$")
 rm -f "$cache/.iid.$$"
+
+# Each build leaves its layers as untagged images (the --layers cache):
+# past IMAGE_STORAGE_MAX_MB (4096) they go, the next build starts again
+# from the base images.
+if [ "$storage" != default ]; then
+    used=$(du -sm "$storage" 2>/dev/null | cut -f1)
+    if (( ${used:-0} > ${IMAGE_STORAGE_MAX_MB:-4096} )); then
+        log "storage ${used} MB: removing the untagged images (the layer cache)"
+        "${buildah[@]}" rmi --prune >/dev/null 2>&1 || true
+    fi
+fi
 log "built $tag ${iid#sha256:}"
 echo "${iid#sha256:}"

@@ -187,11 +187,25 @@ ok !grep({ !exists $env{$_} } keys %ours),
 
 my @env_args = map { ('-e', "$_=$env{$_}") } sort keys %env;
 
-# A working container of the image; removed at the end.
-my $ctr = "ngx-tenant-t160-$$";
-($rc, $out, $err) = run(@buildah, 'from', '--pull=never', '--name', $ctr, $iid);
-is $rc, 0, 'buildah from: a working container' or BAIL_OUT($err);
-END { run(@buildah, 'rm', $ctr) if $ctr }
+# Working containers of the image (one for the pre-deploy command, one
+# for the service, as Render runs them); stopped and removed at the end.
+my @ctrs;
+my ($run, $main);
+sub container {
+    my $name = "ngx-tenant-t160-$$-" . (@ctrs + 1);
+    my ($rc, $out, $err) = run(@buildah, 'from', '--pull=never', '--name', $name, $iid);
+    is $rc, 0, "buildah from: working container $name" or BAIL_OUT($err);
+    push @ctrs, $name;
+    return $name;
+}
+END {
+    if ($run && kill 0, $run) {
+        kill 'TERM', $main if $main;
+        for (1 .. 50) { last if waitpid($run, WNOHANG) == $run; sleep 0.1 }
+        if (kill 0, $run) { kill 'KILL', $main if $main; kill 'KILL', $run; waitpid $run, 0 }
+    }
+    run(@buildah, 'rm', $_) for @ctrs;
+}
 
 
 # ---- 2 the pre-deploy command --------------------------------------------------
@@ -200,7 +214,7 @@ END { run(@buildah, 'rm', $ctr) if $ctr }
     my @cmd = split ' ', $web->{preDeployCommand} // '';
     ok @cmd, "render.yaml: preDeployCommand @cmd";
     my ($rc, $out, $err, $secs) = run(@buildah, 'run', '--isolation', 'chroot',
-                                      @env_args, $ctr, '--', @entry, @cmd);
+                                      @env_args, container(), '--', @entry, @cmd);
     is $rc, 0, 'preDeployCommand through the ENTRYPOINT, as the image\'s user: exit 0'
         or diag $err;
     my @files = glob "$root/migrations/*.sql";
@@ -240,8 +254,9 @@ sub main_process {
 
 my $out_file = "$tmp/container.out";
 my $err_file = "$tmp/container.err";
+my $ctr = container();
 my $t_start = time;
-my $run = fork // die "fork: $!";
+$run = fork // die "fork: $!";
 if (!$run) {
     open STDIN,  '<', '/dev/null';
     open STDOUT, '>', $out_file or POSIX::_exit(125);
@@ -250,7 +265,7 @@ if (!$run) {
         or POSIX::_exit(127);
 }
 
-my ($main, $status, $exited) = (undef, 0);
+my ($status, $exited) = (0);
 my $deadline = time + 60;
 while (time < $deadline) {
     if (waitpid($run, WNOHANG) == $run) { $exited = $?; last }
@@ -259,6 +274,7 @@ while (time < $deadline) {
     last if $status == 200;
     sleep 0.25;
 }
+$main //= main_process($run);
 is $status, 200, 'the container serves /api/health: 200'
     or diag slurp($err_file);
 diag sprintf 'container start to /api/health 200: %.1f s', time - $t_start;
@@ -355,9 +371,10 @@ unlike slurp($err_file), qr{/dev/stdout|\[(emerg|alert|crit)\]},
         last if $done = waitpid($run, WNOHANG) == $run;
         sleep 0.1;
     }
-    if (!$done) { kill 'KILL', $main; kill 'TERM', $run; waitpid $run, 0 }
+    my $st = $?;
+    if ($done) { undef $run } else { diag 'still running: killed at the end' }
     ok $done, 'the container stops';
-    is $? >> 8, 0, 'exit status 0' if $done;
+    is $st >> 8, 0, 'exit status 0' if $done;
     my @left = grep { -e "/proc/$_" } @procs;
     ok @procs && !@left, 'no process of it left (nginx, its workers, the copier)'
         or diag "left: @left";
