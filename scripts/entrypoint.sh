@@ -193,7 +193,7 @@ fi
 
 if [ -n "$check" ]; then
     exec 4>&-
-    wait                            # the copier, at the FIFO's end
+    wait "$copier" || true          # the copier, at the FIFO's end
     echo "entrypoint: $conf is valid (nginx -t)"
     exit 0
 fi
