@@ -795,11 +795,19 @@ done:
     conn->req = NULL;
 
     if (conn->held) {
+
+        /* what it was: an admin write that timed out tells here whether
+         * it committed after all */
+
         ngx_log_error(NGX_LOG_INFO, conn->pool->log, 0,
                       "tenant: PostgreSQL answered %Mms after the query "
                       "was sent, nobody waits for it any more: answer "
-                      "dropped, connection kept",
-                      ngx_current_msec - conn->sent_at);
+                      "(%s) dropped, connection kept",
+                      ngx_current_msec - conn->sent_at,
+                      res == NULL ? "none"
+                      : PQresultStatus(res) == PGRES_FATAL_ERROR
+                        ? ngx_tenant_pg_result_error(res)
+                        : PQresStatus(PQresultStatus(res)));
 
         ngx_tenant_pg_unhold(conn);
     }
