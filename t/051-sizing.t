@@ -542,7 +542,55 @@ sub lock_tenants {
     my @closed = $log =~ /\[warn\].*tenant: PostgreSQL still busy (\d+)ms after a query that nobody waits for was sent: connection closed, its backend may run on until the statement ends/g;
     ok @held >= 1, 'the workers\' backends held after the timeout: ' . scalar(@held);
     is scalar(@closed), scalar(@held), '... each closed at the deadline, one [warn] each';
-    ok !(grep { $_ < 9900 || $_ > 10500 } @closed), "... twice the timeout after the query (@closed ms)";
+    ok @closed && !(grep { $_ < 9900 || $_ > 10500 } @closed),
+        "... twice the timeout after the query (@closed ms)";
+}
+
+# The server stopped (SIGSTOP): the connections whose queries time out
+# stay held, busy, until the deadline (twice the timeout), then are
+# closed; lookups sent meanwhile wait for a connection at most the
+# timeout, as they did before (or, on a connection left idle, are held in
+# turn): each is answered 503 in time, none hangs, none is 500.  After
+# SIGCONT the gateway looks tenants up again.
+{
+    my @new = map { create_tenant(tier => 'professional')->{clerk_organization_id} } 1 .. 9;
+    my @first  = map { mint_token(org => $_) } @new[0 .. 3];
+    my @second = map { mint_token(org => $_) } @new[4 .. 7];
+    my $after  = mint_token(org => $new[8]);
+
+    pg_stall();
+    my $start = time;
+    my @wave1 = $send->(@first);
+    my ($busy_held, $busy_after, @wave2, $wave2_at, @series);
+    while (time < $start + 11.5) {
+        $busy_held = busy_gauge() if !defined $busy_held && time > $start + 7;
+        $busy_after = busy_gauge() if !defined $busy_after && time > $start + 10.6;
+        push @series, sprintf '%.1f:%s', time - $start, busy_gauge() if time > $start + 6;
+        if (!@wave2 && time > $start + 6.2) {
+            @wave2 = $send->(@second);
+            $wave2_at = time;
+        }
+        sleep 0.05;
+    }
+    my (@r1, @r2);
+    push @r1, wait_http($_) for @wave1;
+    push @r2, wait_http($_) for @wave2;
+    pg_unstall();
+
+    my @late = grep { $_->{status} != 503 || $_->{elapsed} > 6.5 } @r1, @r2;
+    is_deeply [map { "$_->{status} $_->{elapsed}" } @late], [],
+        'server stopped: every lookup answered 503 within the timeout (+1.5 s), none hangs, none 500';
+    ok $busy_held >= 1, "... after the timeout, the held connections busy in the metrics ($busy_held)";
+    cmp_ok $busy_after, '<', $busy_held,
+        "... past the deadline, the first ones closed: $busy_after busy (the later lookups' own)"
+        or diag "@series";
+
+    my ($r) = retry_until(10, sub {
+        http(port => $port, path => '/api/products', timeout => 10,
+             headers => [Authorization => "Bearer $after"]) }, sub { $_[0]{status} == 200 });
+    is $r->{status}, 200, '... after SIGCONT, a lookup: 200';
+    my ($n) = retry_until(10, \&backends, sub { $_[0]{_total} <= $POOL_SIZE });
+    cmp_ok $n->{_total}, '<=', $POOL_SIZE, '... within the budget';
 }
 
 kill 'QUIT', $ngx;
