@@ -865,11 +865,10 @@ ngx_tenant_pg_timeout_handler(ngx_event_t *ev)
 
     /*
      * Every connection was busy for the whole timeout: the pool is too
-     * small, or the database slow; not a reason to mark it down.  With
-     * every request on the pool's timeout, the connections are held ones
-     * (ngx_tenant_pg_hold): a request queued behind a connection with a
-     * request of its own finds it down at that one's timeout, which
-     * fails the whole queue.
+     * small, or the database slow; not a reason to mark it down.  Reached
+     * when the connections are held ones (ngx_tenant_pg_hold): while one
+     * still has its request, that one times out first (its timer was
+     * armed earlier), marks the pool down and fails the whole queue.
      */
 
     if (req->queued) {
@@ -940,8 +939,8 @@ ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn, const char *what)
                                     : &pool->stats->connect_errors, 1);
     }
 
-    /* a connection fails while connecting or busy, with a request but
-     * when held */
+    /* a connection fails while connecting or busy, with a request, or
+     * held without one */
 
     req = conn->req;
     conn->req = NULL;
@@ -1062,8 +1061,8 @@ ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn)
 static void
 ngx_tenant_pg_hold(ngx_tenant_pg_conn_t *conn)
 {
-    ngx_msec_t             elapsed, deadline;
-    ngx_tenant_pg_req_t   *req;
+    ngx_msec_t            elapsed, deadline;
+    ngx_tenant_pg_req_t  *req;
 
     req = conn->req;
     conn->req = NULL;

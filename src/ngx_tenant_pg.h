@@ -29,7 +29,8 @@ typedef void (*ngx_tenant_pg_notify_pt)(void *data, const char *channel,
 typedef void (*ngx_tenant_pg_closed_pt)(void *data);
 
 /* res is NULL when the query could not be run (no connection, timeout);
- * it is freed by the pool after the handler returns. */
+ * it is freed by the pool after the handler returns.  An answer that
+ * comes after the timeout is never handed to anyone. */
 typedef void (*ngx_tenant_pg_handler_pt)(ngx_tenant_pg_req_t *req,
     PGresult *res);
 
@@ -83,7 +84,13 @@ ngx_int_t ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool,
 /* An error result's SQLSTATE and primary message, for the log. */
 const char *ngx_tenant_pg_result_error(PGresult *res);
 
-/* The caller no longer wants the answer (its request is going away). */
+/*
+ * The caller no longer wants the answer (its request is going away).  A
+ * query on the server keeps its connection, busy, until the answer comes
+ * (dropped) or twice the pool's timeout after it was sent, as one that
+ * timed out does: a closed connection would leave its backend running,
+ * outside the pool's size.
+ */
 void ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req);
 
 /*
