@@ -34,8 +34,8 @@ struct ngx_tenant_pg_conn_s {
     ngx_tenant_pg_pool_t      *pool;
     ngx_log_t                  log;          /* own copy, for its action */
 
-    /* BUSY without a request: its query timed out or was cancelled, the
-     * answer is awaited until this timer's deadline (ngx_tenant_pg_hold) */
+    /* BUSY without a request: its query timed out, the answer is awaited
+     * until this timer's deadline (ngx_tenant_pg_hold) */
     ngx_event_t                hold;
     ngx_msec_t                 sent_at;
     unsigned                   held:1;
@@ -332,19 +332,14 @@ ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req)
     }
 
     /*
-     * A query on the server keeps its connection until its answer
-     * arrives (ngx_tenant_pg_hold); one still connecting is dropped, the
-     * pool opens a new one when it needs it.
+     * libpq 15 has no non-blocking cancel: a connection with a query in
+     * flight for a request that is gone is dropped; the pool opens a new
+     * one when it needs it.  Unlike a timeout (ngx_tenant_pg_hold), this
+     * happens only when a request is terminated while it waits: a client
+     * that leaves is not noticed meanwhile (the lookups, which notice it,
+     * orphan their query instead), so in practice on a worker's
+     * shutdown, which closes the pool right after.
      */
-
-    if (conn->state == NGX_TENANT_PG_BUSY) {
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, req->pool->log, 0,
-                       "tenant: query cancelled, its connection kept "
-                       "until the answer");
-
-        ngx_tenant_pg_hold(conn);
-        return;
-    }
 
     conn->req = NULL;
     req->conn = NULL;
@@ -788,8 +783,8 @@ done:
     conn->res = NULL;
 
     /* req is NULL when the connection was held: the answer of a query
-     * that timed out or was cancelled, which nobody may see (neither its
-     * caller, gone, nor the cache); the connection is the pool's again */
+     * that timed out, which nobody may see (neither its caller, answered
+     * already, nor the cache); the connection is the pool's again */
 
     req = conn->req;
     conn->req = NULL;
@@ -1046,9 +1041,8 @@ ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn)
 
 
 /*
- * A query nobody waits for any more (its timeout passed, or its caller
- * cancelled it) keeps its connection, busy, out of the pool's reach:
- * libpq 15 cannot cancel without blocking, and a closed connection
+ * A query that timed out keeps its connection, busy, out of the pool's
+ * reach: libpq 15 cannot cancel without blocking, and a closed connection
  * leaves its backend on the server until the statement ends, while the
  * pool's next connection comes on top of it (a lock on public.tenants
  * held past the timeout would pile up backends up to the server's

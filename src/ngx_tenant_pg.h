@@ -84,13 +84,7 @@ ngx_int_t ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool,
 /* An error result's SQLSTATE and primary message, for the log. */
 const char *ngx_tenant_pg_result_error(PGresult *res);
 
-/*
- * The caller no longer wants the answer (its request is going away).  A
- * query on the server keeps its connection, busy, until the answer comes
- * (dropped) or twice the pool's timeout after it was sent, as one that
- * timed out does: a closed connection would leave its backend running,
- * outside the pool's size.
- */
+/* The caller no longer wants the answer (its request is going away). */
 void ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req);
 
 /*
