@@ -33,6 +33,12 @@ struct ngx_tenant_pg_conn_s {
     PGresult                  *res;
     ngx_tenant_pg_pool_t      *pool;
     ngx_log_t                  log;          /* own copy, for its action */
+
+    /* BUSY without a request: its query timed out, the answer is awaited
+     * until this timer's deadline (ngx_tenant_pg_hold) */
+    ngx_event_t                hold;
+    ngx_msec_t                 sent_at;
+    unsigned                   held:1;
 };
 
 
@@ -76,6 +82,9 @@ static void ngx_tenant_pg_down(ngx_tenant_pg_pool_t *pool);
 static u_char *ngx_tenant_pg_error(ngx_tenant_pg_conn_t *conn,
     size_t *len);
 static void ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn);
+static void ngx_tenant_pg_hold(ngx_tenant_pg_conn_t *conn);
+static void ngx_tenant_pg_unhold(ngx_tenant_pg_conn_t *conn);
+static void ngx_tenant_pg_hold_handler(ngx_event_t *ev);
 static void ngx_tenant_pg_state(ngx_tenant_pg_conn_t *conn,
     ngx_tenant_pg_state_e state);
 static void ngx_tenant_pg_retry(ngx_tenant_pg_conn_t *conn,
@@ -146,6 +155,12 @@ ngx_tenant_pg_pool_create(ngx_cycle_t *cycle, const char *const *keywords,
     for (i = 0; i < size; i++) {
         pool->conns[i].pool = pool;
         pool->conns[i].log = *cycle->log;
+
+        /* an exiting worker does not wait for a late answer */
+        pool->conns[i].hold.handler = ngx_tenant_pg_hold_handler;
+        pool->conns[i].hold.data = &pool->conns[i];
+        pool->conns[i].hold.log = cycle->log;
+        pool->conns[i].hold.cancelable = 1;
     }
 
     pool->keywords = keywords;
@@ -237,9 +252,9 @@ ngx_tenant_pg_query(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
             return NGX_AGAIN;
         }
 
-        /* a connection without a request is IDLE or FREE: every path
-         * that unbinds a request from a CONNECTING or BUSY one closes
-         * it */
+        /* a connection without a request is IDLE, FREE, or BUSY and
+         * held (ngx_tenant_pg_hold): every other path that unbinds a
+         * request from a CONNECTING or BUSY one closes it */
 
         if (conn->state == NGX_TENANT_PG_FREE && free == NULL) {
             free = conn;
@@ -319,7 +334,11 @@ ngx_tenant_pg_cancel(ngx_tenant_pg_req_t *req)
     /*
      * libpq 15 has no non-blocking cancel: a connection with a query in
      * flight for a request that is gone is dropped; the pool opens a new
-     * one when it needs it.
+     * one when it needs it.  Unlike a timeout (ngx_tenant_pg_hold), this
+     * happens only when a request is terminated while it waits: a client
+     * that leaves is not noticed meanwhile (the lookups, which notice it,
+     * orphan their query instead), so in practice on a worker's
+     * shutdown, which closes the pool right after.
      */
 
     conn->req = NULL;
@@ -685,6 +704,7 @@ ngx_tenant_pg_send(ngx_tenant_pg_conn_t *conn)
 
         ngx_tenant_pg_state(conn, NGX_TENANT_PG_BUSY);
         req->sent_at = ngx_current_msec;
+        conn->sent_at = req->sent_at;
 
         (void) ngx_atomic_fetch_add(&conn->pool->stats->queries, 1);
     }
@@ -762,11 +782,31 @@ done:
     res = conn->res;
     conn->res = NULL;
 
-    /* req is NULL only if a BUSY connection had lost its request, which
-     * closes it (defensive, as the latency's test) */
+    /* req is NULL when the connection was held: the answer of a query
+     * that timed out, which nobody may see (neither its caller, answered
+     * already, nor the cache); the connection is the pool's again */
 
     req = conn->req;
     conn->req = NULL;
+
+    if (conn->held) {
+
+        /* what it was: an admin write that timed out tells here whether
+         * it committed after all */
+
+        ngx_log_error(NGX_LOG_INFO, conn->pool->log, 0,
+                      "tenant: PostgreSQL answered %Mms after the query "
+                      "was sent, nobody waits for it any more: answer "
+                      "(%s) dropped, connection kept",
+                      ngx_current_msec - conn->sent_at,
+                      res == NULL ? "none"
+                      : PQresultStatus(res) == PGRES_FATAL_ERROR
+                        ? ngx_tenant_pg_result_error(res)
+                        : PQresStatus(PQresultStatus(res)));
+
+        ngx_tenant_pg_unhold(conn);
+    }
+
     ngx_tenant_pg_state(conn, NGX_TENANT_PG_IDLE);
 
     /* libpq 15 reports a server's close at the read, before a result
@@ -819,16 +859,14 @@ ngx_tenant_pg_timeout_handler(ngx_event_t *ev)
     }
 
     /*
-     * Not reached while every request has the pool's timeout: a request
-     * is queued only when each connection holds one, whose timer was
-     * armed earlier and fires first (equal times fire in order); that
-     * one marks the pool down, which fails the whole queue (above).
-     * Kept for per-request timeouts.
+     * Every connection was busy for the whole timeout: the pool is too
+     * small, or the database slow; not a reason to mark it down.  Reached
+     * when the connections are held ones (ngx_tenant_pg_hold): while one
+     * still has its request, that one times out first (its timer was
+     * armed earlier), marks the pool down and fails the whole queue.
      */
 
     if (req->queued) {
-        /* every connection was busy: the pool is too small, or the
-         * database slow; not a reason to mark it down */
         ngx_log_error(NGX_LOG_ERR, pool->log, 0,
                       "tenant: no PostgreSQL connection became free "
                       "within %Mms (pool of %ui)", pool->timeout,
@@ -846,11 +884,20 @@ ngx_tenant_pg_timeout_handler(ngx_event_t *ev)
 
     (void) ngx_atomic_fetch_add(&pool->stats->errors, 1);
 
-    /* neither failed nor queued: bound (the test is defensive) */
+    /*
+     * Neither failed nor queued: bound (the test is defensive).  A query
+     * on the server keeps its connection until its answer arrives
+     * (ngx_tenant_pg_hold); a connection still being made is dropped: a
+     * backend that has not started its session ends when it reads the
+     * close (or at the server's authentication_timeout).
+     */
 
     conn = req->conn;
 
-    if (conn) {
+    if (conn && conn->state == NGX_TENANT_PG_BUSY) {
+        ngx_tenant_pg_hold(conn);
+
+    } else if (conn) {
         conn->req = NULL;
         req->conn = NULL;
         ngx_tenant_pg_close(conn);
@@ -879,12 +926,16 @@ ngx_tenant_pg_fail(ngx_tenant_pg_conn_t *conn, const char *what)
                   "tenant: PostgreSQL failed while %s: %*s",
                   what, len, msg);
 
-    (void) ngx_atomic_fetch_add(conn->state == NGX_TENANT_PG_BUSY
-                                ? &pool->stats->errors
-                                : &pool->stats->connect_errors, 1);
+    /* a held connection's query was counted at its timeout */
 
-    /* a connection fails while connecting or busy, both with a request
-     * (the test is defensive) */
+    if (!conn->held) {
+        (void) ngx_atomic_fetch_add(conn->state == NGX_TENANT_PG_BUSY
+                                    ? &pool->stats->errors
+                                    : &pool->stats->connect_errors, 1);
+    }
+
+    /* a connection fails while connecting or busy, with a request, or
+     * held without one */
 
     req = conn->req;
     conn->req = NULL;
@@ -968,6 +1019,7 @@ ngx_tenant_pg_error(ngx_tenant_pg_conn_t *conn, size_t *len)
 static void
 ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn)
 {
+    ngx_tenant_pg_unhold(conn);
     ngx_tenant_pg_detach(conn);
 
     /* a result kept while its statement's end is still on the way: only
@@ -985,6 +1037,66 @@ ngx_tenant_pg_close(ngx_tenant_pg_conn_t *conn)
     }
 
     ngx_tenant_pg_state(conn, NGX_TENANT_PG_FREE);
+}
+
+
+/*
+ * A query that timed out keeps its connection, busy, out of the pool's
+ * reach: libpq 15 cannot cancel without blocking, and a closed connection
+ * leaves its backend on the server until the statement ends, while the
+ * pool's next connection comes on top of it (a lock on public.tenants
+ * held past the timeout would pile up backends up to the server's
+ * max_connections).  The answer, when it comes, is dropped and the
+ * connection goes back to the pool (ngx_tenant_pg_receive); a server's
+ * close, or an error, closes it as usual; twice the timeout after the
+ * query was sent, it is closed (ngx_tenant_pg_hold_handler).
+ */
+
+static void
+ngx_tenant_pg_hold(ngx_tenant_pg_conn_t *conn)
+{
+    ngx_msec_t            elapsed, deadline;
+    ngx_tenant_pg_req_t  *req;
+
+    req = conn->req;
+    conn->req = NULL;
+    req->conn = NULL;
+
+    conn->held = 1;
+
+    elapsed = ngx_current_msec - conn->sent_at;
+    deadline = 2 * conn->pool->timeout;
+
+    ngx_add_timer(&conn->hold, elapsed < deadline ? deadline - elapsed : 1);
+}
+
+
+static void
+ngx_tenant_pg_unhold(ngx_tenant_pg_conn_t *conn)
+{
+    if (conn->hold.timer_set) {
+        ngx_del_timer(&conn->hold);
+    }
+
+    conn->held = 0;
+}
+
+
+static void
+ngx_tenant_pg_hold_handler(ngx_event_t *ev)
+{
+    ngx_tenant_pg_conn_t  *conn;
+
+    conn = ev->data;
+
+    ngx_log_error(NGX_LOG_WARN, conn->pool->log, 0,
+                  "tenant: PostgreSQL still busy %Mms after a query that "
+                  "nobody waits for was sent: connection closed, its "
+                  "backend may run on until the statement ends",
+                  ngx_current_msec - conn->sent_at);
+
+    ngx_tenant_pg_close(conn);
+    ngx_tenant_pg_dispatch(conn->pool);
 }
 
 
@@ -1034,9 +1146,10 @@ ngx_tenant_pg_dispatch(ngx_tenant_pg_pool_t *pool)
         }
 
         /* the pool down with requests still queued, and a CONNECTING
-         * or BUSY connection without a request, are defensive:
+         * connection without a request, are defensive:
          * ngx_tenant_pg_down() fails the whole queue, and unbinding a
-         * request from such a connection closes it */
+         * request from such a connection closes it; a BUSY one without
+         * a request is held (ngx_tenant_pg_hold) */
 
         if (conn->state == NGX_TENANT_PG_FREE) {
             if (pool->down && ngx_current_msec < pool->retry_at) {
@@ -1079,7 +1192,7 @@ ngx_tenant_pg_latency(ngx_tenant_pg_pool_t *pool, ngx_tenant_pg_req_t *req)
         1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000
     };
 
-    /* defensive: see the caller, ngx_tenant_pg_receive() */
+    /* a held connection's answer: nobody waited for it to the end */
 
     if (req == NULL) {
         return;

@@ -29,7 +29,8 @@ typedef void (*ngx_tenant_pg_notify_pt)(void *data, const char *channel,
 typedef void (*ngx_tenant_pg_closed_pt)(void *data);
 
 /* res is NULL when the query could not be run (no connection, timeout);
- * it is freed by the pool after the handler returns. */
+ * it is freed by the pool after the handler returns.  An answer that
+ * comes after the timeout is never handed to anyone. */
 typedef void (*ngx_tenant_pg_handler_pt)(ngx_tenant_pg_req_t *req,
     PGresult *res);
 
