@@ -317,10 +317,9 @@ tenant_keyset_t *ngx_tenant_jwks_keys(ngx_tenant_main_conf_t *tmcf,
 void ngx_tenant_jwks_refresh(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf);
 ngx_int_t ngx_tenant_jwks_wait(ngx_http_request_t *r,
-    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx,
+    ngx_uint_t background);
 ngx_int_t ngx_tenant_jwks_waiting(ngx_http_request_t *r,
-    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
-ngx_int_t ngx_tenant_jwks_prefetch(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
 void ngx_tenant_jwks_stop_waiting(ngx_tenant_ctx_t *ctx);
 void ngx_tenant_jwks_exit(ngx_tenant_main_conf_t *tmcf);

@@ -382,7 +382,7 @@ ngx_tenant_access_verify(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         } else if (status == TENANT_JWT_UNKNOWN_KID) {
 
             if (!ctx->jwks_waited) {
-                rc = ngx_tenant_jwks_wait(r, tmcf, ctx);
+                rc = ngx_tenant_jwks_wait(r, tmcf, ctx, 0);
 
                 if (rc == NGX_AGAIN) {
                     return NGX_AGAIN;

@@ -395,7 +395,7 @@ ngx_tenant_health_live_handler(ngx_http_request_t *r)
     cln->handler = ngx_tenant_health_live_cleanup;
     cln->data = live;
 
-    rc = ngx_tenant_jwks_prefetch(r, tmcf, &live->jwks);
+    rc = ngx_tenant_jwks_wait(r, tmcf, &live->jwks, 1);
 
     if (rc != NGX_AGAIN) {
         return ngx_tenant_health_live_send(r, keys,

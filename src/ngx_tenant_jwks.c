@@ -475,11 +475,17 @@ ngx_tenant_jwks_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf)
  * wait for the fetch under way.  NGX_AGAIN: waiting (the phases run again
  * when it ends); NGX_DECLINED: no fetch now (one ran within the interval,
  * or this is a subrequest), the token is judged with the keys there are.
+ *
+ * background: the liveness check (tenant_health live) of a worker that
+ * has no key.  Its fetch is a background subrequest and the request waits
+ * for it in the worker's queue like a token waiting for another's fetch,
+ * so that the check may answer before the fetch ends (its own timer,
+ * ngx_tenant_jwks_stop_waiting()) while the fetch goes on.
  */
 
 ngx_int_t
 ngx_tenant_jwks_wait(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
-    ngx_tenant_ctx_t *ctx)
+    ngx_tenant_ctx_t *ctx, ngx_uint_t background)
 {
     ngx_int_t                 rc;
     ngx_uint_t                id;
@@ -506,6 +512,17 @@ ngx_tenant_jwks_wait(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         return ngx_tenant_jwks_enqueue(r, jwks, id, ctx);
     }
 
+    if (background) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "tenant: JWKS fetch %ui for the liveness check", id);
+
+        if (ngx_tenant_jwks_fetch(r, jwks, id, 1, NULL) != NGX_OK) {
+            return NGX_DECLINED;
+        }
+
+        return ngx_tenant_jwks_enqueue(r, jwks, id, ctx);
+    }
+
     if (ngx_tenant_jwks_fetch(r, jwks, id, 0, &f) != NGX_OK) {
         return NGX_DECLINED;
     }
@@ -518,53 +535,7 @@ ngx_tenant_jwks_wait(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 
 
 /*
- * The liveness check (tenant_health live) of a worker that has no key:
- * a fetch in the background, or the one under way, and the request waits
- * for it in the worker's queue like a token's.  The fetch is background
- * so that the check may answer before it ends (its own timer) and the
- * fetch still goes on.  NGX_AGAIN: waiting, the phases run again when
- * the fetch ends or ngx_tenant_jwks_stop_waiting() is called;
- * NGX_DECLINED: no fetch now (one started less than "interval" ago).
- */
-
-ngx_int_t
-ngx_tenant_jwks_prefetch(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
-    ngx_tenant_ctx_t *ctx)
-{
-    ngx_int_t           rc;
-    ngx_uint_t          id;
-    ngx_tenant_jwks_t  *jwks;
-
-    jwks = tmcf->jwks;
-
-    /* defensive: the health handler tests tmcf->jwks and is no
-     * subrequest's */
-
-    if (jwks == NULL || r != r->main) {
-        return NGX_DECLINED;
-    }
-
-    rc = ngx_tenant_jwks_claim(jwks, &id);
-
-    if (rc == NGX_DECLINED) {
-        return NGX_DECLINED;
-    }
-
-    if (rc == NGX_OK) {
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "tenant: JWKS fetch %ui for the liveness check", id);
-
-        if (ngx_tenant_jwks_fetch(r, jwks, id, 1, NULL) != NGX_OK) {
-            return NGX_DECLINED;
-        }
-    }
-
-    return ngx_tenant_jwks_enqueue(r, jwks, id, ctx);
-}
-
-
-/*
- * A request waiting in the queue (ngx_tenant_jwks_prefetch) stops: it is
+ * A request waiting in the queue (ngx_tenant_jwks_wait, background) stops: it is
  * taken out and its phases run again, as if the fetch had ended.  One
  * already woken (its phases are posted) is left alone.
  */
