@@ -235,7 +235,7 @@ sub admitted {
 
 sub refused {
     my ($r, $name, $status, $code, $reason) = @_;
-    subtest "$name: $status $code/$reason" => sub {
+    subtest "$name: $status $code" . (defined $reason ? "/$reason" : '') => sub {
         is $r->{status}, $status, "status $status" or diag brief($r);
         my $j = $r->{json} || {};
         is $j->{code}, $code, 'code';
