@@ -15,11 +15,11 @@
 
 /*
  * Lua 5.1 (Redis 7, Valkey).  Numbers are doubles: int() takes only whole
- * numbers in 0 .. 2^53, where they are exact, and idiv() is a floor
- * division corrected to the exact integer (a / b is rounded, and its floor
- * can be one off near a whole number; q * b stays below 2^53).
- * Numbers sent back to Redis are formatted with "%d", not tostring(),
- * which keeps only 14 digits.
+ * numbers in 0 .. 2^53, where they are exact.  For such a and b >= 1,
+ * math.floor(a / b) is the exact floor: if a / b = k - r / b is not whole
+ * (k whole, 1 <= r < b), it is below 2^53 / b, so half its ulp is below
+ * 1 / b <= r / b, and rounding cannot reach k.  Numbers sent back to
+ * Redis are formatted with "%d", not tostring(), which keeps 14 digits.
  */
 
 #define TENANT_RATE_REDIS_LUA_HEAD                                           \
@@ -34,13 +34,7 @@
     "  return nil\n"                                                         \
     "end\n"                                                                  \
     "local function idiv(a, b)\n"                                            \
-    "  local q = math.floor(a / b)\n"                                        \
-    "  if q * b > a then\n"                                                  \
-    "    q = q - 1\n"                                                        \
-    "  elseif (q + 1) * b <= a then\n"                                       \
-    "    q = q + 1\n"                                                        \
-    "  end\n"                                                                \
-    "  return q\n"                                                           \
+    "  return math.floor(a / b)\n"                                           \
     "end\n"
 
 /*

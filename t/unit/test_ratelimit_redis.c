@@ -79,6 +79,7 @@ static int redis_cmds(reply_t *r, const char *a0, const char *a1,
     const char *a2);
 static int read_reply(reply_t *r, int depth);
 static void test_load(void);
+static void test_arith(void);
 static void test_same(void);
 static void test_edges(void);
 static void test_errors(void);
@@ -129,6 +130,7 @@ main(void)
     }
 
     test_load();
+    test_arith();
     test_same();
     test_edges();
     test_errors();
@@ -671,6 +673,134 @@ test_load(void)
     ok(redis_cmd(&r, 3, argv, lens) == 0 && r.type == '$' && r.len == 40,
        "SCRIPT LOAD of the test's variant");
     memcpy(test_sha, r.str, 41);
+
+    free(script);
+}
+
+
+/*
+ * The script's integer arithmetic in Redis's Lua: idiv() is the exact
+ * floor for any a < 2^53 (chosen ones just below a multiple, random
+ * ones), lifetime() rounds microseconds up to milliseconds.
+ */
+
+static void
+test_arith(void)
+{
+    int          i, j, bad, argc;
+    char        *script, nums[16][24];
+    size_t       len;
+    reply_t      r;
+    uint64_t     a[8], b[8], top;
+    const char  *argv[20];
+
+    static const char  div_body[] =
+        "local r = {}\n"
+        "for i = 1, #ARGV, 2 do\n"
+        "  r[#r + 1] = idiv(int(ARGV[i]), int(ARGV[i + 1]))\n"
+        "end\n"
+        "return r\n";
+
+    static const char  life_body[] =
+        "local r = {}\n"
+        "for i = 1, #ARGV do\n"
+        "  r[#r + 1] = lifetime(int(ARGV[i]))\n"
+        "end\n"
+        "return r\n";
+
+    static const uint64_t  life[8][2] = {
+        { 1, 1 }, { 999, 1 }, { 1000, 1 }, { 1001, 2 }, { 333334, 334 },
+        { 2251799813685248ULL, 2251799813686ULL },
+        { 4503599627369000ULL, 4503599627369ULL },
+        { 4503599627369001ULL, 4503599627370ULL },
+    };
+
+    len = strlen(tenant_rate_redis_lua_head) + strlen(div_body)
+          + strlen(tenant_rate_redis_lua_clock) + strlen(life_body);
+    script = malloc(len + 1);
+    if (script == NULL) {
+        return;
+    }
+
+    top = ((uint64_t) 1 << 53) - 1;
+    bad = 0;
+
+    strcpy(script, tenant_rate_redis_lua_head);
+    strcat(script, div_body);
+
+    for (i = 0; i < 200; i++) {
+        for (j = 0; j < 8; j++) {
+            if (i == 0) {
+                /* just below the largest multiple under 2^53 */
+                b[j] = j < 4 ? (uint64_t) (2 + j)
+                             : ((uint64_t) 1 << (6 * j + 8)) + 1;
+                a[j] = top / b[j] * b[j] - 1;
+
+            } else {
+                b[j] = 1 + rnd_log(top - 1);
+                a[j] = rnd_below(2) ? rnd_below(top + 1)
+                                    : (rnd_below(top / b[j]) + 1) * b[j]
+                                      - rnd_below(2);
+            }
+
+            snprintf(nums[2 * j], 24, "%llu", (unsigned long long) a[j]);
+            snprintf(nums[2 * j + 1], 24, "%llu", (unsigned long long) b[j]);
+        }
+
+        argc = 0;
+        argv[argc++] = "EVAL";
+        argv[argc++] = script;
+        argv[argc++] = "0";
+        for (j = 0; j < 16; j++) {
+            argv[argc++] = nums[j];
+        }
+
+        if (redis_cmd(&r, argc, argv, NULL) != 0 || r.type != '*'
+            || r.n != 8 || r.non_int)
+        {
+            bad++;
+            printf("#   %c %s\n", r.type, r.str);
+            continue;
+        }
+
+        for (j = 0; j < 8; j++) {
+            if ((uint64_t) r.ints[j] != a[j] / b[j]) {
+                bad++;
+                printf("#   idiv(%s, %s) = %lld, not %llu\n", nums[2 * j],
+                       nums[2 * j + 1], (long long) r.ints[j],
+                       (unsigned long long) (a[j] / b[j]));
+            }
+        }
+    }
+
+    ok(bad == 0, "idiv() in Redis's Lua is C's integer division for 1600 "
+       "pairs below 2^53");
+
+    strcpy(script, tenant_rate_redis_lua_head);
+    strcat(script, tenant_rate_redis_lua_clock);
+    strcat(script, life_body);
+
+    argc = 0;
+    argv[argc++] = "EVAL";
+    argv[argc++] = script;
+    argv[argc++] = "0";
+    for (j = 0; j < 8; j++) {
+        snprintf(nums[j], 24, "%llu", (unsigned long long) life[j][0]);
+        argv[argc++] = nums[j];
+    }
+
+    bad = redis_cmd(&r, argc, argv, NULL) != 0 || r.type != '*' || r.n != 8;
+
+    for (j = 0; !bad && j < 8; j++) {
+        if ((uint64_t) r.ints[j] != life[j][1]) {
+            bad++;
+            printf("#   lifetime(%llu) = %lld\n",
+                   (unsigned long long) life[j][0], (long long) r.ints[j]);
+        }
+    }
+
+    ok(!bad, "the production clock's key lifetime: microseconds rounded up "
+       "to milliseconds (1001 us: 2 ms)");
 
     free(script);
 }
