@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -402,6 +403,9 @@ redis_start(void)
     }
 
     if (redis_pid == 0) {
+        /* the server goes with the test, even one that crashes */
+        (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
+
         fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         if (fd >= 0) {
             dup2(fd, 1);
