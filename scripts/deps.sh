@@ -19,6 +19,7 @@ pkgs=(
     nginx-core
     clang libclang-rt-14-dev valgrind lcov
     postgresql postgresql-client pgbouncer
+    redis-server                # t/unit/test_ratelimit_redis
     libcrypt-jwt-perl libdbd-pg-perl libjson-xs-perl libcryptx-perl
     libcrypt-openssl-rsa-perl
     libyaml-libyaml-perl

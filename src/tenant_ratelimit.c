@@ -294,6 +294,13 @@ tenant_rate_refund(const tenant_rate_t *rate, int64_t *tat_us,
 }
 
 
+void
+tenant_rate_bucket(const tenant_rate_t *rate, uint64_t *t, uint64_t *tau)
+{
+    tenant_rate_interval(rate, t, tau);
+}
+
+
 /* The digits at p: their count, and their value if there are at most 9. */
 
 static size_t

@@ -84,5 +84,15 @@ void tenant_rate_check(const tenant_rate_t *rate, int64_t *tat_us,
 void tenant_rate_refund(const tenant_rate_t *rate, int64_t *tat_us,
     int64_t now_us, tenant_rate_result_t *res);
 
+/*
+ * The emission interval t and the bucket tau of a rate, in microseconds,
+ * as tenant_rate_check() computes them (t = window / limit rounded up,
+ * tau = t * burst, at most 2^62): what another implementation of the same
+ * limiter (the Redis script of tenant_ratelimit_redis.h) is given, so
+ * that the rounding lives in one place.
+ */
+void tenant_rate_bucket(const tenant_rate_t *rate, uint64_t *t,
+    uint64_t *tau);
+
 
 #endif /* _TENANT_RATELIMIT_H_INCLUDED_ */
