@@ -234,9 +234,12 @@ for my $c (@feature_cases) {
         . '&feature=ai_forecasting',
         'org id with reserved bytes: $tenant_org_id percent-encoded in upgradeUrl'
         or diag $r->{body};
-    my ($line) = grep { m{^/api/custom-upgrade\?odd-org\|} } do {
-        open my $fh, '<', $access_log or die "$access_log: $!"; <$fh>
-    };
+    # nginx writes the access log after the answer has gone out: wait
+    # for the line rather than race the worker's log phase
+    my ($line) = retry_until(2, sub {
+        open my $fh, '<', $access_log or die "$access_log: $!";
+        (grep { m{^/api/custom-upgrade\?odd-org\|} } <$fh>)[0];
+    }, sub { defined $_[0] }, 0.02);
     like $line // '', qr{\|org_&to=enterprise#x\?y=%41/}, '... but as it is in the access log';
 
     $r = as_tenant($t, path => '/api/type-base');
