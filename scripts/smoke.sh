@@ -106,6 +106,10 @@ req() {
 req GET /api/health ""
 step "health: /api/health" 200 "$status" "$body" '"status":"healthy".*"database":"connected"'
 
+# the platform's check (render.yaml's healthCheckPath): keys loaded
+req GET /api/health/live ""
+step "platform check: /api/health/live" 200 "$status" "$body" '"status":"ok".*"keys":[1-9]'
+
 # Step 5: create the smoke-test tenant (and a starter one)
 req POST /api/admin/tenants "$ADMIN_TOKEN" '{"name":"Smoke Test Tenant","slug":"smoke-test-001","clerkOrganizationId":'"$(json_str "$org_pro")"',"subscriptionTier":"professional","ownerEmail":"smoketest@capliquify.com"}'
 step "create the smoke-test tenant (professional)" "201 200 409" "$status" "$body"

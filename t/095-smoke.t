@@ -90,7 +90,7 @@ sub shipped {
     $smoke //= $@;
     diag $smoke;
 
-    like $smoke, qr/^6 passed, 0 failed$/m, 'make smoke: every step passes';
+    like $smoke, qr/^7 passed, 0 failed$/m, 'make smoke: every step passes';
     for my $step ('health: /api/health',
                   'create the smoke-test tenant (professional)',
                   'query tenant data: /api/products',
@@ -106,7 +106,7 @@ sub shipped {
                               JWT_KEY => $keys->{rsa_key}, %$smoke_env },
                             "$root/scripts/smoke.sh");
     };
-    like $smoke // $@, qr/^6 passed, 0 failed$/m, 'make smoke twice: still passes';
+    like $smoke // $@, qr/^7 passed, 0 failed$/m, 'make smoke twice: still passes';
 
     # a request line nginx refuses itself (%00 in the path) has no URI:
     # its 400 must still be the problem+json one, not a 500
@@ -146,7 +146,7 @@ sub shipped {
                             "$root/scripts/smoke.sh");
     };
     $smoke //= $@;
-    like $smoke, qr/^6 passed, 0 failed$/m,
+    like $smoke, qr/^7 passed, 0 failed$/m,
         'make smoke with given tokens (v2 and v1): every step passes' or diag $smoke;
     is_deeply [map { $_->{clerk_organization_id} }
                sql(q{SELECT clerk_organization_id FROM public.tenants
@@ -162,7 +162,7 @@ sub shipped {
                             "$root/scripts/smoke.sh");
     };
     $smoke //= $@;
-    like $smoke, qr/^6 passed, 0 failed$/m,
+    like $smoke, qr/^7 passed, 0 failed$/m,
         'make smoke with SMOKE_ORG_* (minted tokens): every step passes' or diag $smoke;
     is sql_value(q{SELECT count(*) FROM public.tenants
                    WHERE clerk_organization_id IN ($1, $2)}, "$orgs{PRO}_env",
