@@ -120,7 +120,7 @@ my %ev = map { $_->{key} => $_ } grep { $_->{key} } @{ $web->{envVars} };
 # Every variable set is one the image's scripts read: a misspelt name
 # would be set on Render and silently ignored.
 my $scripts = join '', map { slurp("$root/scripts/$_") }
-                       qw(entrypoint.sh render-conf.sh migrate.sh);
+                       qw(entrypoint.sh render-conf.sh cpu-count.sh migrate.sh);
 for my $k (sort keys %ev) {
     ok $scripts =~ /\b\Q$k\E\b/, "web: $k is read by the image's scripts";
 }
