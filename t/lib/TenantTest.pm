@@ -85,6 +85,8 @@ our @EXPORT = qw(
     error_log log_mark error_log_allow
     http async_http wait_http http_done retry_until free_port project_root
     alive pg_proxy pgbouncer_start clerk_jwks_start
+    redis_start redis_stop redis_kill redis_restart redis_stall redis_unstall
+    redis_cli redis_pid
 );
 
 our $ROOT   = abs_path(dirname(__FILE__) . '/../..');
@@ -100,6 +102,7 @@ my $OWNER = $$;            # forked children must not clean up
 
 my $BASE;                  # the per-process temp dir
 my $PG;                    # { dir port socket url conninfo running }
+my $REDIS;                 # { dir port url pid password }
 my $DBH;
 my $KEYS;
 my $ECHO;                  # the default echo upstream { port addr pids }
@@ -291,6 +294,118 @@ sub pg_unstall {
     kill 'CONT', @STOPPED;
     @STOPPED = ();
 }
+
+###########################################################################
+# Redis
+
+# Starts Debian's redis-server for this test: TCP on 127.0.0.1 only, a
+# free port (port => N: that one, e.g. to start again where it was), no
+# persistence, in the test's temp dir.  password => 'p' requires AUTH
+# (requirepass); user => 'u' with it adds an ACL user instead.  Returns
+# { port url pid dir }: url is redis://[user:password@]127.0.0.1:port,
+# what tenant_redis and REDIS_URL take.  Stopped at exit.
+sub redis_start {
+    my (%opt) = @_;
+
+    return $REDIS if $REDIS && $REDIS->{pid} && !%opt;
+    redis_stop() if $REDIS && $REDIS->{pid};
+
+    my $dir  = tmpdir() . '/redis';
+    make_path($dir);
+    my $port = $opt{port} || ($REDIS && $REDIS->{port}) || free_port();
+    my (@conf, @auth);
+    my $cred = '';
+    if (defined $opt{user}) {
+        # users only from a config file (redis 7.0 takes no --user)
+        _spew("$dir/users.conf", "user default off\n"
+              . "user $opt{user} on >$opt{password} ~* &* +\@all\n");
+        @conf = ("$dir/users.conf");
+        $cred = "$opt{user}:$opt{password}@";
+    } elsif (defined $opt{password}) {
+        @auth = ('--requirepass', $opt{password});
+        $cred = ":$opt{password}@";
+    }
+    my $bin = $ENV{REDIS_SERVER} || 'redis-server';
+
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        open STDOUT, '>>', "$dir/redis.log";
+        open STDERR, '>&', \*STDOUT;
+        # a config file, if any, comes first
+        exec $bin, @conf, '--port', $port, '--bind', '127.0.0.1',
+             '--save', '', '--appendonly', 'no', '--dir', $dir,
+             '--daemonize', 'no', '--protected-mode', 'no', @auth
+            or POSIX::_exit(127);
+    }
+    $REDIS = { dir => $dir, port => $port, pid => $pid, %opt,
+               url => "redis://${cred}127.0.0.1:$port" };
+
+    for (1 .. 100) {
+        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port");
+        if ($s) {
+            print $s "PING\r\n";
+            my $l = <$s> // '';
+            return $REDIS if $l =~ /^\+PONG|^-NOAUTH/;
+        }
+        die "redis_start: redis-server exited\n" . _slurp("$dir/redis.log")
+            if waitpid($pid, WNOHANG) == $pid;
+        sleep 0.05;
+    }
+    die "redis_start: no answer on port $port\n";
+}
+
+sub redis_pid { $REDIS && $REDIS->{pid} }
+
+# Stops it (SIGTERM, waits); redis_kill: SIGKILL.  Either keeps the port
+# for redis_restart().
+sub _redis_end {
+    my ($sig) = @_;
+    return unless $REDIS && $REDIS->{pid};
+    redis_unstall();
+    kill $sig, $REDIS->{pid};
+    waitpid $REDIS->{pid}, 0;
+    $REDIS->{pid} = undef;
+}
+
+sub redis_stop { _redis_end('TERM') }
+sub redis_kill { _redis_end('KILL') }
+
+# Starts it again on the same port (and the same password), empty.
+sub redis_restart {
+    die "redis_restart: redis_start() first\n" unless $REDIS;
+    my %opt = (port => $REDIS->{port});
+    $opt{$_} = $REDIS->{$_} for grep { defined $REDIS->{$_} } qw(user password);
+    redis_stop();
+    return redis_start(%opt);
+}
+
+# SIGSTOP: connections are accepted by the kernel and nothing answers.
+sub redis_stall {
+    die "redis_stall: not running\n" unless $REDIS && $REDIS->{pid};
+    kill 'STOP', $REDIS->{pid};
+    $REDIS->{stalled} = 1;
+}
+
+sub redis_unstall {
+    return unless $REDIS && $REDIS->{stalled};
+    kill 'CONT', $REDIS->{pid};
+    $REDIS->{stalled} = 0;
+}
+
+# One command through redis-cli (with the test server's credentials);
+# its output without the trailing newline.
+sub redis_cli {
+    my (@args) = @_;
+    die "redis_cli: redis_start() first\n" unless $REDIS && $REDIS->{pid};
+    my %env;
+    $env{REDISCLI_AUTH} = $REDIS->{password} if defined $REDIS->{password};
+    my @user = defined $REDIS->{user} ? ('--user', $REDIS->{user}) : ();
+    my $out = run_cmd(\%env, 'redis-cli', '-h', '127.0.0.1',
+                      '-p', $REDIS->{port}, @user, '--no-auth-warning', @args);
+    chomp $out;
+    return $out;
+}
+
 
 # Repeats $try every $every seconds (default 0.1) until $done->($r) or
 # $secs pass; returns the last answer and the seconds it took.
@@ -968,7 +1083,8 @@ sub _expand {
 # Placeholders: %%PORT%% %%PORT2%% (free ports), %%ECHO%% (127.0.0.1:port
 # of the echo upstream, started on demand), %%PG%% (libpq conninfo,
 # cluster started on demand), %%RSA_PUB%% %%EC_PUB%% %%JWKS%% (paths),
-# %%DIR%% (nginx prefix dir).
+# %%DIR%% (nginx prefix dir), %%REDIS%% (redis://127.0.0.1:port of the
+# test's redis-server, started on demand).
 sub _nginx_conf {
     my ($dir, $ports, %o) = @_;
 
@@ -979,6 +1095,7 @@ sub _nginx_conf {
         DIR     => $dir,
         ECHO    => sub { echo_start()->{addr} },
         PG      => sub { pg_start()->{conninfo} },
+        REDIS   => sub { redis_start()->{url} },
         RSA_PUB => $keys->('rsa_pub'),
         EC_PUB  => $keys->('ec_pub'),
         JWKS    => $keys->('jwks'),
@@ -1464,6 +1581,7 @@ sub _cleanup {
     return unless $$ == $OWNER;
 
     eval { pg_unstall() };      # a stalled database could not be stopped
+    eval { redis_stop() };
     eval { nginx_stop() };
     if (@LOGS && ($status || !Test::More->builder->is_passing)) {
         my @tail = (split /\n/, _slurp($LOGS[-1][0], $LOGS[-1][1]))[-30 .. -1];
