@@ -82,6 +82,7 @@ typedef struct {
 
 
 typedef struct ngx_tenant_metrics_sh_s  ngx_tenant_metrics_sh_t;
+typedef struct ngx_tenant_redis_conf_s  ngx_tenant_redis_conf_t;
 
 
 /* libpq connection parameters, NULL-terminated, for PQconnectStartParams */
@@ -167,6 +168,9 @@ typedef struct {
     ngx_tenant_cache_t       *rl_zone;
     tenant_rate_t             rl_default;
     tenant_rate_t             tier_rate[TENANT_TIERS_MAX];
+
+    /* tenant_redis: the limits counted in Redis; NULL: locally */
+    ngx_tenant_redis_conf_t  *redis;
 
     /* metrics */
     ngx_shm_zone_t           *metrics_zone;

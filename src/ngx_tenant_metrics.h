@@ -18,6 +18,7 @@
 #include <ngx_http.h>
 
 #include "ngx_tenant.h"
+#include "ngx_tenant_redis.h"
 
 
 /* tier slots: 0 for requests without a tenant, then one per tier name
@@ -32,6 +33,7 @@ struct ngx_tenant_metrics_sh_s {
     ngx_atomic_t            requests[NGX_TENANT_METRIC_TIERS]
                                     [NGX_TENANT_NOUTCOMES];
     ngx_tenant_pg_stats_t   db;
+    ngx_tenant_redis_stats_t redis;
 };
 
 
