@@ -1,0 +1,328 @@
+#!/usr/bin/env bash
+# `make scale`: three gateways on this machine sharing one PostgreSQL and
+# one Redis, as three Render instances share them, and a short report.
+#
+#   scripts/scale.sh
+#
+# Starts, in a temp dir, on 127.0.0.1 only: an embedded PostgreSQL
+# (scripts/pg-local.sh, migrated, one tenant), a redis-server, and three
+# gateways (two workers each, own ports) from the shipped template
+# rendered by scripts/render-conf.sh with REDIS_URL set (REDIS_FALLBACK
+# local, REDIS_INSTANCES 3).  The tenant's limit is RATE_LIMIT_MAX
+# requests per RATE_LIMIT_WINDOW (SCALE_LIMIT, default 300, per
+# SCALE_WINDOW seconds, default 5; burst = limit).  Then:
+#
+#   1  propagation: the tenant's rateLimitOverride changed 10 times
+#      through instance 1's admin API; how long until instances 2 and 3
+#      answer with it (RateLimit-Policy), p50 / p99
+#   2  global limit: wrk on each instance at once (-c2), the tenant's
+#      admitted requests per window summed over the three instances'
+#      /metrics, once the burst is spent, against the limit
+#   3  Redis stopped under that load: how soon the instances fall back
+#      (tenant_redis_fallbacks_total), the admitted requests per window of
+#      each (the fallback's share: ceil(limit / 3)); Redis started again:
+#      how soon the fallbacks stop; no 5xx over the whole run (wrk)
+#
+# SCALE_REDIS=off: the same without REDIS_URL (each instance limits alone,
+# about three times the limit; part 3 skipped).  REDIS_TIMEOUT (ms,
+# default 5, the shipped default) is passed on.  Everything it started is
+# stopped by PID at the end, also on Ctrl-C or a failure; it takes under
+# a minute.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+limit=${SCALE_LIMIT:-300}
+window=${SCALE_WINDOW:-5}
+use_redis=${SCALE_REDIS:-on}
+changes=10
+
+say() { printf 'scale: %s\n' "$*"; }
+die() { printf 'scale: %s\n' "$*" >&2; exit 1; }
+
+[[ $limit =~ ^[0-9]+$ ]] && (( limit >= 30 && limit <= 100000 )) \
+    || die "SCALE_LIMIT: a number 30-100000 (got \"$limit\")"
+[[ $window =~ ^[0-9]+$ ]] && (( window >= 2 && window <= 10 )) \
+    || die "SCALE_WINDOW: seconds, 2-10 (got \"$window\")"
+case $use_redis in on|off) ;; *) die "SCALE_REDIS: on or off (got \"$use_redis\")" ;; esac
+
+module=${TENANT_MODULE:-$root/build/nginx/objs/ngx_tenant_module.so}
+[ -f "$module" ] || die "build the module first (make)"
+for tool in nginx redis-server wrk curl psql perl openssl; do
+    command -v "$tool" >/dev/null || die "$tool not found (make deps)"
+done
+
+dir=$(mktemp -d /tmp/tenant-scale.XXXXXX)
+chmod 755 "$dir"
+nginx_pids=()
+wrk_pids=()
+redis_pid=
+pgport=$((20000 + $$ % 10000))
+pg_started=
+
+stop_redis() {
+    [ -n "$redis_pid" ] || return 0
+    kill "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+    redis_pid=
+}
+
+cleanup() {
+    local p
+    for p in "${wrk_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${nginx_pids[@]}"; do kill -QUIT "$p" 2>/dev/null || true; done
+    for p in "${nginx_pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    stop_redis
+    [ -z "$pg_started" ] || PGPORT_LOCAL=$pgport "$root/scripts/pg-local.sh" stop "$dir/pg" >/dev/null 2>&1 || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now() { date +%s.%N; }
+ms_since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.0f", (b - a) * 1000}'; }
+
+
+# ---- PostgreSQL, the tenant, keys ------------------------------------------
+
+PGPORT_LOCAL=$pgport "$root/scripts/pg-local.sh" start "$dir/pg" >/dev/null
+pg_started=1
+db=$(PGPORT_LOCAL=$pgport "$root/scripts/pg-local.sh" url "$dir/pg")
+DATABASE_URL=$db "$root/scripts/migrate.sh" >/dev/null
+psql -X -q -v ON_ERROR_STOP=1 -d "$db" >/dev/null <<'SQL'
+SET client_min_messages = warning;
+SELECT public.create_tenant('Scale', 'scale', 'org_scale', 'starter', 'scale@example.com');
+UPDATE public.tenants SET subscription_status = 'active';
+SQL
+tenant_id=$(psql -X -q -At -d "$db" -c "SELECT id FROM public.tenants WHERE slug = 'scale'")
+
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/rsa.pem" 2>/dev/null
+openssl pkey -in "$dir/rsa.pem" -pubout -out "$dir/rsa.pub"
+token=$("$root/scripts/mint-token.pl" --key "$dir/rsa.pem" --org org_scale --ttl 600)
+admin=$("$root/scripts/mint-token.pl" --key "$dir/rsa.pem" --sub user_scale_admin \
+        --metadata-role admin --ttl 600)
+
+
+# ---- Redis -----------------------------------------------------------------
+
+# below the ephemeral range (32768-60999): a client socket cannot hold them
+base=$((21000 + $$ % 9000))
+redis_port=$((base + 9))
+
+start_redis() {
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$dir" --daemonize no --protected-mode no >> "$dir/redis.log" 2>&1 &
+    redis_pid=$!
+    for _ in $(seq 100); do
+        [ "$(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null)" = PONG ] && return 0
+        sleep 0.05
+    done
+    die "redis-server did not answer on 127.0.0.1:$redis_port (see $dir/redis.log)"
+}
+if [ "$use_redis" = on ]; then
+    start_redis
+fi
+
+
+# ---- three gateways --------------------------------------------------------
+
+ports=()
+encryption_key=$(openssl rand -hex 32)
+cron_secret=$(openssl rand -hex 32)
+for i in 1 2 3; do
+    run=$dir/gw$i
+    port=$((base + i))
+    ports+=("$port")
+    mkdir -p "$run"
+    # only these variables (none of the caller's BACKEND_URL, ...)
+    env -i PATH="$PATH" HOME="${HOME:-/}" \
+        DATABASE_URL="$db" CLERK_JWT_KEY="$(cat "$dir/rsa.pub")" \
+        ENCRYPTION_KEY="$encryption_key" CRON_SECRET="$cron_secret" \
+        RATE_LIMIT_MAX="$limit" RATE_LIMIT_WINDOW="$((window * 1000))" \
+        WORKER_PROCESSES=2 PORT="$port" DEMO_PORT="$((base + 10 + i))" \
+        RUN_DIR="$run" TENANT_MODULE="$module" LOG_LEVEL=warn \
+        ${REDIS_TIMEOUT:+REDIS_TIMEOUT="$REDIS_TIMEOUT"} \
+        $([ "$use_redis" = on ] && echo REDIS_URL="redis://127.0.0.1:$redis_port" \
+              REDIS_FALLBACK=local REDIS_INSTANCES=3) \
+        "$root/scripts/render-conf.sh" --access-log /dev/null "$run/nginx.conf" \
+        2> "$run/render.log" || { cat "$run/render.log" >&2; die "render-conf.sh refused (above)"; }
+    # the template listens on every address: here, 127.0.0.1 only
+    sed -i "s/^\( *listen  *\)$port;/\1127.0.0.1:$port;/" "$run/nginx.conf"
+    grep -q "listen  *127.0.0.1:$port;" "$run/nginx.conf" || die "gw$i: no listen line to bind"
+    nginx -p "$run" -c "$run/nginx.conf" -e "$run/error.log" -g 'daemon off;' \
+        2>> "$run/error.log" &
+    nginx_pids+=("$!")
+done
+
+for i in 0 1 2; do
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "http://127.0.0.1:${ports[i]}/api/health/live" && break
+        kill -0 "${nginx_pids[i]}" 2>/dev/null || { cat "$dir/gw$((i + 1))/error.log" >&2; die "gw$((i + 1)) exited"; }
+        sleep 0.05
+    done
+done
+
+say "three gateways (2 workers each) on 127.0.0.1:${ports[0]}, ${ports[1]}, ${ports[2]};" \
+    "PostgreSQL (unix socket); $([ "$use_redis" = on ] \
+        && echo "Redis 127.0.0.1:$redis_port (REDIS_TIMEOUT ${REDIS_TIMEOUT:-5} ms, fallback local / 3)" \
+        || echo "no Redis (SCALE_REDIS=off)")"
+say "tenant org_scale: $limit requests per $window s, burst $limit"
+
+api() { # port path: the status and the RateLimit-Policy quota of a tenant request
+    curl -s -o /dev/null -D - -H "Authorization: Bearer $token" "http://127.0.0.1:$1$2" \
+        | awk 'NR == 1 {s = $2} tolower($1) == "ratelimit-policy:" {
+                   if (match($0, /q=[0-9]+/)) q = substr($0, RSTART + 2, RLENGTH - 2) }
+               END {print s, q}'
+}
+
+# /metrics of instance $1 (0..2): the sum of the series matching $2 (awk regex)
+metric() {
+    curl -s "http://127.0.0.1:${ports[$1]}/metrics" \
+        | awk -v re="$2" '$0 !~ /^#/ && $1 ~ re {n += $2} END {printf "%d\n", n}'
+}
+admitted() {
+    curl -s "http://127.0.0.1:${ports[$1]}/metrics" | awk '/^tenant_requests_total\{/ &&
+        /outcome="admitted"/ && /tier="starter"/ {n += $2} END {printf "%d\n", n}'
+}
+fallbacks() { local n=0 i; for i in 0 1 2; do n=$((n + $(metric $i '^tenant_redis_fallbacks_total'))); done; echo $n; }
+commands()  { local n=0 i; for i in 0 1 2; do n=$((n + $(metric $i '^tenant_redis_commands_total'))); done; echo $n; }
+
+
+# ---- 1. propagation --------------------------------------------------------
+
+for i in 0 1 2; do api "${ports[i]}" /api/products >/dev/null; done   # cached
+delays=()
+for c in $(seq "$changes"); do
+    want=$((limit + c))
+    t0=$(now)
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X PATCH \
+           -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+           -d "{\"rateLimitOverride\":$want}" \
+           "http://127.0.0.1:${ports[0]}/api/admin/tenants/$tenant_id")
+    [ "$code" = 200 ] || die "PATCH rateLimitOverride: $code"
+    for i in 1 2; do
+        until [ "$(api "${ports[i]}" /api/products)" = "200 $want" ]; do
+            (( $(ms_since "$t0") < 5000 )) || die "instance $((i + 1)) did not see change $c within 5 s"
+        done
+        delays+=("$(ms_since "$t0")")
+    done
+done
+read -r p50 p99 pmax < <(printf '%s\n' "${delays[@]}" | sort -n | awk '{v[NR] = $1}
+    END {i50 = int(NR * 0.5 + 0.999); i99 = int(NR * 0.99 + 0.999); print v[i50], v[i99], v[NR]}')
+say "1. propagation: $changes changes through instance 1's admin API, seen by instances 2 and 3 after p50 $p50 ms, p99 $p99 ms (max $pmax; the time includes the PATCH itself)"
+# back to the limit of RATE_LIMIT_MAX for the load
+curl -s -o /dev/null -X PATCH -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+    -d '{"rateLimitOverride":null}' "http://127.0.0.1:${ports[0]}/api/admin/tenants/$tenant_id"
+for i in 1 2; do
+    until [ "$(api "${ports[i]}" /api/products)" = "200 $limit" ]; do sleep 0.02; done
+done
+
+
+# ---- 2. global limit under load ----------------------------------------------
+
+cat > "$dir/count.lua" <<'LUA'
+-- counts the answers by status; printed at the end as "status N COUNT"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) counts = {} end
+function response(status, headers, body) counts[status] = (counts[status] or 0) + 1 end
+function done(summary, latency, requests)
+    for _, t in ipairs(threads) do
+        for s, n in pairs(t:get("counts")) do io.write(string.format("status %d %d\n", s, n)) end
+    end
+end
+LUA
+
+if [ "$use_redis" = on ]; then
+    load_secs=$((2 * window + 1 + 1 + window + 5))
+else
+    load_secs=$((2 * window + 2))
+fi
+c0=$(commands)
+fb0=$(fallbacks)
+t_load=$(now)
+for i in 0 1 2; do
+    wrk -t1 -c2 -d"${load_secs}s" -s "$dir/count.lua" -H "Authorization: Bearer $token" \
+        "http://127.0.0.1:${ports[i]}/api/products" > "$dir/wrk$i.out" 2>&1 &
+    wrk_pids+=("$!")
+done
+
+at() { # sleep until $1 seconds after the load started
+    local d
+    d=$(awk -v s="$t_load" -v a="$1" -v n="$(now)" 'BEGIN {d = s + a - n; print (d > 0 ? d : 0)}')
+    sleep "$d"
+}
+# the three instances' admitted counts, read at the same time
+sample() {
+    local i p=()
+    for i in 0 1 2; do admitted $i > "$dir/sample$i" & p+=("$!"); done
+    wait "${p[@]}"
+    cat "$dir"/sample[012] | paste -sd' '
+}
+# prints "total (a/b/c)" of two samples' difference
+window_report() {
+    awk -v a="$1" -v b="$2" -v lim="$3" 'BEGIN {
+        split(a, x, " "); split(b, y, " ");
+        for (i = 1; i <= 3; i++) { d[i] = y[i] - x[i]; t += d[i] }
+        printf "%d (%d + %d + %d), %+.1f %% of %d", t, d[1], d[2], d[3], (t - lim) * 100 / lim, lim }'
+}
+
+at 1
+s0=$(sample)
+at $((1 + window))
+s1=$(sample)
+at $((1 + 2 * window))
+s2=$(sample)
+say "2. global limit, wrk -c2 on each instance, admitted per window (/metrics, once the burst is spent):"
+say "   window 1: $(window_report "$s0" "$s1" "$limit")"
+say "   window 2: $(window_report "$s1" "$s2" "$limit")"
+if [ "$use_redis" = on ]; then
+    c1=$(commands)
+    fb1=$(fallbacks)
+    say "   Redis commands $((c1 - c0)), fallbacks $((fb1 - fb0)) so far"
+else
+    say "   (no Redis: each instance counts alone)"
+fi
+
+
+# ---- 3. Redis stopped, started again -------------------------------------------
+
+if [ "$use_redis" = on ]; then
+    fb_stop=$(fallbacks)
+    t_stop=$(now)
+    stop_redis
+    until (( $(fallbacks) > fb_stop )); do
+        (( $(ms_since "$t_stop") < 5000 )) || die "no fallback counted within 5 s of Redis stopping"
+        sleep 0.02
+    done
+    fb_ms=$(ms_since "$t_stop")
+    at $((2 * window + 2))
+    s3=$(sample)
+    at $((3 * window + 2))
+    s4=$(sample)
+    say "3. Redis stopped (SIGTERM): fallbacks counted after $fb_ms ms; admitted in a window of the outage:"
+    say "   $(window_report "$s3" "$s4" "$limit"); each instance's share: $(( (limit + 2) / 3 ))"
+    start_redis
+    t_back=$(now)
+    # back when the fallback count stands still for 200 ms on all three
+    prev=$(fallbacks)
+    while :; do
+        sleep 0.2
+        cur=$(fallbacks)
+        [ "$cur" != "$prev" ] || break
+        prev=$cur
+        (( $(ms_since "$t_back") < 10000 )) || die "the fallbacks went on 10 s after Redis came back"
+    done
+    back_ms=$(( $(ms_since "$t_back") - 200 ))
+    say "   Redis started again: the fallbacks stopped within $back_ms ms (global again); $((cur - fb_stop)) fallbacks in all"
+fi
+
+for p in "${wrk_pids[@]}"; do wait "$p" || true; done
+wrk_pids=()
+statuses=$(cat "$dir"/wrk?.out | awk '$1 == "status" {n[$2] += $3} END {for (s in n) printf "%s:%d ", s, n[s]}')
+rps=$(cat "$dir"/wrk?.out | awk '/Requests\/sec/ {r += $2} END {printf "%.0f", r}')
+fivexx=$(cat "$dir"/wrk?.out | awk '$1 == "status" && $2 >= 500 {n += $3} END {print n + 0}')
+say "over the run: ${rps} requests/s in all, answers by status: ${statuses% }; 5xx: $fivexx"
+(( fivexx == 0 )) || die "5xx answers (see $dir/gw*/error.log)"
