@@ -148,6 +148,10 @@ for i in 1 2 3; do
               REDIS_FALLBACK=local REDIS_INSTANCES=3) \
         "$root/scripts/render-conf.sh" --access-log /dev/null "$run/nginx.conf" \
         2> "$run/render.log" || { cat "$run/render.log" >&2; die "render-conf.sh refused (above)"; }
+    if [ "$use_redis" = on ]; then
+        grep -Eq '^ *tenant_redis +"?redis://' "$run/nginx.conf" \
+            || die "render-conf.sh rendered no tenant_redis line from REDIS_URL"
+    fi
     # the template listens on every address: here, 127.0.0.1 only
     sed -i "s/^\( *listen  *\)$port;/\1127.0.0.1:$port;/" "$run/nginx.conf"
     grep -q "listen  *127.0.0.1:$port;" "$run/nginx.conf" || die "gw$i: no listen line to bind"
@@ -222,11 +226,15 @@ done
 
 # ---- 2. global limit under load ----------------------------------------------
 
-cat > "$dir/count.lua" <<'LUA'
--- counts the answers by status; printed at the end as "status N COUNT"
+# wrk: each connection waits 1 ms between requests (about 2,000 requests/s
+# per instance, 30 times the tenant's rate), so that the machine is not
+# saturated and its /metrics reads stay prompt; the answers counted by
+# status, printed at the end as "status N COUNT".
+cat > "$dir/load.lua" <<'LUA'
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init(args) counts = {} end
+function delay() return 1 end
 function response(status, headers, body) counts[status] = (counts[status] or 0) + 1 end
 function done(summary, latency, requests)
     for _, t in ipairs(threads) do
@@ -236,52 +244,62 @@ end
 LUA
 
 if [ "$use_redis" = on ]; then
-    load_secs=$((2 * window + 1 + 1 + window + 5))
-else
-    load_secs=$((2 * window + 2))
+    c0=$(commands)
+    fb0=$(fallbacks)
 fi
-c0=$(commands)
-fb0=$(fallbacks)
 t_load=$(now)
 for i in 0 1 2; do
-    wrk -t1 -c2 -d"${load_secs}s" -s "$dir/count.lua" -H "Authorization: Bearer $token" \
+    # stopped with SIGINT below (it then prints its summary); -d bounds it
+    wrk -t1 -c2 -d60s -s "$dir/load.lua" -H "Authorization: Bearer $token" \
         "http://127.0.0.1:${ports[i]}/api/products" > "$dir/wrk$i.out" 2>&1 &
     wrk_pids+=("$!")
 done
 
-at() { # sleep until $1 seconds after the load started
+until_t() { # sleep until the time $1 (seconds since the epoch)
     local d
-    d=$(awk -v s="$t_load" -v a="$1" -v n="$(now)" 'BEGIN {d = s + a - n; print (d > 0 ? d : 0)}')
+    d=$(awk -v t="$1" -v n="$(now)" 'BEGIN {d = t - n; print (d > 0 ? d : 0)}')
     sleep "$d"
 }
-# the three instances' admitted counts, read at the same time
+plus() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a + b}'; }
+
+# sample NAME: NAME := the three instances' admitted counts, read at the
+# same time, and NAME_t := when
 sample() {
-    local i p=()
+    local i p=() t1 t2
+    t1=$(now)
     for i in 0 1 2; do admitted $i > "$dir/sample$i" & p+=("$!"); done
     wait "${p[@]}"
-    cat "$dir"/sample[012] | paste -sd' '
-}
-# prints "total (a/b/c)" of two samples' difference
-window_report() {
-    awk -v a="$1" -v b="$2" -v lim="$3" 'BEGIN {
-        split(a, x, " "); split(b, y, " ");
-        for (i = 1; i <= 3; i++) { d[i] = y[i] - x[i]; t += d[i] }
-        printf "%d (%d + %d + %d), %+.1f %% of %d", t, d[1], d[2], d[3], (t - lim) * 100 / lim, lim }'
+    t2=$(now)
+    printf -v "$1" '%s' "$(cat "$dir"/sample[012] | paste -sd' ')"
+    printf -v "$1_t" '%s' "$(plus "$t1" "$(awk -v a="$t1" -v b="$t2" 'BEGIN {print (b - a) / 2}')")"
 }
 
-at 1
-s0=$(sample)
-at $((1 + window))
-s1=$(sample)
-at $((1 + 2 * window))
-s2=$(sample)
-say "2. global limit, wrk -c2 on each instance, admitted per window (/metrics, once the burst is spent):"
-say "   window 1: $(window_report "$s0" "$s1" "$limit")"
-say "   window 2: $(window_report "$s1" "$s2" "$limit")"
+# window_report A B: what was admitted between samples A and B, in all and
+# per instance, scaled to one window (the samples are about a window
+# apart), against the limit
+window_report() {
+    local a=$1 b=$2 ta=${1}_t tb=${2}_t
+    awk -v a="${!a}" -v b="${!b}" -v ta="${!ta}" -v tb="${!tb}" -v w="$window" \
+        -v lim="$limit" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); k = w / (tb - ta);
+        for (i = 1; i <= 3; i++) { d[i] = y[i] - x[i]; t += d[i] }
+        printf "%.0f (%.0f + %.0f + %.0f), %+.1f %% of %d (%d in %.2f s)", t * k,
+               d[1] * k, d[2] * k, d[3] * k, (t * k - lim) * 100 / lim, lim, t, tb - ta }'
+}
+
+until_t "$(plus "$t_load" 1)"
+sample s0
+until_t "$(plus "$t_load" $((1 + window)))"
+sample s1
+until_t "$(plus "$t_load" $((1 + 2 * window)))"
+sample s2
+say "2. global limit, wrk -c2 on each instance, admitted per window of $window s (/metrics, once the burst is spent):"
+say "   window 1: $(window_report s0 s1)"
+say "   window 2: $(window_report s1 s2)"
 if [ "$use_redis" = on ]; then
     c1=$(commands)
     fb1=$(fallbacks)
-    say "   Redis commands $((c1 - c0)), fallbacks $((fb1 - fb0)) so far"
+    say "   Redis commands $((c1 - c0)) (the others refused from the local hold), fallbacks $((fb1 - fb0))"
 else
     say "   (no Redis: each instance counts alone)"
 fi
@@ -295,30 +313,32 @@ if [ "$use_redis" = on ]; then
     stop_redis
     until (( $(fallbacks) > fb_stop )); do
         (( $(ms_since "$t_stop") < 5000 )) || die "no fallback counted within 5 s of Redis stopping"
-        sleep 0.02
     done
     fb_ms=$(ms_since "$t_stop")
-    at $((2 * window + 2))
-    s3=$(sample)
-    at $((3 * window + 2))
-    s4=$(sample)
-    say "3. Redis stopped (SIGTERM): fallbacks counted after $fb_ms ms; admitted in a window of the outage:"
-    say "   $(window_report "$s3" "$s4" "$limit"); each instance's share: $(( (limit + 2) / 3 ))"
+    # a second for the instances' local bursts, then one window
+    until_t "$(plus "$t_stop" 1)"
+    sample s3
+    until_t "$(plus "$t_stop" $((1 + window)))"
+    sample s4
+    say "3. Redis stopped (SIGTERM): fallbacks counted within $fb_ms ms; admitted in a window of the outage:"
+    say "   $(window_report s3 s4); each instance's share: $(( (limit + 2) / 3 ))"
     start_redis
     t_back=$(now)
     # back when the fallback count stands still for 200 ms on all three
     prev=$(fallbacks)
     while :; do
+        t_prev=$(now)
         sleep 0.2
         cur=$(fallbacks)
         [ "$cur" != "$prev" ] || break
         prev=$cur
         (( $(ms_since "$t_back") < 10000 )) || die "the fallbacks went on 10 s after Redis came back"
     done
-    back_ms=$(( $(ms_since "$t_back") - 200 ))
-    say "   Redis started again: the fallbacks stopped within $back_ms ms (global again); $((cur - fb_stop)) fallbacks in all"
+    say "   Redis started again: no fallback after $(awk -v a="$t_back" -v b="$t_prev" \
+        'BEGIN {printf "%.0f", (b - a) * 1000}') ms (counting in Redis again); $((cur - fb_stop)) fallbacks in all"
 fi
 
+for p in "${wrk_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
 for p in "${wrk_pids[@]}"; do wait "$p" || true; done
 wrk_pids=()
 statuses=$(cat "$dir"/wrk?.out | awk '$1 == "status" {n[$2] += $3} END {for (s in n) printf "%s:%d ", s, n[s]}')
