@@ -1560,7 +1560,7 @@ ngx_tenant_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     tmcf->rl_zone = ngx_tenant_cache_add(cf, &zone,
                                          NGX_TENANT_ID_MAX + 1
                                          + TENANT_CLAIM_MAX,
-                                         sizeof(int64_t));
+                                         sizeof(ngx_tenant_rl_value_t));
     if (tmcf->rl_zone == NULL) {
         return NGX_CONF_ERROR;
     }
