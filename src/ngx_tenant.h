@@ -230,11 +230,14 @@ typedef struct ngx_tenant_pg_req_s  ngx_tenant_pg_req_t;
 /*
  * A key's value in the rate-limit zone: the local limiter's GCRA state
  * (a tenant_rate_now() time), and, with tenant_redis, the local
- * over-limit hold of the key.
+ * over-limit hold of the key at a rate (Redis counts each rate under its
+ * own name: a hold at another rate, from before a reload or from another
+ * location's tenant_rate_limit_by, says nothing).
  */
 typedef struct {
     int64_t                   tat;
     tenant_rate_hold_t        hold;
+    tenant_rate_t             hold_rate;       /* the rate refused at */
 } ngx_tenant_rl_value_t;
 
 

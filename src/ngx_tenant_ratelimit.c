@@ -64,6 +64,7 @@ typedef struct {
 typedef struct {
     tenant_rate_redis_answer_t  *answer;
     int64_t                      sent_us;
+    tenant_rate_t               *rate;
 } ngx_tenant_rl_hold_op_t;
 
 
@@ -84,7 +85,8 @@ static ngx_int_t ngx_tenant_ratelimit_redis(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx, u_char *key,
     size_t len, ngx_str_t *value);
 static ngx_uint_t ngx_tenant_ratelimit_held(ngx_tenant_main_conf_t *tmcf,
-    u_char *key, size_t len, int64_t now, tenant_rate_result_t *result);
+    u_char *key, size_t len, tenant_rate_t *rate, int64_t now,
+    tenant_rate_result_t *result);
 static void ngx_tenant_ratelimit_answer(void *data, ngx_uint_t rc,
     tenant_resp_value_t *reply);
 static ngx_int_t ngx_tenant_ratelimit_read(ngx_tenant_main_conf_t *tmcf,
@@ -281,8 +283,8 @@ ngx_tenant_ratelimit_redis(ngx_http_request_t *r,
     now = tenant_rate_now();
 
     for (i = 0; i < n; i++) {
-        if (ngx_tenant_ratelimit_held(tmcf, rr->key[i], rr->len[i], now,
-                                      rr->result[i]))
+        if (ngx_tenant_ratelimit_held(tmcf, rr->key[i], rr->len[i],
+                                      rr->rate[i], now, rr->result[i]))
         {
             if (rr->result[i] == &ctx->rl_by) {
                 ctx->rl_set = 0;
@@ -372,15 +374,23 @@ ngx_tenant_ratelimit_redis(ngx_http_request_t *r,
 }
 
 
-/* 1 if the key is held at now: *result is the refusal. */
+/* 1 if the key is held at the rate at now: *result is the refusal. */
 
 static ngx_uint_t
 ngx_tenant_ratelimit_held(ngx_tenant_main_conf_t *tmcf, u_char *key,
-    size_t len, int64_t now, tenant_rate_result_t *result)
+    size_t len, tenant_rate_t *rate, int64_t now,
+    tenant_rate_result_t *result)
 {
     ngx_tenant_rl_value_t  v;
 
     if (ngx_tenant_cache_get(tmcf->rl_zone, key, len, &v) != NGX_OK) {
+        return 0;
+    }
+
+    if (v.hold_rate.limit != rate->limit
+        || v.hold_rate.window_ms != rate->window_ms
+        || v.hold_rate.burst != rate->burst)
+    {
         return 0;
     }
 
@@ -510,6 +520,7 @@ ngx_tenant_ratelimit_read(ngx_tenant_main_conf_t *tmcf,
 
         op.answer = &answer[i];
         op.sent_us = rr->sent_us;
+        op.rate = rr->rate[i];
 
         (void) ngx_tenant_cache_apply(tmcf->rl_zone, rr->key[i], rr->len[i],
                                       ngx_tenant_ratelimit_hold, &op,
@@ -531,6 +542,7 @@ ngx_tenant_ratelimit_hold(void *value, void *data)
     ngx_tenant_rl_value_t  *v = value;
 
     tenant_rate_hold_set(&v->hold, op->answer, op->sent_us);
+    v->hold_rate = *op->rate;
 
     return NGX_OK;
 }
