@@ -124,7 +124,9 @@ struct ngx_tenant_redis_s {
 
 static void ngx_tenant_redis_connect(ngx_tenant_redis_t *rc);
 static void ngx_tenant_redis_connected(ngx_tenant_redis_t *rc);
-static ngx_int_t ngx_tenant_redis_test_connect(ngx_connection_t *c);
+static ngx_err_t ngx_tenant_redis_test_connect(ngx_connection_t *c);
+static void ngx_tenant_redis_connect_failed(ngx_tenant_redis_t *rc,
+    ngx_err_t err);
 static void ngx_tenant_redis_write_handler(ngx_event_t *wev);
 static void ngx_tenant_redis_read_handler(ngx_event_t *rev);
 static ngx_int_t ngx_tenant_redis_flush(ngx_tenant_redis_t *rc);
@@ -538,6 +540,7 @@ ngx_tenant_redis_cancel(ngx_tenant_redis_cmd_t *cmd)
 static void
 ngx_tenant_redis_connect(ngx_tenant_redis_t *rc)
 {
+    ngx_err_t          err;
     ngx_int_t          rv;
     ngx_addr_t        *addr;
     ngx_connection_t  *c;
@@ -564,14 +567,15 @@ ngx_tenant_redis_connect(ngx_tenant_redis_t *rc)
     rv = ngx_event_connect_peer(&rc->pc);
 
     if (rv == NGX_ERROR || rv == NGX_BUSY || rv == NGX_DECLINED) {
+        /* connect()'s, kept by the close() after it */
+        err = ngx_socket_errno;
+
         if (rc->pc.connection) {
             ngx_close_connection(rc->pc.connection);
             rc->pc.connection = NULL;
         }
 
-        ngx_tenant_redis_fail(rc, &rc->stats->errors_connect,
-                              "cannot connect to Redis at %V",
-                              rc->pc.name);
+        ngx_tenant_redis_connect_failed(rc, err);
         return;
     }
 
@@ -674,7 +678,9 @@ failed:
 }
 
 
-static ngx_int_t
+/* the result of a non-blocking connect(): 0, or its error */
+
+static ngx_err_t
 ngx_tenant_redis_test_connect(ngx_connection_t *c)
 {
     int        err;
@@ -687,18 +693,33 @@ ngx_tenant_redis_test_connect(ngx_connection_t *c)
         err = ngx_socket_errno;
     }
 
-    if (err) {
-        ngx_log_error(NGX_LOG_INFO, c->log, err, "tenant: Redis connect()");
-        return NGX_ERROR;
+    return err;
+}
+
+
+static void
+ngx_tenant_redis_connect_failed(ngx_tenant_redis_t *rc, ngx_err_t err)
+{
+    u_char  *p, text[NGX_MAX_ERROR_STR];
+
+    if (err == 0) {
+        ngx_tenant_redis_fail(rc, &rc->stats->errors_connect,
+                              "cannot connect to Redis at %V", rc->pc.name);
+        return;
     }
 
-    return NGX_OK;
+    p = ngx_strerror(err, text, sizeof(text));
+
+    ngx_tenant_redis_fail(rc, &rc->stats->errors_connect,
+                          "cannot connect to Redis at %V (%d: %*s)",
+                          rc->pc.name, err, p - text, text);
 }
 
 
 static void
 ngx_tenant_redis_write_handler(ngx_event_t *wev)
 {
+    ngx_err_t            err;
     ngx_connection_t    *c;
     ngx_tenant_redis_t  *rc;
 
@@ -706,11 +727,10 @@ ngx_tenant_redis_write_handler(ngx_event_t *wev)
     rc = c->data;
 
     if (rc->state == NGX_TENANT_REDIS_CONNECTING) {
+        err = ngx_tenant_redis_test_connect(c);
 
-        if (ngx_tenant_redis_test_connect(c) != NGX_OK) {
-            ngx_tenant_redis_fail(rc, &rc->stats->errors_connect,
-                                  "cannot connect to Redis at %V",
-                                  rc->pc.name);
+        if (err) {
+            ngx_tenant_redis_connect_failed(rc, err);
             return;
         }
 
@@ -769,6 +789,7 @@ ngx_tenant_redis_read_handler(ngx_event_t *rev)
     u_char              *p;
     size_t               used, size;
     ssize_t              n;
+    ngx_err_t            err;
     ngx_connection_t    *c;
     ngx_tenant_redis_t  *rc;
 
@@ -778,10 +799,10 @@ ngx_tenant_redis_read_handler(ngx_event_t *rev)
     if (rc->state == NGX_TENANT_REDIS_CONNECTING) {
         /* the write event completes the connect; an error may come here */
 
-        if (ngx_tenant_redis_test_connect(c) != NGX_OK) {
-            ngx_tenant_redis_fail(rc, &rc->stats->errors_connect,
-                                  "cannot connect to Redis at %V",
-                                  rc->pc.name);
+        err = ngx_tenant_redis_test_connect(c);
+
+        if (err) {
+            ngx_tenant_redis_connect_failed(rc, err);
         }
 
         return;
