@@ -564,6 +564,9 @@ ngx_tenant_redis_connect(ngx_tenant_redis_t *rc)
     rc->pc.log = &rc->quiet;
     rc->pc.log_error = NGX_ERROR_INFO;
 
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rc->log, 0,
+                   "tenant redis: connect to %V", rc->pc.name);
+
     rv = ngx_event_connect_peer(&rc->pc);
 
     if (rv == NGX_ERROR || rv == NGX_BUSY || rv == NGX_DECLINED) {
@@ -930,6 +933,9 @@ ngx_tenant_redis_reply(ngx_tenant_redis_t *rc, tenant_resp_value_t *reply)
     if (tenant_resp_error_code(reply, "NOSCRIPT")
         && !cmd->resent && !cmd->done)
     {
+        ngx_log_debug0(NGX_LOG_DEBUG_EVENT, rc->log, 0,
+                       "tenant redis: NOSCRIPT, loading the script again");
+
         ngx_queue_remove(q);
 
         if (ngx_tenant_redis_queue_load(rc, NGX_TENANT_REDIS_STEP_RELOAD)
@@ -968,7 +974,13 @@ ngx_tenant_redis_reply(ngx_tenant_redis_t *rc, tenant_resp_value_t *reply)
             ngx_del_timer(&cmd->timer);
         }
 
-        cmd->handler(cmd->data, NGX_TENANT_REDIS_REPLY, reply);
+        if (cmd->handler) {
+            cmd->handler(cmd->data, NGX_TENANT_REDIS_REPLY, reply);
+        }
+
+    } else {
+        ngx_log_debug0(NGX_LOG_DEBUG_EVENT, rc->log, 0,
+                       "tenant redis: late reply dropped");
     }
 
     ngx_tenant_redis_free_cmd(rc, cmd);
@@ -1042,6 +1054,9 @@ next:
     if (--rc->handshake) {
         return;
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rc->log, 0,
+                   "tenant redis: %V ready", rc->pc.name);
 
     rc->state = NGX_TENANT_REDIS_READY;
     rc->backoff = NGX_TENANT_REDIS_BACKOFF_MIN;
@@ -1220,7 +1235,12 @@ ngx_tenant_redis_cmd_timeout(ngx_event_t *ev)
 
     (void) ngx_atomic_fetch_add(&cmd->client->stats->timeouts, 1);
 
-    cmd->handler(cmd->data, NGX_TENANT_REDIS_TIMEOUT, NULL);
+    ngx_log_debug0(NGX_LOG_DEBUG_EVENT, ev->log, 0,
+                   "tenant redis: command timed out");
+
+    if (cmd->handler) {
+        cmd->handler(cmd->data, NGX_TENANT_REDIS_TIMEOUT, NULL);
+    }
 }
 
 

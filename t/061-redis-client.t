@@ -89,6 +89,9 @@ is $r->{status}, 200, '... status 200';
 like $r->{body}, qr/"database":"connected","redis":"connected"/,
     '... next to the database';
 
+like redis_cli('INFO', 'memory'), qr/^number_of_cached_scripts:1\r?$/m,
+    'the handshake loaded the rate script';
+
 my @clients = gateway_clients();
 is scalar(@clients), 2, 'one connection per worker (2 workers)'
     or diag join "\n", @clients;
