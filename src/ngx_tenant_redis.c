@@ -617,9 +617,12 @@ ngx_tenant_redis_connected(ngx_tenant_redis_t *rc)
     rc->state = NGX_TENANT_REDIS_HANDSHAKE;
     rc->handshake = 0;
 
-    tenant_resp_parser_init(&rc->parser, rc->values, NGX_TENANT_REDIS_VALUES,
-                            NGX_TENANT_REDIS_STRING_MAX,
-                            NGX_TENANT_REDIS_DEPTH);
+    /* constant bounds, within the parser's ranges */
+
+    (void) tenant_resp_parser_init(&rc->parser, rc->values,
+                                   NGX_TENANT_REDIS_VALUES,
+                                   NGX_TENANT_REDIS_STRING_MAX,
+                                   NGX_TENANT_REDIS_DEPTH);
 
     if (rc->conf->url.auth) {
         n = 0;
