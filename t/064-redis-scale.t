@@ -316,12 +316,15 @@ is scalar(keys %{{ map { $_->{pid} => 1 } @GW }}), 3, 'three nginx masters';
     my (@delay, @missed, @bad);
     for my $c (1 .. $CHANGES) {
         my $want = 1000 + $c;
+        # from the PATCH sent (its answer comes after the commit, hence
+        # after the NOTIFY): an upper bound of the delay
         my $sent = time;
-        my $patch = async_http(port => $GW[0]{port}, method => 'PATCH',
-                               path => "/api/admin/tenants/$T{WATCH}{id}",
-                               headers => [Authorization => "Bearer $admin",
-                                           'Content-Type' => 'application/json'],
-                               body => $JSON->encode({ rateLimitOverride => $want }));
+        my $r = http(port => $GW[0]{port}, method => 'PATCH',
+                     path => "/api/admin/tenants/$T{WATCH}{id}",
+                     headers => [Authorization => "Bearer $admin",
+                                 'Content-Type' => 'application/json'],
+                     body => $JSON->encode({ rateLimitOverride => $want }));
+        push @bad, "change $c: PATCH $r->{status}" unless $r->{status} == 200;
         my %seen;
         while (keys %seen < 2 && time - $sent < 3) {
             for my $i (1, 2) {
@@ -329,8 +332,6 @@ is scalar(keys %{{ map { $_->{pid} => 1 } @GW }}), 3, 'three nginx masters';
                 $seen{$i} = time - $sent if $limit_at->($GW[$i]) eq $want;
             }
         }
-        my $r = wait_http($patch);
-        push @bad, "change $c: PATCH $r->{status}" unless $r->{status} == 200;
         for my $i (1, 2) {
             if (defined $seen{$i}) { push @delay, $seen{$i} }
             else                   { push @missed, "change $c, instance " . ($i + 1) }
