@@ -493,8 +493,9 @@ my %TIMES;
     diag '2. stop/kill under traffic: ' . timing(@api);
     $TIMES{stopkill} = timing(@api);
 
-    my @down1 = grep { $_->{t0} > $t_stopped && $_->{t0} + $_->{el} < $t_up } @api;
-    my @down2 = grep { $_->{t0} > $t_killed && $_->{t0} + $_->{el} < $t_up2 } @api;
+    # (redis_start polls every 50 ms: Redis may listen a little before)
+    my @down1 = grep { $_->{t0} > $t_stopped && $_->{t0} + $_->{el} < $t_up - 0.1 } @api;
+    my @down2 = grep { $_->{t0} > $t_killed && $_->{t0} + $_->{el} < $t_up2 - 0.1 } @api;
     cmp_ok scalar(@down1), '>=', 5, sprintf '2. %d requests while stopped', scalar @down1;
     is join(' ', grep { $_ ne 'local' } map { $_->{src} } @down1), '', '2. all "local" while stopped';
     cmp_ok scalar(@down2), '>=', 5, sprintf '2. %d requests while killed', scalar @down2;
@@ -515,9 +516,11 @@ my %TIMES;
         map { defined $_ ? sprintf('%.3f s', $_) : 'never' } $back1, $back2;
     @TIMES{qw(stop kill)} = ($back1, $back2);
 
-    my @after = grep { $_->{t0} > $t_up2 + $BACK } @api;
+    # once both workers answered from Redis, they stay there
+    my @after = grep { $_->{t0} > $t_up2 + ($back2 // $BACK) } @api;
+    cmp_ok scalar(@after), '>=', 5, sprintf '2. %d requests of the loops after that', scalar @after;
     is join(' ', grep { $_ ne 'redis' } map { $_->{src} } @after), '',
-        sprintf '2. all %d requests from %d s after the restart on: "redis"', scalar @after, $BACK;
+        '2. all of them "redis"';
 
     # the restarted Redis is empty: FRESH's count starts again
     is join(' ', grep { /\Q$T{FRESH}{id}\E|\Q$T{FRESH}{clerk_organization_id}\E/ } rl_keys()), '',
@@ -560,11 +563,9 @@ my %TIMES;
     cmp_ok delta($m0, $mA, 'tenant_redis_timeouts_total'), '>=', 1, '3. tenant_redis_timeouts_total grew';
     my @waited = grep { $_->{el} >= $TIMEOUT - 0.003 } @a;
     my $last_wait = @waited ? $waited[-1]{t0} - $t0 : 0;
-    cmp_ok $last_wait, '<', $CONNECT + $SLACK,
-        sprintf '3. the last request that waited started %.0f ms into the stall (connect_timeout %d ms)',
-            1000 * $last_wait, 1000 * $CONNECT;
     is delta($mA, $mB, fb('down')), 20, '3. after connect_timeout: 20 requests, fallbacks{reason="down"} +20';
     is delta($mA, $mB, fb('timeout')), 0, '3. and no more timeouts: the connection was given up';
+    is $mB->{tenant_redis_up}, 0, '3. tenant_redis_up 0';
     cmp_ok pct(0.5, map { $_->{el} } @b), '<', $TIMEOUT - 0.005,
         sprintf '3. those answered at once: p50 %.1f ms', 1000 * pct(0.5, map { $_->{el} } @b);
     is $h->{status}, 200, '3. /api/health 200 during the stall';
@@ -592,26 +593,32 @@ for my $how ('CLIENT PAUSE', 'busy script') {
         sleep 0.03;                     # redis-cli starting, the script running
     }
     my $t0 = time;
-    my @x = burst($T{HIGH}, secs => 0.6);
-    waitpid $busy, 0 if $busy;
+    my @x = burst($T{HIGH}, secs => 0.25);
+    if ($busy) {
+        waitpid $busy, 0;
+        is $?, 0, '4. busy script: redis-cli EVAL succeeded';
+    } else {
+        sleep 0.05 while time < $t0 + 0.2;
+    }
     my $m1 = metrics();
+    my @late = burst($T{HIGH}, max => 20);
+    my $m2 = metrics();
 
-    is scalar(bad(@x)), 0, "4. $how: no 5xx" or diag map { brief($_) . "\n" } bad(@x);
+    is scalar(bad(@x, @late)), 0, "4. $how: no 5xx" or diag map { brief($_) . "\n" } bad(@x, @late);
     my $slow = max(map { $_->{el} } @x);
     cmp_ok $slow, '<', $TIMEOUT + $SLACK,
         sprintf '4. %s: slowest answer %.1f ms', $how, 1000 * $slow;
     my @fb = grep { $_->{src} eq 'local' } @x;
-    cmp_ok scalar(@fb), '>=', 1, sprintf '4. %s: %d requests fell back', $how, scalar @fb;
+    cmp_ok scalar(@fb), '>=', 1, sprintf '4. %s: %d of %d requests fell back', $how,
+        scalar @fb, scalar @x;
     cmp_ok delta($m0, $m1, fb('timeout')), '>=', 1,
         sprintf '4. %s: fallbacks{reason="timeout"} +%d', $how, delta($m0, $m1, fb('timeout'));
-    is delta($m0, $m1, 'tenant_redis_reconnects_total'), 0,
+    is delta($m0, $m2, 'tenant_redis_reconnects_total'), 0,
         "4. $how: no reconnect (the late replies were read and dropped)";
-    is delta($m0, $m1, 'tenant_redis_errors_total{kind="protocol"}'), 0, "4. $how: no protocol error";
-    my @late = grep { $_->{t0} > $t0 + 0.3 } @x;
-    is join(' ', grep { $_ ne 'redis' } map { $_->{src} } @late), '',
-        sprintf '4. %s: all %d requests from 300 ms on: "redis"', $how, scalar @late;
-    diag sprintf '4. %s: %s; %d fell back; %d from Redis after it', $how, timing(@x),
-        scalar @fb, count('redis', @late);
+    is delta($m0, $m2, 'tenant_redis_errors_total{kind="protocol"}'), 0, "4. $how: no protocol error";
+    is srcs(@late), join(' ', ('redis') x 20), "4. $how: over, the next 20 requests: \"redis\"";
+    is fallbacks($m1, $m2), 0, "4. $how: no fallback counted after it";
+    diag sprintf '4. %s: %s; %d fell back', $how, timing(@x), scalar @fb;
     $TIMES{$how} = timing(@x);
 }
 
