@@ -26,6 +26,7 @@
 #include "ngx_tenant_cache.h"
 #include "ngx_tenant_pg.h"
 #include "ngx_tenant_metrics.h"
+#include "ngx_tenant_redis.h"
 
 
 static ngx_int_t ngx_tenant_preconfiguration(ngx_conf_t *cf);
@@ -106,6 +107,13 @@ static ngx_command_t  ngx_tenant_commands[] = {
     { ngx_string("tenant_database"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_tenant_database,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("tenant_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_tenant_redis,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -565,7 +573,7 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
         }
     }
 
-    if (tmcf->db_conninfo.len || tmcf->tiers->ntiers) {
+    if (tmcf->db_conninfo.len || tmcf->tiers->ntiers || tmcf->redis) {
         if (ngx_tenant_metrics_init_conf(cf, tmcf) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
@@ -1560,7 +1568,7 @@ ngx_tenant_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     tmcf->rl_zone = ngx_tenant_cache_add(cf, &zone,
                                          NGX_TENANT_ID_MAX + 1
                                          + TENANT_CLAIM_MAX,
-                                         sizeof(int64_t));
+                                         sizeof(ngx_tenant_rl_value_t));
     if (tmcf->rl_zone == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -1978,6 +1986,15 @@ ngx_tenant_init_process(ngx_cycle_t *cycle)
 
     tmcf->start_time = ngx_time();
 
+    if (tmcf->redis
+        && ngx_tenant_redis_init_worker(cycle, tmcf->redis,
+                                        tmcf->metrics ? &tmcf->metrics->redis
+                                                      : NULL)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     if (tmcf->db_info == NULL) {
         return NGX_OK;
     }
@@ -2023,6 +2040,7 @@ ngx_tenant_exit_process(ngx_cycle_t *cycle)
 
     if (tmcf) {
         ngx_tenant_jwks_exit(tmcf);
+        ngx_tenant_redis_exit_worker(tmcf->redis);
     }
 
     if (tmcf && tmcf->pg) {

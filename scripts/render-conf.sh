@@ -54,6 +54,20 @@
 #   CORS_ORIGIN              "" (no CORS), "*", or comma-separated origins
 #   RATE_LIMIT_MAX           100 (requests per window)
 #   RATE_LIMIT_WINDOW        60000 (milliseconds)
+#   REDIS_URL                "" (each instance limits alone); Render Key
+#                            Value's internal redis://[user:password@]
+#                            host[:port][/db]: every rate limit is counted
+#                            there, one limit across all instances
+#                            (tenant_redis).  rediss:// (TLS) is refused.
+#                            Secret: never printed (it holds the password)
+#   REDIS_TIMEOUT            5 (milliseconds, 1-1000): one Redis command's
+#                            budget; without an answer, REDIS_FALLBACK
+#   REDIS_FALLBACK           local: without Redis, each instance limits
+#                            alone at limit / REDIS_INSTANCES (rounded
+#                            up); open: admitted without any limit
+#   REDIS_INSTANCES          1 (1-1000): the instances sharing the limit
+#                            (numInstances, or the autoscaling maximum):
+#                            the divisor of REDIS_FALLBACK=local
 #   MAX_REQUEST_SIZE         10mb (N, Nk, Nkb, Nm, Nmb, Ng, Ngb)
 #   LOG_LEVEL                info (debug, info, notice, warn, error, crit;
 #                            also warning, fatal, trace, verbose, http);
@@ -307,6 +321,79 @@ posint rate_window "$rate_window_env" \
     || die "RATE_LIMIT_WINDOW: at most 86400000 (one day)$(got "$rate_window_env")"
 (( rate_max <= 100000000 && rate_window * 1000 >= rate_max )) \
     || die "RATE_LIMIT_MAX: at most 100000000, and at most one request per microsecond of RATE_LIMIT_WINDOW$(got "$rate_max_env")"
+
+# Global limits (tenant_redis): REDIS_URL holds the Key Value instance's
+# password (Render's internal URL has one when internal authentication is
+# on), so no line below prints it, nor any part of it.  The URL's details
+# (user, password, host, port, /db) are what tenant_redis_url_parse()
+# accepts; this check is no stricter, and nginx -t names anything else.
+get redis_url REDIS_URL
+if [ -n "$redis_url" ]; then
+    [[ ! $redis_url =~ [[:cntrl:][:space:]] ]] \
+        || die "REDIS_URL: contains spaces or control characters (a line break at its end?)"
+    [[ $redis_url != *[![:ascii:]]* ]] \
+        || die "REDIS_URL: contains a non-ASCII character; percent-encode it"
+    case ${redis_url,,} in
+        rediss://*)
+            die "REDIS_URL: rediss:// (TLS) is not supported by the gateway; use the Key Value instance's internal redis:// URL" ;;
+        redis://*) ;;
+        *://*)
+            die "REDIS_URL: must be a redis:// URL (redis://[user:password@]host[:port][/db]); other schemes are not supported" ;;
+        *)
+            die "REDIS_URL: must be a redis:// URL (redis://[user:password@]host[:port][/db])" ;;
+    esac
+    # redis://[userinfo@]host[:port][/db]: userinfo RFC 3986's characters
+    # (others percent-encoded), a password required; host a name or an
+    # [IPv6] address; port 1-65535, db 0-15, without leading zeros.
+    rest=${redis_url:8}
+    [[ $rest != *[?#]* ]] \
+        || die "REDIS_URL: a query or fragment ('?' or '#') is not allowed; percent-encode them in the password"
+    authority=${rest%%/*}
+    path=${rest:${#authority}}
+    [[ $path != *@* ]] \
+        || die "REDIS_URL: an '@' after the host; percent-encode '/', '?', '#' and '@' in the user and password"
+    [[ -z $path || $path = / || $path =~ ^/(0|[1-9][0-9]?)$ && ${BASH_REMATCH[1]} -le 15 ]] \
+        || die "REDIS_URL: the path must be a database number /0 to /15"
+    if [[ $authority = *@* ]]; then
+        userinfo=${authority%@*}
+        authority=${authority##*@}
+        [[ $userinfo != *@* ]] \
+            || die "REDIS_URL: more than one '@'; percent-encode '@' in the password as %40"
+        userinfo_re='^[A-Za-z0-9._~%!$&'\''()*+,;=:-]*$'
+        [[ $userinfo =~ $userinfo_re ]] \
+            || die "REDIS_URL: a character in the user or password must be percent-encoded"
+        [[ $userinfo = *:* ]] \
+            || die "REDIS_URL: a user without a password (a password alone: redis://:PASSWORD@host)"
+        [ -n "${userinfo#*:}" ] \
+            || die "REDIS_URL: an empty password"
+    fi
+    [[ $authority =~ ^([A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]+\])(:([0-9]{1,5}))?$ ]] \
+        || die "REDIS_URL: the host must be a name or an [IPv6] address, with an optional :port"
+    redis_port=${BASH_REMATCH[3]}
+    [[ -z $redis_port ]] || { [[ $redis_port != 0* ]] && (( 10#$redis_port <= 65535 )); } \
+        || die "REDIS_URL: the port must be 1-65535"
+fi
+
+get redis_timeout_env REDIS_TIMEOUT 5
+posint redis_timeout "$redis_timeout_env" && (( redis_timeout <= 1000 )) \
+    || die "REDIS_TIMEOUT: must be 1-1000 milliseconds, one Redis command's budget (default 5)$(got "$redis_timeout_env")"
+
+get redis_fallback REDIS_FALLBACK local
+case ${redis_fallback,,} in
+    local|open) redis_fallback=${redis_fallback,,} ;;
+    *) die "REDIS_FALLBACK: must be local (each instance limits alone at limit / REDIS_INSTANCES) or open (no limit) while Redis does not answer$(got "$redis_fallback")" ;;
+esac
+
+get redis_instances_env REDIS_INSTANCES 1
+posint redis_instances "$redis_instances_env" && (( redis_instances <= 1000 )) \
+    || die "REDIS_INSTANCES: must be 1-1000, the instances sharing the limit (REDIS_FALLBACK=local's divisor)$(got "$redis_instances_env")"
+
+if [ -z "$redis_url" ]; then
+    for v in REDIS_TIMEOUT REDIS_FALLBACK REDIS_INSTANCES; do
+        get value "$v"
+        [ -z "$value" ] || warn "$v is set but not used (REDIS_URL is empty: each instance limits alone)"
+    done
+fi
 
 # SHUTDOWN_TIMEOUT: worker_shutdown_timeout, seconds.  At most 295: Render
 # kills a stopping instance after maxShutdownDelaySeconds (at most 300),
@@ -685,6 +772,10 @@ export RC_CRON_SECRET=$cron_secret
 export RC_UPGRADE_URL=$upgrade_url
 export RC_RATE_LIMIT_MAX=$rate_max
 export RC_RATE_LIMIT_WINDOW=$rate_window
+export RC_REDIS_URL=$(nginx_quote "$redis_url")
+export RC_REDIS_TIMEOUT=$redis_timeout
+export RC_REDIS_FALLBACK=$redis_fallback
+export RC_REDIS_INSTANCES=$redis_instances
 export RC_METRICS_ALLOW=$metrics_allow_lines
 export RC_METRICS_TOKEN=$metrics_token
 export RC_BACKEND_SCHEME=$backend_scheme

@@ -19,6 +19,7 @@
 #include "tenant_sign.h"
 #include "tenant_request.h"
 #include "tenant_ratelimit.h"
+#include "tenant_ratelimit_redis.h"
 #include "tenant_route.h"
 
 
@@ -210,6 +211,8 @@ typedef enum {
     NGX_TENANT_STATE_WAIT_KEYS,
     NGX_TENANT_STATE_WAIT_DB,
     NGX_TENANT_STATE_RESOLVED,
+    NGX_TENANT_STATE_WAIT_RATE,
+    NGX_TENANT_STATE_RATED,
     NGX_TENANT_STATE_DONE
 } ngx_tenant_state_e;
 
@@ -222,6 +225,30 @@ typedef enum {
 
 
 typedef struct ngx_tenant_pg_req_s  ngx_tenant_pg_req_t;
+
+
+/*
+ * A key's value in the rate-limit zone: the local limiter's GCRA state
+ * (a tenant_rate_now() time), and, with tenant_redis, the local
+ * over-limit hold of the key at a rate (Redis counts each rate under its
+ * own name: a hold at another rate, from before a reload or from another
+ * location's tenant_rate_limit_by, says nothing).
+ */
+typedef struct {
+    int64_t                   tat;
+    tenant_rate_hold_t        hold;
+    tenant_rate_t             hold_rate;       /* the rate refused at */
+} ngx_tenant_rl_value_t;
+
+
+/* $tenant_ratelimit_source */
+typedef enum {
+    NGX_TENANT_RL_NONE = 0,            /* no limit applied */
+    NGX_TENANT_RL_LOCAL,               /* the local limiter */
+    NGX_TENANT_RL_REDIS,               /* Redis answered */
+    NGX_TENANT_RL_HOLD,                /* refused from the local hold */
+    NGX_TENANT_RL_OPEN                 /* fallback=open, no answer */
+} ngx_tenant_rl_source_e;
 
 
 /* Per request. */
@@ -264,6 +291,12 @@ typedef struct {
     tenant_rate_result_t      rl;
     tenant_rate_t             rl_by_rate;
     tenant_rate_result_t      rl_by;
+
+    /* tenant_redis: the command out, what the limit was decided by */
+    void                     *rl_cmd;
+    void                     *rl_redis;        /* ngx_tenant_rl_redis_t */
+    ngx_tenant_rl_source_e    rl_source;
+    unsigned                  rl_refused:1;
 } ngx_tenant_ctx_t;
 
 
@@ -282,6 +315,8 @@ ngx_int_t ngx_tenant_ratelimit(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
     ngx_tenant_ctx_t *ctx);
 ngx_int_t ngx_tenant_ratelimit_filter_init(ngx_conf_t *cf);
+void ngx_tenant_ratelimit_cancel(ngx_tenant_ctx_t *ctx);
+ngx_str_t *ngx_tenant_ratelimit_source(ngx_tenant_ctx_t *ctx);
 uint64_t ngx_tenant_ratelimit_seconds(tenant_rate_result_t *res);
 
 /* ngx_tenant_headers.c */

@@ -140,6 +140,9 @@ static ngx_int_t ngx_tenant_access_verify(ngx_http_request_t *r,
 static ngx_int_t ngx_tenant_access_resolved(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
     ngx_tenant_ctx_t *ctx);
+static ngx_int_t ngx_tenant_access_rated(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
+    ngx_tenant_ctx_t *ctx);
 static ngx_int_t ngx_tenant_access_admin(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
     ngx_tenant_ctx_t *ctx);
@@ -248,6 +251,12 @@ ngx_tenant_access_handler(ngx_http_request_t *r)
     case NGX_TENANT_STATE_RESOLVED:
         return ngx_tenant_access_resolved(r, tmcf, tlcf, ctx);
 
+    case NGX_TENANT_STATE_WAIT_RATE:
+        return NGX_AGAIN;
+
+    case NGX_TENANT_STATE_RATED:
+        return ngx_tenant_access_rated(r, tmcf, tlcf, ctx);
+
     /*
      * Not reached: DONE is set with the final answer (NGX_OK moves the
      * request to the next phase, anything else finalizes it) and nginx
@@ -303,7 +312,14 @@ ngx_tenant_get_ctx(ngx_http_request_t *r)
 static void
 ngx_tenant_ctx_cleanup(void *data)
 {
-    /* void: marks the ctx for ngx_tenant_get_ctx() */
+    ngx_tenant_ctx_t  *ctx = data;
+
+    /* also marks the ctx for ngx_tenant_get_ctx() */
+
+    if (ctx->rl_cmd) {
+        /* the request went away with its Redis command out */
+        ngx_tenant_ratelimit_cancel(ctx);
+    }
 }
 
 
@@ -1193,16 +1209,8 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_loc_conf_t *tlcf,
     ngx_tenant_ctx_t *ctx)
 {
-    int                   rc;
     time_t                now;
-    ngx_int_t             feature;
-    ngx_str_t             name;
-    tenant_route_t       *route;
     ngx_tenant_record_t  *t;
-    const tenant_tier_t  *tier, *required;
-
-    static ngx_str_t  above_root =
-        ngx_string("the request path climbs above the root");
 
     switch (ctx->db_result) {
 
@@ -1257,18 +1265,44 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
                                  NULL, 0);
     }
 
-    /* rate */
+    /* rate: decided here, or by Redis's answer (NGX_AGAIN) */
 
     switch (ngx_tenant_ratelimit(r, tmcf, tlcf, ctx)) {
 
     case NGX_OK:
         break;
 
-    case NGX_DECLINED:
-        return ngx_tenant_refuse_rate(r, tlcf, ctx);
+    case NGX_AGAIN:
+        ctx->state = NGX_TENANT_STATE_WAIT_RATE;
+
+        /* a client that goes away ends the request meanwhile (499) */
+        r->read_event_handler = ngx_http_test_reading;
+
+        return NGX_AGAIN;
 
     default:
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_tenant_access_rated(r, tmcf, tlcf, ctx);
+}
+
+
+static ngx_int_t
+ngx_tenant_access_rated(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_loc_conf_t *tlcf, ngx_tenant_ctx_t *ctx)
+{
+    int                   rc;
+    ngx_int_t             feature;
+    ngx_str_t             name;
+    tenant_route_t       *route;
+    const tenant_tier_t  *tier, *required;
+
+    static ngx_str_t  above_root =
+        ngx_string("the request path climbs above the root");
+
+    if (ctx->rl_refused) {
+        return ngx_tenant_refuse_rate(r, tlcf, ctx);
     }
 
     /*
@@ -1276,7 +1310,8 @@ ngx_tenant_access_resolved(ngx_http_request_t *r,
      * (tenant_feature_route); a tier no tenant_tier declares has none
      */
 
-    tier = tenant_tiers_find(tmcf->tiers, (char *) t->tier, t->tier_len);
+    tier = tenant_tiers_find(tmcf->tiers, (char *) ctx->tenant.tier,
+                             ctx->tenant.tier_len);
     feature = tlcf->feature;
     name = tlcf->feature_name;
 

@@ -30,7 +30,8 @@ typedef enum {
     NGX_TENANT_VAR_REQUIRED_TIER,
     NGX_TENANT_VAR_FEATURE,
     NGX_TENANT_VAR_RL_LIMIT,
-    NGX_TENANT_VAR_RL_REMAINING
+    NGX_TENANT_VAR_RL_REMAINING,
+    NGX_TENANT_VAR_RL_SOURCE
 } ngx_tenant_var_e;
 
 
@@ -116,6 +117,9 @@ static ngx_http_variable_t  ngx_tenant_vars[] = {
 
     { ngx_string("tenant_ratelimit_remaining"), NULL, ngx_tenant_variable,
       NGX_TENANT_VAR_RL_REMAINING, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tenant_ratelimit_source"), NULL, ngx_tenant_variable,
+      NGX_TENANT_VAR_RL_SOURCE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
 };
@@ -818,6 +822,11 @@ ngx_tenant_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
                                     ? ctx->rl_rate.limit
                                     : ctx->rl.remaining)
               - p;
+        break;
+
+    case NGX_TENANT_VAR_RL_SOURCE:
+        p = ngx_tenant_ratelimit_source(ctx)->data;
+        len = ngx_tenant_ratelimit_source(ctx)->len;
         break;
 
     default: /* NGX_TENANT_VAR_FEATURE */

@@ -5,6 +5,11 @@
  * ping through the worker's pool, as the deployment guide expects:
  *   200 {"status":"healthy","uptime":N,"database":"connected"}
  *   503 {"status":"unhealthy","uptime":N,"database":"disconnected"}
+ * With tenant_redis, a PING through the worker's Redis client goes with
+ * it, and the body says "redis":"connected" if +PONG came within the
+ * client's command timeout, else "disconnected".  It never changes the
+ * status: the rate limits fall back without Redis, and a platform that
+ * restarted every instance over a Redis outage would make it worse.
  *
  * The endpoint needs no token, so a flood of it must not take the pool
  * from tenant lookups: a worker runs at most one ping at a time, requests
@@ -36,6 +41,7 @@
 
 #include "ngx_tenant.h"
 #include "ngx_tenant_pg.h"
+#include "ngx_tenant_redis.h"
 
 
 #define NGX_TENANT_HEALTH_REUSE      1000
@@ -47,10 +53,13 @@
 typedef struct {
     ngx_tenant_pg_req_t    query;          /* static: outlives requests */
     ngx_queue_t            waiting;        /* of ngx_tenant_health_ctx_t */
+    ngx_tenant_redis_cmd_t *redis;          /* the PING under way */
     ngx_msec_t             answered_at;
     unsigned               running:1;
+    unsigned               redis_running:1;
     unsigned               answered:1;
     unsigned               ok:1;
+    unsigned               redis_ok:1;
 } ngx_tenant_health_ping_t;
 
 
@@ -80,9 +89,11 @@ static ngx_int_t ngx_tenant_health_live_send(ngx_http_request_t *r,
 static void ngx_tenant_health_live_timeout(ngx_event_t *ev);
 static void ngx_tenant_health_live_cleanup(void *data);
 static void ngx_tenant_health_done(ngx_tenant_pg_req_t *req, PGresult *res);
-static void ngx_tenant_health_answer(ngx_uint_t ok);
+static void ngx_tenant_health_redis_done(void *data, ngx_uint_t rc,
+    tenant_resp_value_t *reply);
+static void ngx_tenant_health_answer(void);
 static ngx_int_t ngx_tenant_health_send(ngx_http_request_t *r,
-    ngx_uint_t ok);
+    ngx_uint_t ok, ngx_uint_t redis_ok);
 static void ngx_tenant_health_cleanup(void *data);
 
 
@@ -126,6 +137,7 @@ static ngx_int_t
 ngx_tenant_health_handler(ngx_http_request_t *r)
 {
     ngx_int_t                  rc;
+    tenant_resp_arg_t          argv[1];
     ngx_http_cleanup_t        *cln;
     ngx_tenant_health_ctx_t   *ctx;
     ngx_tenant_main_conf_t    *tmcf;
@@ -141,16 +153,16 @@ ngx_tenant_health_handler(ngx_http_request_t *r)
     if (tmcf->pg == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tenant: tenant_health without tenant_database");
-        return ngx_tenant_health_send(r, 0);
+        return ngx_tenant_health_send(r, 0, 0);
     }
 
     if (ping->answered
         && ngx_current_msec - ping->answered_at < NGX_TENANT_HEALTH_REUSE)
     {
-        return ngx_tenant_health_send(r, ping->ok);
+        return ngx_tenant_health_send(r, ping->ok, ping->redis_ok);
     }
 
-    if (!ping->running) {
+    if (!ping->running && !ping->redis_running) {
         if (ping->waiting.next == NULL) {
             ngx_queue_init(&ping->waiting);
         }
@@ -162,12 +174,25 @@ ngx_tenant_health_handler(ngx_http_request_t *r)
 
         rc = ngx_tenant_pg_query(tmcf->pg, &ping->query);
 
-        if (rc == NGX_DECLINED) {
-            /* the database failed moments ago */
-            return ngx_tenant_health_send(r, 0);
-        }
+        /* NGX_DECLINED: the database failed moments ago */
 
-        ping->running = 1;
+        ping->running = (rc != NGX_DECLINED);
+        ping->ok = 0;
+
+        /* NULL: no ready connection, nothing to wait for */
+
+        argv[0].data = (const unsigned char *) "PING";
+        argv[0].len = 4;
+
+        ping->redis = ngx_tenant_redis_send(tmcf->redis, argv, 1,
+                                            ngx_tenant_health_redis_done,
+                                            ping);
+        ping->redis_running = (ping->redis != NULL);
+        ping->redis_ok = 0;
+
+        if (!ping->running && !ping->redis_running) {
+            return ngx_tenant_health_send(r, 0, 0);
+        }
     }
 
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_tenant_health_ctx_t));
@@ -196,6 +221,8 @@ ngx_tenant_health_handler(ngx_http_request_t *r)
 static void
 ngx_tenant_health_done(ngx_tenant_pg_req_t *req, PGresult *res)
 {
+    ngx_tenant_health_ping_t  *ping;
+
     /* no result: the pool logged why */
 
     if (res && PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -204,13 +231,36 @@ ngx_tenant_health_done(ngx_tenant_pg_req_t *req, PGresult *res)
                       ngx_tenant_pg_result_error(res));
     }
 
-    ngx_tenant_health_answer(res != NULL
-                             && PQresultStatus(res) == PGRES_TUPLES_OK);
+    ping = &ngx_tenant_health_ping;
+
+    ping->running = 0;
+    ping->ok = (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK);
+
+    ngx_tenant_health_answer();
 }
 
 
+/* the client logs a lost connection; a timeout here is no news */
+
 static void
-ngx_tenant_health_answer(ngx_uint_t ok)
+ngx_tenant_health_redis_done(void *data, ngx_uint_t rc,
+    tenant_resp_value_t *reply)
+{
+    ngx_tenant_health_ping_t  *ping = data;
+
+    ping->redis_running = 0;
+    ping->redis = NULL;
+    ping->redis_ok = (rc == NGX_TENANT_REDIS_REPLY
+                      && tenant_resp_simple_is(reply, "PONG"));
+
+    ngx_tenant_health_answer();
+}
+
+
+/* when both the database and Redis have answered */
+
+static void
+ngx_tenant_health_answer(void)
 {
     ngx_int_t                  rc;
     ngx_queue_t               *q;
@@ -221,10 +271,12 @@ ngx_tenant_health_answer(ngx_uint_t ok)
 
     ping = &ngx_tenant_health_ping;
 
-    ping->running = 0;
+    if (ping->running || ping->redis_running) {
+        return;
+    }
+
     ping->answered = 1;
     ping->answered_at = ngx_current_msec;
-    ping->ok = ok;
 
     while (!ngx_queue_empty(&ping->waiting)) {
         q = ngx_queue_head(&ping->waiting);
@@ -238,7 +290,7 @@ ngx_tenant_health_answer(ngx_uint_t ok)
 
         ngx_http_set_log_request(c->log, r);
 
-        rc = ngx_tenant_health_send(r, ok);
+        rc = ngx_tenant_health_send(r, ping->ok, ping->redis_ok);
 
         ngx_http_finalize_request(r, rc);
         ngx_http_run_posted_requests(c);
@@ -247,7 +299,8 @@ ngx_tenant_health_answer(ngx_uint_t ok)
 
 
 static ngx_int_t
-ngx_tenant_health_send(ngx_http_request_t *r, ngx_uint_t ok)
+ngx_tenant_health_send(ngx_http_request_t *r, ngx_uint_t ok,
+    ngx_uint_t redis_ok)
 {
     u_char                  *body, *p;
     size_t                   len;
@@ -259,7 +312,8 @@ ngx_tenant_health_send(ngx_http_request_t *r, ngx_uint_t ok)
     uptime = ngx_time() - tmcf->start_time;
 
     len = sizeof("{\"status\":\"unhealthy\",\"uptime\":,"
-                 "\"database\":\"disconnected\"}") + NGX_TIME_T_LEN;
+                 "\"database\":\"disconnected\","
+                 "\"redis\":\"disconnected\"}") + NGX_TIME_T_LEN;
 
     body = ngx_pnalloc(r->pool, len);
     if (body == NULL) {
@@ -268,12 +322,19 @@ ngx_tenant_health_send(ngx_http_request_t *r, ngx_uint_t ok)
 
     if (ok) {
         p = ngx_sprintf(body, "{\"status\":\"healthy\",\"uptime\":%T,"
-                        "\"database\":\"connected\"}", uptime);
+                        "\"database\":\"connected\"", uptime);
 
     } else {
         p = ngx_sprintf(body, "{\"status\":\"unhealthy\",\"uptime\":%T,"
-                        "\"database\":\"disconnected\"}", uptime);
+                        "\"database\":\"disconnected\"", uptime);
     }
+
+    if (tmcf->redis) {
+        p = ngx_sprintf(p, ",\"redis\":\"%s\"",
+                        redis_ok ? "connected" : "disconnected");
+    }
+
+    *p++ = '}';
 
     return ngx_tenant_json_send(r, ok ? NGX_HTTP_OK
                                       : NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -304,9 +365,19 @@ ngx_tenant_health_cleanup(void *data)
 
     ping = &ngx_tenant_health_ping;
 
-    if (ping->running && ngx_queue_empty(&ping->waiting)) {
+    if (!ngx_queue_empty(&ping->waiting)) {
+        return;
+    }
+
+    if (ping->running) {
         ngx_tenant_pg_cancel(&ping->query);
         ping->running = 0;
+    }
+
+    if (ping->redis_running) {
+        ngx_tenant_redis_cancel(ping->redis);
+        ping->redis = NULL;
+        ping->redis_running = 0;
     }
 }
 

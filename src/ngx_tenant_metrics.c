@@ -29,6 +29,8 @@ static ngx_int_t ngx_tenant_metrics_refuse(ngx_http_request_t *r,
     ngx_uint_t sent);
 static u_char *ngx_tenant_metrics_family(u_char *p, char *name,
     char *type, char *help);
+static u_char *ngx_tenant_metrics_redis(u_char *p,
+    ngx_tenant_redis_stats_t *st);
 static u_char *ngx_tenant_metrics_caches(u_char *p,
     ngx_tenant_main_conf_t *tmcf, char *family, ngx_uint_t field);
 
@@ -300,7 +302,9 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
             * (sizeof("tenant_requests_total{outcome=\"\",tier=\"\"} \n")
                + 16 + TENANT_NAME_MAX + NGX_ATOMIC_T_LEN)
           + 4 * 1024
-          + NGX_TENANT_PG_BUCKETS * 96;
+          + NGX_TENANT_PG_BUCKETS * 96
+          + 4 * 1024
+          + NGX_TENANT_REDIS_BUCKETS * 96;
 
     body = ngx_pnalloc(r->pool, len);
     if (body == NULL) {
@@ -414,6 +418,10 @@ ngx_tenant_metrics_handler(ngx_http_request_t *r)
                     "tenant_db_query_duration_seconds_count %ui\n",
                     cum, m->db.latency_ms / 1000, m->db.latency_ms % 1000,
                     cum);
+
+    if (tmcf->redis) {
+        p = ngx_tenant_metrics_redis(p, &m->redis);
+    }
 
     ngx_tenant_jwks_stats(tmcf, &jwks);
 
@@ -575,6 +583,91 @@ ngx_tenant_metrics_family(u_char *p, char *name, char *type, char *help)
 {
     return ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n", name, help, name,
                        type);
+}
+
+
+/* tenant_redis: the workers' clients and the limiter's fallbacks */
+
+static u_char *
+ngx_tenant_metrics_redis(u_char *p, ngx_tenant_redis_stats_t *st)
+{
+    ngx_uint_t         i, cum;
+    ngx_atomic_int_t   ready;
+
+    static char  *bounds[NGX_TENANT_REDIS_BUCKETS - 1] = {
+        "0.00025", "0.0005", "0.001", "0.002", "0.005", "0.01", "0.025",
+        "0.05", "0.1"
+    };
+
+    /* a worker that died without its exit_process leaves its count */
+    ready = (ngx_atomic_int_t) st->ready;
+
+    p = ngx_tenant_metrics_family(p, "tenant_redis_up", "gauge",
+            "1 if a worker has a ready connection to Redis, else 0.");
+    p = ngx_sprintf(p, "tenant_redis_up %d\n", ready > 0 ? 1 : 0);
+
+    p = ngx_tenant_metrics_family(p, "tenant_redis_commands_total",
+            "counter", "Commands sent to Redis (the handshake's not "
+            "counted).");
+    p = ngx_sprintf(p, "tenant_redis_commands_total %uA\n", st->commands);
+
+    p = ngx_tenant_metrics_family(p, "tenant_redis_timeouts_total",
+            "counter", "Commands unanswered within the timeout.");
+    p = ngx_sprintf(p, "tenant_redis_timeouts_total %uA\n", st->timeouts);
+
+    p = ngx_tenant_metrics_family(p, "tenant_redis_errors_total", "counter",
+            "Failures, by kind: connect (connect, handshake, connection "
+            "lost or stalled), protocol (a reply that is not RESP), reply "
+            "(an error reply to a command).");
+    p = ngx_sprintf(p, "tenant_redis_errors_total{kind=\"connect\"} %uA\n"
+                    "tenant_redis_errors_total{kind=\"protocol\"} %uA\n"
+                    "tenant_redis_errors_total{kind=\"reply\"} %uA\n",
+                    st->errors_connect, st->errors_protocol,
+                    st->errors_reply);
+
+    p = ngx_tenant_metrics_family(p, "tenant_redis_reconnects_total",
+            "counter", "Connections to Redis made again after one failed "
+            "or was lost.");
+    p = ngx_sprintf(p, "tenant_redis_reconnects_total %uA\n",
+                    st->reconnects);
+
+    p = ngx_tenant_metrics_family(p, "tenant_redis_command_duration_seconds",
+            "histogram", "Time from sending a command to its reply (late "
+            "replies included).");
+
+    cum = 0;
+
+    for (i = 0; i < NGX_TENANT_REDIS_BUCKETS - 1; i++) {
+        cum += st->latency[i];
+        p = ngx_sprintf(p, "tenant_redis_command_duration_seconds_bucket"
+                        "{le=\"%s\"} %ui\n", bounds[i], cum);
+    }
+
+    cum += st->latency[NGX_TENANT_REDIS_BUCKETS - 1];
+
+    p = ngx_sprintf(p, "tenant_redis_command_duration_seconds_bucket"
+                    "{le=\"+Inf\"} %ui\n"
+                    "tenant_redis_command_duration_seconds_sum %uA.%06uA\n"
+                    "tenant_redis_command_duration_seconds_count %ui\n",
+                    cum, st->latency_us_sum / 1000000,
+                    st->latency_us_sum % 1000000, cum);
+
+    p = ngx_tenant_metrics_family(p, "tenant_redis_fallbacks_total",
+            "counter", "Limits decided without Redis, by reason: down (no "
+            "ready connection), timeout, error.");
+    p = ngx_sprintf(p, "tenant_redis_fallbacks_total{reason=\"down\"} %uA\n"
+                    "tenant_redis_fallbacks_total{reason=\"timeout\"} %uA\n"
+                    "tenant_redis_fallbacks_total{reason=\"error\"} %uA\n",
+                    st->fallbacks[NGX_TENANT_REDIS_FB_DOWN],
+                    st->fallbacks[NGX_TENANT_REDIS_FB_TIMEOUT],
+                    st->fallbacks[NGX_TENANT_REDIS_FB_ERROR]);
+
+    p = ngx_tenant_metrics_family(p, "tenant_redis_held_total", "counter",
+            "Refusals answered from the local over-limit hold, without a "
+            "command.");
+    p = ngx_sprintf(p, "tenant_redis_held_total %uA\n", st->held);
+
+    return p;
 }
 
 

@@ -517,6 +517,10 @@ for my $case (
     [DEMO_PORT        => '80$http_cookie'],
     [RATE_LIMIT_MAX   => '1$http_cookie'],
     [RATE_LIMIT_WINDOW => '1$http_cookie'],
+    [REDIS_URL        => 'redis://:p$http_cookie@kv.internal:6379'],
+    [REDIS_TIMEOUT    => '5$http_cookie'],
+    [REDIS_FALLBACK   => 'local$http_cookie'],
+    [REDIS_INSTANCES  => '2$http_cookie'],
     [RUN_DIR          => "$tmp/\$http_cookie"],
     [TENANT_MODULE    => "$tmp/\$http_cookie.so"],
     [CLERK_JWKS_FILE  => "$tmp/\$http_cookie.json"],
@@ -524,7 +528,8 @@ for my $case (
 ) {
     my ($var, $v, %more) = @$case;
     my $r = render(%more, $var => $v);
-    my @live = grep { /\$http_cookie/ && !/^\s*(tenant_database|tenant_jwt_issuer)\s/ }
+    # tenant_redis takes its URL literally (tenant_redis_url_parse)
+    my @live = grep { /\$http_cookie/ && !/^\s*(tenant_database|tenant_jwt_issuer|tenant_redis)\s/ }
         split /\n/, $r->{conf} // '';
     ok $r->{rc} == 1 || ($r->{rc} == 0 && !@live),
         "$var with \$http_cookie: refused, or not where nginx expands variables"
@@ -553,6 +558,178 @@ for my $case (['RATE_LIMIT_MAX', '1000000000', qr/at most 100000000\b/],
 }
 
 
+# ---- REDIS_* (global limits, tenant_redis) -------------------------------------
+
+my $kv_pass = 'Kv-pa55-9b7c2e41';
+my $kv_host = 'red-d4kv8s1ecret0host';
+my $kv_url  = "redis://default:$kv_pass\@$kv_host:6379";
+
+# the tenant_redis block as the template adds it after tenant_rate_limit
+sub without_redis {
+    my ($c) = @_;
+    $c =~ s/^(\s*tenant_rate_limit\s[^\n]*\n)\n(?:[ ]*#[^\n]*\n)*[ ]*tenant_redis\s[^\n]*\n/$1/m;
+    return $c;
+}
+
+{
+    my $run = "$tmp/redis-run";
+    my $off = render(RUN_DIR => $run);
+    my $c = $off->{conf} // '';
+    is $off->{rc}, 0, 'REDIS_URL unset: rendered';
+    unlike $c, qr/tenant_redis|REDIS/, '... no tenant_redis line, no comment about it';
+    is_deeply $off->{warn}, [grep { !/REDIS/ } @{$off->{warn}}], '... no warning about Redis';
+
+    for my $empty ('', "  \t") {
+        my $r = render(RUN_DIR => $run, REDIS_URL => $empty);
+        is $r->{rc}, 0, 'REDIS_URL empty or blank: rendered';
+        is $r->{conf}, $c, '... the configuration identical to REDIS_URL unset';
+    }
+
+    my $r = render(RUN_DIR => $run, REDIS_URL => $kv_url);
+    my $on = $r->{conf} // '';
+    is $r->{rc}, 0, 'REDIS_URL set: rendered' or diag join "\n", @{$r->{err}};
+    my @lines = grep { /^\s*tenant_redis\s/ } split /\n/, $on;
+    is scalar @lines, 1, '... one tenant_redis line';
+    is $lines[0] // '',
+        qq{    tenant_redis        "$kv_url" timeout=5ms fallback=local instances=1;},
+        '... the URL quoted, timeout=5ms fallback=local instances=1 by default';
+    like $on, qr/tenant_rate_limit\s[^\n]*\n\n(?:\s*#[^\n]*\n)*\s*tenant_redis\s/,
+        '... next to tenant_rate_limit, with its comment';
+    like $on, qr/^\s*#[^\n]*fallback=local[^\n]*\n(?:\s*#[^\n]*\n)*?[^\n]*fallback=open/m,
+        '... the comment says what fallback=local and fallback=open do';
+    isnt without_redis($on), $on, '... (the block is found)';
+    is without_redis($on), $c,
+        '... and nothing else differs from the configuration without REDIS_URL';
+    is sprintf('%o', (stat $r->{out})[2] & 07777), '600',
+        '... the configuration, which holds the password, mode 0600';
+    unlike join("\n", @{$r->{err}}, @{$r->{warn}}), qr/\Q$kv_pass\E|\Q$kv_host\E/,
+        '... the URL is not printed';
+    is_deeply $r->{warn}, [grep { !/REDIS/ } @{$r->{warn}}], '... no warning about Redis';
+
+    # an existing file of another mode is replaced, not rewritten in place
+    my $pre = "$tmp/out" . ($n + 1) . '/nginx.conf';
+    mkdir "$tmp/out" . ($n + 1);
+    spew($pre, "old\n");
+    chmod 0644, $pre;
+    $r = render(RUN_DIR => $run, REDIS_URL => $kv_url);
+    is $r->{out}, $pre, 'a conf file of mode 0644 already there';
+    is sprintf('%o', (stat $pre)[2] & 07777), '600', '... is replaced by one of mode 0600';
+    like slurp($pre), qr/^\s*tenant_redis\s+"\Q$kv_url\E"/m, '... holding the URL';
+}
+
+# Each: the variables, the tenant_redis line's parameters after the URL.
+for my $case (
+    [{ REDIS_TIMEOUT => '1' },                 'timeout=1ms fallback=local instances=1'],
+    [{ REDIS_TIMEOUT => '1000' },              'timeout=1000ms fallback=local instances=1'],
+    [{ REDIS_TIMEOUT => ' 0025 ' },            'timeout=25ms fallback=local instances=1'],
+    [{ REDIS_FALLBACK => 'open' },             'timeout=5ms fallback=open instances=1'],
+    [{ REDIS_FALLBACK => 'OPEN' },             'timeout=5ms fallback=open instances=1'],
+    [{ REDIS_FALLBACK => 'local' },            'timeout=5ms fallback=local instances=1'],
+    [{ REDIS_INSTANCES => '3' },               'timeout=5ms fallback=local instances=3'],
+    [{ REDIS_INSTANCES => '1000' },            'timeout=5ms fallback=local instances=1000'],
+    [{ REDIS_TIMEOUT => '10', REDIS_FALLBACK => 'open', REDIS_INSTANCES => '4' },
+                                               'timeout=10ms fallback=open instances=4'],
+) {
+    my ($set, $want) = @$case;
+    my $what = join ', ', map { "$_=$set->{$_}" } sort keys %$set;
+    my $r = render(%$set, REDIS_URL => $kv_url);
+    is $r->{rc}, 0, "REDIS_URL with $what: rendered" or diag join "\n", @{$r->{err}};
+    like $r->{conf} // '', qr/^\s*tenant_redis\s+"\Q$kv_url\E" \Q$want\E;$/m, "... $want";
+}
+
+# The URL's forms: Render's internal URL, with internal authentication
+# (user default), an ACL user, a password alone, a database, IPv6, a
+# percent-encoded password, RFC 3986's sub-delimiters left as they are.
+for my $url ("redis://$kv_host:6379",
+             $kv_url,
+             "redis://gateway:$kv_pass\@10.0.0.9:6380/2",
+             "redis://:$kv_pass\@kv.internal",
+             'redis://:p%40ss%2Fw%3Fo%23rd@kv.internal:6379/',
+             "redis://:$kv_pass\@[fd00::9]:6379/15",
+             "REDIS://:$kv_pass\@kv.internal/0",
+             "redis://:a!b\$c&d'e(f)g*h+i,j;k=l:m\@kv.internal:1",
+             'redis://127.0.0.1:65535') {
+    my $r = render(REDIS_URL => $url);
+    is $r->{rc}, 0, "REDIS_URL $url: rendered" or diag join "\n", @{$r->{err}};
+    like $r->{conf} // '', qr/^\s*tenant_redis\s+"\Q$url\E" timeout=5ms /m, '... as it is';
+}
+
+# Each: the variables, the variable named, what the line says.  None
+# may print the URL or any part of it (the password, the host).
+my $tls = qr/^render-conf: REDIS_URL: rediss:\/\/ \(TLS\) is not supported by the gateway; use the Key Value instance's internal redis:\/\/ URL$/;
+for my $case (
+    [{ REDIS_URL => "rediss://default:$kv_pass\@$kv_host:6379" }, 'REDIS_URL', $tls],
+    [{ REDIS_URL => "REDISS://:$kv_pass\@$kv_host" },              'REDIS_URL', $tls],
+    [{ REDIS_URL => "http://default:$kv_pass\@$kv_host:6379" },    'REDIS_URL', qr/redis:\/\/ URL.*other schemes/],
+    [{ REDIS_URL => "unix://:$kv_pass\@/run/$kv_host.sock" },      'REDIS_URL', qr/other schemes/],
+    [{ REDIS_URL => "$kv_host:6379" },                             'REDIS_URL', qr/must be a redis:\/\//],
+    [{ REDIS_URL => "garbage $kv_pass" },                          'REDIS_URL', qr/spaces/],
+    [{ REDIS_URL => "garbage-$kv_pass" },                          'REDIS_URL', qr/must be a redis:\/\//],
+    [{ REDIS_URL => "$kv_url\x01x" },                              'REDIS_URL', qr/control/],
+    [{ REDIS_URL => "redis://:$kv_pass\x7f\@$kv_host" },           'REDIS_URL', qr/control/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host\n:6379" },        'REDIS_URL', qr/control/],
+    [{ REDIS_URL => "redis://:p\xc3\xa4$kv_pass\@$kv_host" },      'REDIS_URL', qr/non-ASCII/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host:6379/16" },       'REDIS_URL', qr/database number/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host:6379/01" },       'REDIS_URL', qr/database number/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host:6379/db" },       'REDIS_URL', qr/database number/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host:0" },             'REDIS_URL', qr/port/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host:65536" },         'REDIS_URL', qr/port/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host:06379" },         'REDIS_URL', qr/port/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host:" },              'REDIS_URL', qr/host/],
+    [{ REDIS_URL => "redis://:$kv_pass\@" },                       'REDIS_URL', qr/host/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host;x" },             'REDIS_URL', qr/host/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host?ssl=1" },         'REDIS_URL', qr/query/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host#x" },             'REDIS_URL', qr/query/],
+    [{ REDIS_URL => "redis://:$kv_pass\@$kv_host/0/\@x" },         'REDIS_URL', qr/after the host/],
+    [{ REDIS_URL => "redis://:$kv_pass\@x\@$kv_host" },            'REDIS_URL', qr/more than one/],
+    [{ REDIS_URL => "redis://:$kv_pass\"\@$kv_host" },             'REDIS_URL', qr/percent-encoded/],
+    [{ REDIS_URL => "redis://:$kv_pass\\\@$kv_host" },             'REDIS_URL', qr/percent-encoded/],
+    [{ REDIS_URL => "redis://$kv_pass\@$kv_host" },                'REDIS_URL', qr/without a password/],
+    [{ REDIS_URL => "redis://default:\@$kv_host" },                'REDIS_URL', qr/empty password/],
+    [{ REDIS_TIMEOUT => '0' },                                     'REDIS_TIMEOUT', qr/1-1000 milliseconds/],
+    [{ REDIS_TIMEOUT => '1001' },                                  'REDIS_TIMEOUT', qr/1-1000 milliseconds/],
+    [{ REDIS_TIMEOUT => '5ms' },                                   'REDIS_TIMEOUT', qr/1-1000 milliseconds/],
+    [{ REDIS_TIMEOUT => '-5' },                                    'REDIS_TIMEOUT', qr/1-1000 milliseconds/],
+    [{ REDIS_TIMEOUT => '2.5' },                                   'REDIS_TIMEOUT', qr/1-1000 milliseconds/],
+    [{ REDIS_TIMEOUT => '99999999999999999999' },                  'REDIS_TIMEOUT', qr/1-1000 milliseconds/],
+    [{ REDIS_FALLBACK => 'closed' },                               'REDIS_FALLBACK', qr/local .* or open/],
+    [{ REDIS_FALLBACK => 'local;' },                               'REDIS_FALLBACK', qr/local .* or open/],
+    [{ REDIS_FALLBACK => '1' },                                    'REDIS_FALLBACK', qr/local .* or open/],
+    [{ REDIS_INSTANCES => '0' },                                   'REDIS_INSTANCES', qr/1-1000/],
+    [{ REDIS_INSTANCES => '1001' },                                'REDIS_INSTANCES', qr/1-1000/],
+    [{ REDIS_INSTANCES => 'three' },                               'REDIS_INSTANCES', qr/1-1000/],
+    [{ REDIS_INSTANCES => '1e3' },                                 'REDIS_INSTANCES', qr/1-1000/],
+) {
+    my ($set, $var, $says) = @$case;
+    my %set = (REDIS_URL => $kv_url, %$set);
+    my $what = join ', ', map { "$_=" . ($set{$_} =~ s/([^\x20-\x7e])/sprintf '\\x%02x', ord $1/ger) }
+                          sort keys %$set;
+    my $r = render(%set);
+    subtest "refused: $what" => sub {
+        is $r->{rc}, 1, 'exit status 1';
+        is scalar @{$r->{err}}, 1, 'one line on stderr' or diag join "\n", @{$r->{err}};
+        like $r->{err}[0] // '', qr/^render-conf: \Q$var\E: \S/, "the line names $var";
+        like $r->{err}[0] // '', $says, '... and says what is wrong';
+        my $all = join "\n", @{$r->{err}}, @{$r->{warn}};
+        unlike $all, qr/\Q$kv_pass\E/, 'no password';
+        unlike $all, qr/\Q$kv_host\E/, 'no host';
+        ok !-e $r->{out}, 'no configuration written';
+    };
+}
+
+# REDIS_TIMEOUT, REDIS_FALLBACK, REDIS_INSTANCES without REDIS_URL:
+# validated all the same, a warning that they do nothing.
+{
+    my $r = render(REDIS_TIMEOUT => '20', REDIS_FALLBACK => 'open', REDIS_INSTANCES => '3');
+    is $r->{rc}, 0, 'REDIS_TIMEOUT, _FALLBACK, _INSTANCES without REDIS_URL: rendered';
+    unlike $r->{conf} // '', qr/tenant_redis/, '... no tenant_redis';
+    is scalar(grep { /^render-conf: warning: REDIS_(TIMEOUT|FALLBACK|INSTANCES) is set but not used \(REDIS_URL is empty/ } @{$r->{warn}}),
+        3, '... a warning for each, naming REDIS_URL';
+    $r = render(REDIS_INSTANCES => '0');
+    is $r->{rc}, 1, '... and refused when malformed (REDIS_INSTANCES=0)';
+}
+
+
 # ---- nginx -t ------------------------------------------------------------------
 
 my $nginx = -x '/usr/sbin/nginx' ? '/usr/sbin/nginx' : undef;
@@ -571,7 +748,8 @@ sub nginx_t {
     for my $set ({}, { BACKEND_URL => 'http://127.0.0.1:3000',
                        MCP_URL => 'http://127.0.0.1:3001',
                        CORS_ORIGIN => 'https://a.example',
-                       CLERK_ISSUER => 'https://clerk.example.com' })
+                       CLERK_ISSUER => 'https://clerk.example.com',
+                       REDIS_URL => 'redis://:pw@127.0.0.1:1' })
     {
         my $r = render(%$set, PORT => 18000 + $n, DEMO_PORT => 19000 + $n);
         my $c = $r->{conf} // '';
@@ -616,6 +794,27 @@ sub nginx_t {
     ($rc, $out) = nginx_t($r->{out}, $r->{run});
     is $rc, 0, '... and with keys from CLERK_SECRET_KEY (JWKS URL)'
         or diag $out;
+
+    # tenant_redis: the host is resolved at start, never connected by
+    # nginx -t (port 1: nothing listens).  Until the module has the
+    # directive, nginx -t refuses it as unknown: skipped for that reason
+    # only, any other refusal fails.
+    for my $set ({ REDIS_URL => "redis://default:$kv_pass\@127.0.0.1:1" },
+                 { REDIS_URL => 'redis://localhost:1/3', REDIS_FALLBACK => 'open',
+                   REDIS_TIMEOUT => 1000, REDIS_INSTANCES => 1000 })
+    {
+        $r = render(%$set, PORT => 18000 + $n, DEMO_PORT => 19000 + $n,
+                    DATABASE_URL => 'postgresql://postgres@127.0.0.1:1/none');
+        ($rc, $out) = nginx_t($r->{out}, $r->{run});
+        SKIP: {
+            skip 'tenant_redis is not in the module yet (nginx -t: unknown directive "tenant_redis")', 2
+                if $rc != 0 && $out =~ /unknown directive "tenant_redis"/;
+            is $rc, 0, "... and with REDIS_URL $set->{REDIS_URL}"
+                . (keys %$set > 1 ? ' fallback=open, the bounds' : '')
+                or diag $out;
+            unlike $out, qr/\Q$kv_pass\E/, '... nginx prints no password';
+        }
+    }
 }
 
 

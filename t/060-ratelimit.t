@@ -90,6 +90,7 @@ my $HTTP = <<"EOF";
     tenant_signing_key  $SIGNING_KEY;
 
     %%RATELIMIT%%
+    %%REDISLINE%%
 
     tenant_tier fast     features=api rate=5/2s;
     tenant_tier plain    features=api;
@@ -109,6 +110,7 @@ my $HTTP = <<"EOF";
         add_header X-RL-Limit     \$tenant_ratelimit_limit always;
         add_header X-RL-Remaining \$tenant_ratelimit_remaining always;
         add_header X-Msec         \$msec always;
+        add_header X-RL-Source    \$tenant_ratelimit_source always;
 
         location /api/ {
             tenant_gateway on;
@@ -159,10 +161,18 @@ my $HTTP = <<"EOF";
     }
 EOF
 
+# t/062-redis-limits.t runs this file again with the limits counted in
+# Redis (T060_REDIS=1): the same cases, the same answers, but for the
+# differences the file names where they arise.  The timeout is long: the
+# answers are Redis's, not the fallback's (checked at the end).
+our $REDIS = $ENV{T060_REDIS} ? 1 : 0;
+my $REDISLINE = $REDIS ? 'tenant_redis %%REDIS%% timeout=2s;' : '';
+
 sub http_conf {
     my ($ratelimit, $shrink) = @_;
     $shrink //= '1r/m';
-    return $HTTP =~ s/%%RATELIMIT%%/$ratelimit/r =~ s/%%SHRINK%%/$shrink/r;
+    return $HTTP =~ s/%%RATELIMIT%%/$ratelimit/r =~ s/%%SHRINK%%/$shrink/r
+                 =~ s/%%REDISLINE%%/$REDISLINE/r;
 }
 
 # The default rate is 3 requests a minute (the "r/m" syntax).
@@ -185,6 +195,9 @@ sub token {
     return $TOKEN{"$org $user"} //= mint_token(org => $org, sub => $user);
 }
 
+# $tenant_ratelimit_source of every answer get() had
+my %SOURCE;
+
 sub tally {
     my ($tier, $r) = @_;
     $N429{$tier}++ if $r->{status} == 429 && code($r) eq 'rate_limited';
@@ -202,6 +215,7 @@ sub get {
     ]);
     $r->{probe} = $probe;
     tally($t->{subscription_tier}, $r);
+    $SOURCE{ hdr($r, 'X-RL-Source') // '' }++;
     return $r;
 }
 
@@ -483,11 +497,22 @@ token($T{USERLIM}{clerk_organization_id}, $_) for qw(user_a user_b);
 
     nginx_reload(http => http_conf($RL_DEFAULT, '10r/s'));
     my $r = get($T{SHRINK});
-    is $r->{status}, 429, '6b. after a reload to 10r/s: the state a minute ahead counts as a full bucket, 429'
-        or diag brief($r);
-    my $ra = hdr($r, 'Retry-After') // 99;
-    is $ra, 1, '6b. its Retry-After: 1 s (one request every 0.1 s)';
-    is hdr($r, 'RateLimit'), '"tenant";r=0;t=1', '6b. RateLimit t=1';
+    my $ra = 0;
+    if ($REDIS) {
+        # Redis counts each rate under its own key (the rate is in its
+        # name): the new rate starts with a whole bucket, and the old
+        # rate's refusal, held locally, does not hold the new one
+        is $r->{status}, 200, '6b. Redis: after a reload to 10r/s a new key, a whole bucket: 200'
+            or diag brief($r);
+        is hdr($r, 'RateLimit'), '"tenant";r=9;t=1', '6b. Redis: RateLimit r=9';
+        is hdr($r, 'X-RL-Source'), 'redis', '6b. Redis: asked Redis, not held by the old rate';
+    } else {
+        is $r->{status}, 429, '6b. after a reload to 10r/s: the state a minute ahead counts as a full bucket, 429'
+            or diag brief($r);
+        $ra = hdr($r, 'Retry-After') // 99;
+        is $ra, 1, '6b. its Retry-After: 1 s (one request every 0.1 s)';
+        is hdr($r, 'RateLimit'), '"tenant";r=0;t=1', '6b. RateLimit t=1';
+    }
     sleep $ra + 0.1;
     @r = map { get($T{SHRINK}) } 1 .. 10;
     is statuses(@r), join(' ', ('200') x 10),
@@ -647,10 +672,24 @@ my @MANY;
     is $by{200}, 350, 'tiny zone: all 200 (each tenant far below 100r/m)' or diag explain \%by;
 
     my $m = metrics();
-    my $ev = $m->{'tenant_cache_evictions_total{cache="ratelimit"}'} // 0;
-    ok $ev > 0, "tiny zone: tenant_cache_evictions_total{cache=\"ratelimit\"} = $ev > 0";
-    my $entries = $m->{'tenant_cache_entries{cache="ratelimit"}'} // -1;
-    ok $entries > 0 && $entries < 300, "tiny zone: tenant_cache_entries{cache=\"ratelimit\"} = $entries, fewer than the tenants";
+    if ($REDIS) {
+        # the states are in Redis, one key per tenant, expiring; the zone
+        # keeps only refusals' holds, and nothing was refused
+        # (a key lives until its bucket is full again: 0.6 s after one
+        # request at 100r/m)
+        my $t = $MANY[-1];
+        get($t);
+        my $key = "tenant:rl:{$t->{id}}:100:60000:100";
+        my $ttl = redis_cli('PTTL', $key);
+        ok $ttl > 0 && $ttl <= 1200, "tiny zone, Redis: the tenant's key, $key, expires when its bucket is full again (PTTL $ttl ms)";
+        my $n = () = split /\n/, redis_cli('--scan', '--pattern', 'tenant:rl:*:100:60000:100');
+        ok $n >= 1 && $n <= 300, "tiny zone, Redis: at most one key per tenant ($n)";
+    } else {
+        my $ev = $m->{'tenant_cache_evictions_total{cache="ratelimit"}'} // 0;
+        ok $ev > 0, "tiny zone: tenant_cache_evictions_total{cache=\"ratelimit\"} = $ev > 0";
+        my $entries = $m->{'tenant_cache_entries{cache="ratelimit"}'} // -1;
+        ok $entries > 0 && $entries < 300, "tiny zone: tenant_cache_entries{cache=\"ratelimit\"} = $entries, fewer than the tenants";
+    }
     is $m->{'tenant_cache_evictions_total{cache="tenant"}'}, $m0->{'tenant_cache_evictions_total{cache="tenant"}'},
         'tiny zone: the tenant cache itself evicted nothing';
 
@@ -858,6 +897,24 @@ for my $case (@config_cases) {
     my $c = nginx_conf_test(http => conf_with(%$over));
     ok !$c->{ok}, "config: $name: nginx -t fails";
     like $c->{output}, $re, "config: $name: clear message" or diag $c->{output};
+}
+
+# With Redis: every decision above was Redis's (or its hold's), none a
+# fallback's.
+# (The counters restart with nginx in case 11; the sources are of every
+# request.)
+if ($REDIS) {
+    my $m = metrics();
+    ok +($m->{tenant_redis_commands_total} // 0) > 0, "Redis: commands sent ($m->{tenant_redis_commands_total})";
+    is $m->{"tenant_redis_fallbacks_total{reason=\"$_\"}"} // 0, 0, "Redis: no fallback ($_)"
+        for qw(down timeout error);
+    ok $SOURCE{redis} > 400 && $SOURCE{hold} > 10,
+        "Redis: answers by Redis ($SOURCE{redis}) and by the local hold ($SOURCE{hold})";
+    is join(',', sort grep { !/^(redis|hold)$/ } keys %SOURCE), '',
+        'Redis: no answer by the local limiter or a fallback';
+} else {
+    is join(',', sort keys %SOURCE), ',local',
+        '$tenant_ratelimit_source: "local", or empty without a limit';
 }
 
 done_testing();
