@@ -376,6 +376,8 @@ my %TIMES;
     is statuses(@low), '200 200 200 200 429 429 429 429',
         '1. low (10/60s), fallback=local instances=3: ceil(10/3) = 4 pass, then 429';
     is srcs(@low), join(' ', ('local') x 8), '1. source "local" for all 8';
+    is join(' ', map { $_->{rem} // '-' } @low[0 .. 3]), '3 2 1 0',
+        '1. $tenant_ratelimit_remaining counts down from the fallback limit 4';
 
     my @high = burst($T{HIGH}, max => 60);
     is scalar(bad(@low, @high)), 0, '1. no 5xx' or diag map { brief($_) . "\n" } bad(@low, @high);
@@ -674,6 +676,30 @@ for my $how ('CLIENT PAUSE', 'busy script') {
 
 {
     is health()->{status}, 200, '/api/health 200 at the end';
+
+    # the [warn] fallback lines over the whole run (thousands of
+    # fallbacks in several outages): never two of one worker within 10 s
+    # (the log's times are whole seconds: 9 apart at least)
+    my (%when, $n);
+    for (split /\n/, error_log(since => 0)) {
+        my ($ts, $pid) = m{^(\d+/\d+/\d+ \d+:\d+:\d+) \[warn\] (\d+)#.*tenant: .*redis}i or next;
+        my ($h, $mi, $se) = $ts =~ /(\d+):(\d+):(\d+)$/;
+        push @{ $when{$pid} }, 3600 * $h + 60 * $mi + $se;
+        $n++;
+    }
+    my @close;
+    for my $pid (sort keys %when) {
+        my @t = @{ $when{$pid} };
+        push @close, map { "$pid: $t[$_ - 1] -> $t[$_]" } grep { $t[$_] - $t[$_ - 1] < 9 } 1 .. $#t;
+    }
+    my $m = metrics();
+    my $total = fallbacks({}, $m);
+    is join('; ', @close), '',
+        sprintf 'the whole run: %d [warn] fallback lines for %d fallbacks, none within 10 s of the '
+            . 'last of its worker', $n // 0, $total;
+    diag sprintf 'fallbacks: down %d, timeout %d, error %d; commands %d, timeouts %d, reconnects %d',
+        (map { $m->{ fb($_) } // -1 } qw(down timeout error)),
+        map { $m->{"tenant_redis_${_}_total"} // -1 } qw(commands timeouts reconnects);
     my $log = error_log(since => 0);
     ok index($log, $RPASS) < 0, 'the Redis password is in no log line';
     diag "timings: " . join '; ', map { "$_: " . (defined $TIMES{$_}
