@@ -40,7 +40,9 @@
 #                     SCRIPT FLUSH: NOSCRIPT handled by the client (Redis
 #                     counts the NOSCRIPT errors), no fallback at all.
 #
-# Throughout: /api/health 200, no 5xx, the password in no log line, and
+# Throughout: /api/health 200, no 5xx, the password in no log line; over
+# the whole run, per worker, the [warn] fallback line never twice within
+# 10 s and the client's [error] lines once per state change (or 10 s);
 # (the harness) no [alert] or crash in the error log.
 
 use strict;
@@ -465,7 +467,6 @@ my %TIMES;
     my $tr = traffic_start($T{HIGH}, 2);
     sleep 0.5;
 
-    my $t_stop = time;
     redis_stop();
     my $t_stopped = time;
     sleep 1;
@@ -474,7 +475,6 @@ my %TIMES;
     my ($back1, @w1) = wait_global($T{HIGH}, 5);
 
     sleep 0.3;
-    my $t_kill = time;
     redis_kill();
     my $t_killed = time;
     sleep 1;
@@ -692,6 +692,26 @@ for my $how ('CLIENT PAUSE', 'busy script') {
         my @t = @{ $when{$pid} };
         push @close, map { "$pid: $t[$_ - 1] -> $t[$_]" } grep { $t[$_] - $t[$_ - 1] < 9 } 1 .. $#t;
     }
+    # the client's failure lines: once per state change (a failure after
+    # "ready again"), else at most once per 10 s, per worker
+    my (%err_at, @often, $nerr);
+    for (split /\n/, error_log(since => 0)) {
+        my ($h, $mi, $se, $level, $pid) =
+            m{^\d+/\d+/\d+ (\d+):(\d+):(\d+) \[(\w+)\] (\d+)#} or next;
+        if ($level eq 'notice' && /tenant: Redis at .* is ready again/) {
+            delete $err_at{$pid};
+        } elsif ($level eq 'error' && /tenant: .*Redis/) {
+            my $at = 3600 * $h + 60 * $mi + $se;
+            push @often, "$pid: $err_at{$pid} -> $at"
+                if defined $err_at{$pid} && $at - $err_at{$pid} < 9;
+            $err_at{$pid} = $at;
+            $nerr++;
+        }
+    }
+    is join('; ', @often), '',
+        sprintf 'the whole run: %d [error] Redis lines, each the first after "ready again" or 10 s '
+            . 'after the last', $nerr // 0;
+
     my $m = metrics();
     my $total = fallbacks({}, $m);
     is join('; ', @close), '',
