@@ -124,7 +124,9 @@ struct ngx_tenant_redis_s {
 
 static void ngx_tenant_redis_connect(ngx_tenant_redis_t *rc);
 static void ngx_tenant_redis_connected(ngx_tenant_redis_t *rc);
-static ngx_int_t ngx_tenant_redis_test_connect(ngx_connection_t *c);
+static ngx_err_t ngx_tenant_redis_test_connect(ngx_connection_t *c);
+static void ngx_tenant_redis_connect_failed(ngx_tenant_redis_t *rc,
+    ngx_err_t err);
 static void ngx_tenant_redis_write_handler(ngx_event_t *wev);
 static void ngx_tenant_redis_read_handler(ngx_event_t *rev);
 static ngx_int_t ngx_tenant_redis_flush(ngx_tenant_redis_t *rc);
@@ -538,6 +540,7 @@ ngx_tenant_redis_cancel(ngx_tenant_redis_cmd_t *cmd)
 static void
 ngx_tenant_redis_connect(ngx_tenant_redis_t *rc)
 {
+    ngx_err_t          err;
     ngx_int_t          rv;
     ngx_addr_t        *addr;
     ngx_connection_t  *c;
@@ -561,17 +564,21 @@ ngx_tenant_redis_connect(ngx_tenant_redis_t *rc)
     rc->pc.log = &rc->quiet;
     rc->pc.log_error = NGX_ERROR_INFO;
 
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rc->log, 0,
+                   "tenant redis: connect to %V", rc->pc.name);
+
     rv = ngx_event_connect_peer(&rc->pc);
 
     if (rv == NGX_ERROR || rv == NGX_BUSY || rv == NGX_DECLINED) {
+        /* connect()'s, kept by the close() after it */
+        err = ngx_socket_errno;
+
         if (rc->pc.connection) {
             ngx_close_connection(rc->pc.connection);
             rc->pc.connection = NULL;
         }
 
-        ngx_tenant_redis_fail(rc, &rc->stats->errors_connect,
-                              "cannot connect to Redis at %V",
-                              rc->pc.name);
+        ngx_tenant_redis_connect_failed(rc, err);
         return;
     }
 
@@ -610,9 +617,12 @@ ngx_tenant_redis_connected(ngx_tenant_redis_t *rc)
     rc->state = NGX_TENANT_REDIS_HANDSHAKE;
     rc->handshake = 0;
 
-    tenant_resp_parser_init(&rc->parser, rc->values, NGX_TENANT_REDIS_VALUES,
-                            NGX_TENANT_REDIS_STRING_MAX,
-                            NGX_TENANT_REDIS_DEPTH);
+    /* constant bounds, within the parser's ranges */
+
+    (void) tenant_resp_parser_init(&rc->parser, rc->values,
+                                   NGX_TENANT_REDIS_VALUES,
+                                   NGX_TENANT_REDIS_STRING_MAX,
+                                   NGX_TENANT_REDIS_DEPTH);
 
     if (rc->conf->url.auth) {
         n = 0;
@@ -674,7 +684,9 @@ failed:
 }
 
 
-static ngx_int_t
+/* the result of a non-blocking connect(): 0, or its error */
+
+static ngx_err_t
 ngx_tenant_redis_test_connect(ngx_connection_t *c)
 {
     int        err;
@@ -687,18 +699,33 @@ ngx_tenant_redis_test_connect(ngx_connection_t *c)
         err = ngx_socket_errno;
     }
 
-    if (err) {
-        ngx_log_error(NGX_LOG_INFO, c->log, err, "tenant: Redis connect()");
-        return NGX_ERROR;
+    return err;
+}
+
+
+static void
+ngx_tenant_redis_connect_failed(ngx_tenant_redis_t *rc, ngx_err_t err)
+{
+    u_char  *p, text[NGX_MAX_ERROR_STR];
+
+    if (err == 0) {
+        ngx_tenant_redis_fail(rc, &rc->stats->errors_connect,
+                              "cannot connect to Redis at %V", rc->pc.name);
+        return;
     }
 
-    return NGX_OK;
+    p = ngx_strerror(err, text, sizeof(text));
+
+    ngx_tenant_redis_fail(rc, &rc->stats->errors_connect,
+                          "cannot connect to Redis at %V (%d: %*s)",
+                          rc->pc.name, err, p - text, text);
 }
 
 
 static void
 ngx_tenant_redis_write_handler(ngx_event_t *wev)
 {
+    ngx_err_t            err;
     ngx_connection_t    *c;
     ngx_tenant_redis_t  *rc;
 
@@ -706,11 +733,10 @@ ngx_tenant_redis_write_handler(ngx_event_t *wev)
     rc = c->data;
 
     if (rc->state == NGX_TENANT_REDIS_CONNECTING) {
+        err = ngx_tenant_redis_test_connect(c);
 
-        if (ngx_tenant_redis_test_connect(c) != NGX_OK) {
-            ngx_tenant_redis_fail(rc, &rc->stats->errors_connect,
-                                  "cannot connect to Redis at %V",
-                                  rc->pc.name);
+        if (err) {
+            ngx_tenant_redis_connect_failed(rc, err);
             return;
         }
 
@@ -769,6 +795,7 @@ ngx_tenant_redis_read_handler(ngx_event_t *rev)
     u_char              *p;
     size_t               used, size;
     ssize_t              n;
+    ngx_err_t            err;
     ngx_connection_t    *c;
     ngx_tenant_redis_t  *rc;
 
@@ -778,10 +805,10 @@ ngx_tenant_redis_read_handler(ngx_event_t *rev)
     if (rc->state == NGX_TENANT_REDIS_CONNECTING) {
         /* the write event completes the connect; an error may come here */
 
-        if (ngx_tenant_redis_test_connect(c) != NGX_OK) {
-            ngx_tenant_redis_fail(rc, &rc->stats->errors_connect,
-                                  "cannot connect to Redis at %V",
-                                  rc->pc.name);
+        err = ngx_tenant_redis_test_connect(c);
+
+        if (err) {
+            ngx_tenant_redis_connect_failed(rc, err);
         }
 
         return;
@@ -909,6 +936,9 @@ ngx_tenant_redis_reply(ngx_tenant_redis_t *rc, tenant_resp_value_t *reply)
     if (tenant_resp_error_code(reply, "NOSCRIPT")
         && !cmd->resent && !cmd->done)
     {
+        ngx_log_debug0(NGX_LOG_DEBUG_EVENT, rc->log, 0,
+                       "tenant redis: NOSCRIPT, loading the script again");
+
         ngx_queue_remove(q);
 
         if (ngx_tenant_redis_queue_load(rc, NGX_TENANT_REDIS_STEP_RELOAD)
@@ -947,7 +977,13 @@ ngx_tenant_redis_reply(ngx_tenant_redis_t *rc, tenant_resp_value_t *reply)
             ngx_del_timer(&cmd->timer);
         }
 
-        cmd->handler(cmd->data, NGX_TENANT_REDIS_REPLY, reply);
+        if (cmd->handler) {
+            cmd->handler(cmd->data, NGX_TENANT_REDIS_REPLY, reply);
+        }
+
+    } else {
+        ngx_log_debug0(NGX_LOG_DEBUG_EVENT, rc->log, 0,
+                       "tenant redis: late reply dropped");
     }
 
     ngx_tenant_redis_free_cmd(rc, cmd);
@@ -1021,6 +1057,9 @@ next:
     if (--rc->handshake) {
         return;
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rc->log, 0,
+                   "tenant redis: %V ready", rc->pc.name);
 
     rc->state = NGX_TENANT_REDIS_READY;
     rc->backoff = NGX_TENANT_REDIS_BACKOFF_MIN;
@@ -1199,7 +1238,12 @@ ngx_tenant_redis_cmd_timeout(ngx_event_t *ev)
 
     (void) ngx_atomic_fetch_add(&cmd->client->stats->timeouts, 1);
 
-    cmd->handler(cmd->data, NGX_TENANT_REDIS_TIMEOUT, NULL);
+    ngx_log_debug0(NGX_LOG_DEBUG_EVENT, ev->log, 0,
+                   "tenant redis: command timed out");
+
+    if (cmd->handler) {
+        cmd->handler(cmd->data, NGX_TENANT_REDIS_TIMEOUT, NULL);
+    }
 }
 
 

@@ -120,7 +120,8 @@ ngx_tenant_redis_cmd_t *ngx_tenant_redis_send(ngx_tenant_redis_conf_t *rcf,
     ngx_tenant_redis_handler_pt handler, void *data);
 
 /* Its handler will not be called (the request went away); the reply,
- * when it comes, is read and dropped. */
+ * when it comes, is read and dropped.  Only before the handler has been
+ * called: after that the command is the client's (and may be reused). */
 void ngx_tenant_redis_cancel(ngx_tenant_redis_cmd_t *cmd);
 
 
