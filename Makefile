@@ -7,6 +7,9 @@
 #   make stop       stop the embedded PostgreSQL of make run
 #   make migrate    apply pending migrations to DATABASE_URL
 #   make bench      gateway vs plain proxy_pass (bench/run.sh)
+#   make scale      three gateways, one PostgreSQL, one Redis on this
+#                   machine: global limit, propagation, Redis stopped
+#                   (scripts/scale.sh)
 #   make smoke      the deployment guide's smoke tests against BASE_URL
 #   make image-test build the Dockerfile with buildah and run the image
 #                   (t/160-image.t; root; in make test with IMAGE_TEST=1)
@@ -39,7 +42,7 @@ GUARD        = $(BUILD)/guard/blockguard.so
 GUARD_TEST   = $(BUILD)/guard/blockguard_test
 
 .PHONY: all module unit guard deps run stop test migrate bench bench-provision \
-        smoke image-test clean
+        scale smoke image-test clean
 
 all: module
 
@@ -91,6 +94,9 @@ bench: module
 
 bench-provision: module
 	bench/provision.sh
+
+scale: module
+	scripts/scale.sh
 
 smoke:
 	scripts/smoke.sh

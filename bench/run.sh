@@ -12,6 +12,10 @@
 #   feature   like gateway, on a location with tenant_require_feature
 #   limited   like gateway, with a per-tenant rate limit (high enough
 #             never to refuse: what counting costs)
+#   redis     like limited, counted in Redis (tenant_redis, issue 14): one
+#             EVALSHA per admitted request to a redis-server on this host,
+#             started here; its /metrics on a second port give the Redis
+#             commands per request and the fallbacks (none expected)
 # wrk (-t1 -c32) runs against each in turn, rounds interleaved so that
 # machine noise hits all alike; ratios are to plain of the same round.
 # Only 127.0.0.1 is targeted.
@@ -25,6 +29,8 @@ root=$(cd "$here/.." && pwd)
 module=$root/build/nginx/objs/ngx_tenant_module.so
 [ -f "$module" ] || { echo "bench: build the module first (make)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "bench: wrk is missing (scripts/deps.sh)" >&2; exit 1; }
+command -v redis-server >/dev/null \
+    || { echo "bench: redis-server is missing (scripts/deps.sh)" >&2; exit 1; }
 
 dir=$(mktemp -d /tmp/tenant-bench.XXXXXX)
 chmod 755 "$dir"
@@ -53,6 +59,18 @@ token=$("$root/scripts/mint-token.pl" --key "$dir/rsa.pem" --org org_bench \
 # below the ephemeral range (32768-60999): a client socket cannot hold them
 base=$((21000 + $$ % 9000))
 up=$base
+rport=$((base + 9))
+mport=$((base + 8))
+
+# Redis for the redis front end: no persistence, 127.0.0.1 only
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$dir" --daemonize no --protected-mode no > "$dir/redis.log" 2>&1 &
+rpid=$!
+pids+=("$rpid")
+for _ in $(seq 100); do
+    [ "$(redis-cli -h 127.0.0.1 -p "$rport" ping 2>/dev/null)" = PONG ] && break
+    sleep 0.05
+done
 
 conf() { # name port body
     mkdir -p "$dir/$1"
@@ -121,13 +139,28 @@ conf feature $((base + 4)) "$gw tenant_token_cache zone=tokens:10m;
     tenant_require_feature ai_forecasting;"
 conf limited $((base + 5)) "$gw tenant_token_cache zone=tokens:10m;
     tenant_rate_limit zone=ratelimit:10m rate=60000000/60s;"
+conf redis   $((base + 6)) "$gw tenant_token_cache zone=tokens:10m;
+    tenant_rate_limit zone=ratelimit:10m rate=60000000/60s;
+    tenant_redis redis://127.0.0.1:$rport;
+    server {
+        listen 127.0.0.1:$mport;
+        location = /metrics { tenant_gateway off; tenant_metrics; }
+    }"
 
 sleep 0.5
 
-names=(plain gateway fresh feature limited)
+names=(plain gateway fresh feature limited redis)
 declare -A port=([plain]=$((base + 1)) [gateway]=$((base + 2))
                  [fresh]=$((base + 3)) [feature]=$((base + 4))
-                 [limited]=$((base + 5)))
+                 [limited]=$((base + 5)) [redis]=$((base + 6)))
+
+# the redis front end's counters: the sum of the series named $1
+redis_metric() {
+    curl -s "http://127.0.0.1:$mport/metrics" \
+        | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {n += $2} END {printf "%d\n", n}'
+}
+# redis-server's CPU time (utime + stime, clock ticks)
+redis_ticks() { awk '{print $14 + $15}' "/proc/$rpid/stat"; }
 
 # warm up, and check that each front end answers 200
 for n in "${names[@]}"; do
@@ -152,8 +185,14 @@ worker_ticks() {
 hz=$(getconf CLK_TCK)
 
 declare -A rps p99 cpu ratio
+cmds=() fbs=() rcpu=()
 for ((i = 1; i <= rounds; i++)); do
     for n in "${names[@]}"; do
+        if [ "$n" = redis ]; then
+            c0=$(redis_metric tenant_redis_commands_total)
+            f0=$(redis_metric tenant_redis_fallbacks_total)
+            r0=$(redis_ticks)
+        fi
         t0=$(worker_ticks "$n")
         out=$(wrk -t1 -c32 -d"${secs}s" --latency \
               -H "Authorization: Bearer $token" \
@@ -164,6 +203,15 @@ for ((i = 1; i <= rounds; i++)); do
         r=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
         l=$(echo "$out" | awk '$1 == "99%" {print $2}')
         total=$(echo "$out" | awk '/requests in/ {print $1}')
+        if [ "$n" = redis ]; then
+            c1=$(redis_metric tenant_redis_commands_total)
+            f1=$(redis_metric tenant_redis_fallbacks_total)
+            r1=$(redis_ticks)
+            cmds+=("$(awk -v c=$((c1 - c0)) -v n="$total" 'BEGIN {printf "%.3f", c / n}')")
+            fbs+=("$((f1 - f0))")
+            rcpu+=("$(awk -v d=$((r1 - r0)) -v hz="$hz" -v n="$total" \
+                          'BEGIN {printf "%.2f", d * 1e6 / hz / n}')")
+        fi
         rps[$n]="${rps[$n]:-} $r"
         p99[$n]="${p99[$n]:-} $l"
         # microseconds of worker CPU per request
@@ -192,3 +240,7 @@ for n in "${names[@]}"; do
 done
 echo "ratio: requests/s over plain nginx's of the same round (median of rounds);"
 echo "cpu ratio: plain's worker CPU per request over this front end's (1.00 = as cheap)."
+echo "redis: Redis commands per request $(echo "${cmds[*]}" | median)" \
+     "(per round: ${cmds[*]}), fallbacks per round: ${fbs[*]}," \
+     "redis-server CPU us/request $(echo "${rcpu[*]}" | median)" \
+     "(not in the worker's figure)"

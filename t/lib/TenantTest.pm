@@ -82,6 +82,7 @@ our @EXPORT = qw(
     jwt_keys mint_token jwt_raw
     echo_start echo_stop
     nginx_start nginx_reload nginx_stop nginx_conf_test nginx_workers
+    nginx_instance_start nginx_instance_stop nginx_instance_workers
     error_log log_mark error_log_allow
     http async_http wait_http http_done retry_until free_port project_root
     alive pg_proxy pgbouncer_start clerk_jwks_start
@@ -1187,9 +1188,19 @@ sub nginx_start {
 
     die "nginx_start: already running; nginx_stop() or nginx_reload()\n"
         if $NGX && $NGX->{pid};
-    _check_module(%o);
 
-    my $dir = tmpdir() . '/nginx';
+    $NGX = {};      # filled before nginx starts: cleanup stops it whatever happens
+    return _nginx_launch($NGX, tmpdir() . '/nginx', %o);
+}
+
+# Writes a config made from opts into $dir, starts nginx from it and waits
+# until it has its workers and its port answers; its error log joins
+# those checked at the end.  Fills and returns $ngx: { dir port port2 opts
+# conf log log_from pid }.
+sub _nginx_launch {
+    my ($ngx, $dir, %o) = @_;
+
+    _check_module(%o);
     make_path("$dir/tmp");
     chmod 0755, $dir;
 
@@ -1201,8 +1212,8 @@ sub nginx_start {
     my $from = -s $log || 0;
     push @LOGS, [$log, $from];
 
-    $NGX = { dir => $dir, port => $ports->[0], port2 => $ports->[1],
-             opts => \%o, conf => $conf, log => $log, log_from => $from };
+    %$ngx = (%$ngx, dir => $dir, port => $ports->[0], port2 => $ports->[1],
+             opts => \%o, conf => $conf, log => $log, log_from => $from);
 
     eval { run_cmd(_nginx_env($o{env}), _nginx_cmd($dir)); 1 }
         or die "nginx_start: nginx did not start:\n$@"
@@ -1213,29 +1224,34 @@ sub nginx_start {
         die "nginx_start: no pid file\n" . _slurp($log, $from) if time > $deadline;
         sleep 0.01;
     }
-    ($NGX->{pid}) = _slurp("$dir/nginx.pid") =~ /(\d+)/;
+    ($ngx->{pid}) = _slurp("$dir/nginx.pid") =~ /(\d+)/;
 
     my $want = $o{workers} || 1;
-    until (nginx_workers() >= $want
+    until (_workers_of($ngx->{pid}) >= $want
            && IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                    PeerPort => $NGX->{port}, Timeout => 1))
+                                    PeerPort => $ngx->{port}, Timeout => 1))
     {
-        die "nginx_start: port $NGX->{port} does not answer\n"
+        die "nginx_start: port $ngx->{port} does not answer\n"
             . _slurp($log, $from) if time > $deadline;
         sleep 0.02;
     }
-    return $NGX;
+    return $ngx;
 }
 
 # Pids of the worker processes that are not shutting down.
 sub nginx_workers {
     return () unless $NGX && $NGX->{pid};
+    return _workers_of($NGX->{pid});
+}
+
+sub _workers_of {
+    my ($master) = @_;
 
     my @pids;
     for my $stat (glob '/proc/[0-9]*/stat') {
         my $s = _slurp($stat);
         my ($pid, $ppid) = $s =~ /^(\d+) \(.*\) \S+ (\d+)/s or next;
-        next unless $ppid == $NGX->{pid};
+        next unless $ppid == $master;
         my $cmd = _slurp("/proc/$pid/cmdline");
         push @pids, $pid if $cmd =~ /^nginx: worker process\0*$/;
     }
@@ -1302,8 +1318,13 @@ sub alive {
 # Graceful stop (QUIT), then TERM, then KILL; waits for the master.
 sub nginx_stop {
     return unless $NGX && $NGX->{pid};
+    _nginx_halt($NGX);
+}
 
-    my $pid = $NGX->{pid};
+sub _nginx_halt {
+    my ($ngx) = @_;
+
+    my $pid = $ngx->{pid};
     for my $step (['QUIT', 10], ['TERM', 5], ['KILL', 5]) {
         my ($sig, $wait) = @$step;
         last unless alive($pid);
@@ -1311,7 +1332,41 @@ sub nginx_stop {
         my $deadline = time + $wait;
         sleep 0.02 while alive($pid) && time < $deadline;
     }
-    $NGX->{pid} = undef;
+    $ngx->{pid} = undef;
+}
+
+# More instances besides nginx_start()'s, for tests of several gateways
+# on one machine (e.g. three sharing one PostgreSQL and one Redis): each
+# its own master, prefix dir, ports and error log, from a config made from
+# opts as nginx_start takes them.  Returns { name dir port port2 pid conf
+# log }; http(port => $i->{port}) talks to it.  Its error log is checked
+# at the end like nginx_start's; it is stopped at exit.
+my @INSTANCES;
+my $INSTANCE_SEQ = 0;
+
+sub nginx_instance_start {
+    my (%o) = @_;
+
+    my $name = delete $o{name} // 'i' . ++$INSTANCE_SEQ;
+    die "nginx_instance_start: bad name \"$name\"\n" unless $name =~ /^\w+$/;
+    my $i = { name => $name };
+    push @INSTANCES, $i;
+    return _nginx_launch($i, tmpdir() . "/nginx-$name", %o);
+}
+
+# Its workers that are not shutting down.
+sub nginx_instance_workers {
+    my ($i) = @_;
+    return () unless $i->{pid};
+    return _workers_of($i->{pid});
+}
+
+# Graceful stop, as nginx_stop(); undef: all of them.
+sub nginx_instance_stop {
+    my ($i) = @_;
+    for my $n ($i ? ($i) : @INSTANCES) {
+        _nginx_halt($n) if $n->{pid};
+    }
 }
 
 # The error log of the running (or last) nginx since it started, or since
@@ -1533,6 +1588,7 @@ Test2::API::test2_add_callback_testing_done(sub {
     return unless $$ == $OWNER && @LOGS;
 
     nginx_stop();
+    nginx_instance_stop();
     my @bad = _log_problems();
     Test::More::note("blocking calls known and allowed (TenantTest.pm, "
                      . "\@BLOCKING_KNOWN): $BLOCKING_KNOWN_SEEN")
@@ -1583,6 +1639,7 @@ sub _cleanup {
     eval { pg_unstall() };      # a stalled database could not be stopped
     eval { redis_stop() };
     eval { nginx_stop() };
+    eval { nginx_instance_stop() };
     if (@LOGS && ($status || !Test::More->builder->is_passing)) {
         my @tail = (split /\n/, _slurp($LOGS[-1][0], $LOGS[-1][1]))[-30 .. -1];
         print STDERR "# nginx error log, last lines:\n",
