@@ -637,9 +637,9 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
             == NGX_OK
             && cached.policy == policy_crc
             && now <= cached.claims.exp + tmcf->leeway
-            && now >= cached.claims.nbf - tmcf->leeway)
+            && now >= cached.claims.nbf - tmcf->leeway
+            && tenant_jwt_unpack(&cached.claims, &ctx->claims) == 0)
         {
-            ctx->claims = cached.claims;
             *status = TENANT_JWT_OK;
             return NGX_OK;
         }
@@ -665,13 +665,24 @@ ngx_tenant_access_token(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
         return NGX_OK;
     }
 
+    /*
+     * Only what a hit needs is kept (tenant_jwt_pack); a token whose
+     * claims do not fit the compact entry is verified each time.
+     */
+
     if (tmcf->token_cache) {
         cached.policy = policy_crc;
-        cached.claims = ctx->claims;
 
-        (void) ngx_tenant_cache_put(tmcf->token_cache, key, sizeof(key),
-                                    &cached,
-                                    (time_t) ctx->claims.exp + tmcf->leeway);
+        if (tenant_jwt_pack(&ctx->claims, &cached.claims) == 0) {
+            (void) ngx_tenant_cache_put(tmcf->token_cache, key, sizeof(key),
+                                        &cached,
+                                        (time_t) ctx->claims.exp
+                                        + tmcf->leeway);
+
+        } else {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "tenant: token claims too long to cache");
+        }
     }
 
     return NGX_OK;

@@ -15,6 +15,7 @@
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/rsa.h>
 
 #include "tenant_json.h"
 #include "tenant_jwt.h"
@@ -30,6 +31,11 @@
  */
 #define TENANT_JWT_TIME_MAX       4611686018427387904LL
 
+/* tenant_jwt_unpack checks only the sum of the packed lengths */
+#if (TENANT_JWT_PACKED_STR > TENANT_CLAIM_MAX)
+#error "a packed claim would not fit its tenant_jwt_claims_t field"
+#endif
+
 
 static tenant_jwt_status_t tenant_jwt_split(const unsigned char *token,
     size_t len, const unsigned char **seg, size_t *seg_len);
@@ -39,6 +45,7 @@ static tenant_jwt_status_t tenant_jwt_parse_header(const unsigned char *hdr,
 static tenant_jwt_status_t tenant_jwt_verify_signature(
     const tenant_key_t *key, const unsigned char *input, size_t input_len,
     const unsigned char *sig, size_t sig_len);
+static EVP_PKEY_CTX *tenant_jwt_verify_ctx(const tenant_key_t *key);
 static tenant_jwt_status_t tenant_jwt_es256_der(const unsigned char *raw,
     unsigned char *der, size_t *der_len);
 static tenant_jwt_status_t tenant_jwt_role(json_t *payload,
@@ -115,8 +122,33 @@ static const char  *tenant_jwt_texts[] = {
 };
 
 
-/* fetched once, on the first verification (single-threaded workers) */
-static EVP_MD  *tenant_jwt_sha256;
+/*
+ * Kept from one verification to the next (workers are single-threaded):
+ * the SHA-256 implementation, fetched once, a digest context, and for
+ * each key a verification context set up once (EVP_PKEY_verify_init
+ * fetches the signature algorithm and exports the key to its provider:
+ * more work than the RSA verification itself).
+ *
+ * A context holds a reference to its key: while it is in the table, no
+ * other key can be allocated at its key's address, so a key of the
+ * current set whose address is in the table is that very key.  The
+ * table is small and reused in turn: a replaced context releases its key
+ * (a key of an old JWKS lives on until then, at most
+ * TENANT_JWT_VCTX_MAX of them).
+ */
+
+#define TENANT_JWT_VCTX_MAX       (2 * TENANT_JWKS_MAX_KEYS)
+
+typedef struct {
+    const EVP_PKEY       *pkey;
+    EVP_PKEY_CTX         *ctx;
+} tenant_jwt_vctx_t;
+
+
+static EVP_MD             *tenant_jwt_sha256;
+static EVP_MD_CTX         *tenant_jwt_md_ctx;
+static tenant_jwt_vctx_t   tenant_jwt_vctx[TENANT_JWT_VCTX_MAX];
+static size_t              tenant_jwt_vctx_next;
 
 
 tenant_jwt_status_t
@@ -257,6 +289,95 @@ tenant_jwt_verify(const unsigned char *token, size_t len,
     }
 
     return rc;
+}
+
+
+int
+tenant_jwt_pack(const tenant_jwt_claims_t *claims, tenant_jwt_packed_t *packed)
+{
+    char    *p;
+    size_t   total;
+
+    total = (size_t) claims->sub_len + claims->org_id_len
+            + claims->org_role_len + claims->metadata_role_len;
+
+    /* the lengths fit a byte: each is at most TENANT_CLAIM_MAX (128) */
+
+    if (total > TENANT_JWT_PACKED_STR) {
+        return -1;
+    }
+
+    memset(packed, 0, sizeof(tenant_jwt_packed_t));
+
+    packed->exp = claims->exp;
+    packed->nbf = claims->nbf;
+    packed->sub_len = (uint8_t) claims->sub_len;
+    packed->org_id_len = (uint8_t) claims->org_id_len;
+    packed->org_role_len = (uint8_t) claims->org_role_len;
+    packed->metadata_role_len = (uint8_t) claims->metadata_role_len;
+    packed->session = claims->session;
+    packed->version = claims->version;
+
+    p = packed->str;
+
+    memcpy(p, claims->sub, claims->sub_len);
+    p += claims->sub_len;
+    memcpy(p, claims->org_id, claims->org_id_len);
+    p += claims->org_id_len;
+    memcpy(p, claims->org_role, claims->org_role_len);
+    p += claims->org_role_len;
+    memcpy(p, claims->metadata_role, claims->metadata_role_len);
+
+    return 0;
+}
+
+
+int
+tenant_jwt_unpack(const tenant_jwt_packed_t *packed,
+    tenant_jwt_claims_t *claims)
+{
+    const char  *p;
+
+    /* each length is a byte, at most 255: the sum is the only bound to
+     * check (TENANT_JWT_PACKED_STR < TENANT_CLAIM_MAX) */
+
+    if ((size_t) packed->sub_len + packed->org_id_len + packed->org_role_len
+        + packed->metadata_role_len > TENANT_JWT_PACKED_STR)
+    {
+        return -1;
+    }
+
+    claims->exp = packed->exp;
+    claims->nbf = packed->nbf;
+    claims->iat = 0;
+    claims->session = packed->session;
+    claims->version = packed->version;
+
+    p = packed->str;
+
+    memcpy(claims->sub, p, packed->sub_len);
+    claims->sub[packed->sub_len] = '\0';
+    claims->sub_len = packed->sub_len;
+    p += packed->sub_len;
+
+    memcpy(claims->org_id, p, packed->org_id_len);
+    claims->org_id[packed->org_id_len] = '\0';
+    claims->org_id_len = packed->org_id_len;
+    p += packed->org_id_len;
+
+    memcpy(claims->org_role, p, packed->org_role_len);
+    claims->org_role[packed->org_role_len] = '\0';
+    claims->org_role_len = packed->org_role_len;
+    p += packed->org_role_len;
+
+    memcpy(claims->metadata_role, p, packed->metadata_role_len);
+    claims->metadata_role[packed->metadata_role_len] = '\0';
+    claims->metadata_role_len = packed->metadata_role_len;
+
+    claims->org_slug[0] = '\0';
+    claims->org_slug_len = 0;
+
+    return 0;
 }
 
 
@@ -479,9 +600,11 @@ tenant_jwt_verify_signature(const tenant_key_t *key,
 {
     int                   n;
     size_t                der_len;
-    EVP_MD_CTX           *ctx;
+    unsigned int          md_len;
+    EVP_PKEY_CTX         *ctx;
     tenant_jwt_status_t   rc;
     unsigned char         der[TENANT_JWT_DER_SIG_MAX];
+    unsigned char         md[EVP_MAX_MD_SIZE];
 
     if (key->type == TENANT_KEY_RSA) {
 
@@ -509,24 +632,32 @@ tenant_jwt_verify_signature(const tenant_key_t *key,
         sig_len = der_len;
     }
 
-    if (tenant_jwt_sha256 == NULL) {
-        tenant_jwt_sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+    if (tenant_jwt_md_ctx == NULL) {
         if (tenant_jwt_sha256 == NULL) {
+            tenant_jwt_sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+            if (tenant_jwt_sha256 == NULL) {
+                ERR_clear_error();
+                return TENANT_JWT_ERROR;
+            }
+        }
+
+        tenant_jwt_md_ctx = EVP_MD_CTX_new();
+        if (tenant_jwt_md_ctx == NULL) {
             ERR_clear_error();
             return TENANT_JWT_ERROR;
         }
     }
 
-    ctx = EVP_MD_CTX_new();
+    ctx = tenant_jwt_verify_ctx(key);
     if (ctx == NULL) {
         ERR_clear_error();
         return TENANT_JWT_ERROR;
     }
 
-    if (EVP_DigestVerifyInit(ctx, NULL, tenant_jwt_sha256, NULL, key->pkey)
-        != 1)
+    if (EVP_DigestInit_ex(tenant_jwt_md_ctx, tenant_jwt_sha256, NULL) != 1
+        || EVP_DigestUpdate(tenant_jwt_md_ctx, input, input_len) != 1
+        || EVP_DigestFinal_ex(tenant_jwt_md_ctx, md, &md_len) != 1)
     {
-        EVP_MD_CTX_free(ctx);
         ERR_clear_error();
         return TENANT_JWT_ERROR;
     }
@@ -536,9 +667,7 @@ tenant_jwt_verify_signature(const tenant_key_t *key,
      * for malformed signatures are all refusals.
      */
 
-    n = EVP_DigestVerify(ctx, sig, sig_len, input, input_len);
-
-    EVP_MD_CTX_free(ctx);
+    n = EVP_PKEY_verify(ctx, sig, sig_len, md, md_len);
 
     if (n != 1) {
         ERR_clear_error();
@@ -546,6 +675,52 @@ tenant_jwt_verify_signature(const tenant_key_t *key,
     }
 
     return TENANT_JWT_OK;
+}
+
+
+/*
+ * The key's verification context: PKCS #1 v1.5 padding for RSA, SHA-256
+ * for both types, set up on the key's first verification; NULL on
+ * failure (out of memory).
+ */
+
+static EVP_PKEY_CTX *
+tenant_jwt_verify_ctx(const tenant_key_t *key)
+{
+    size_t              i;
+    EVP_PKEY_CTX       *ctx;
+    tenant_jwt_vctx_t  *v;
+
+    for (i = 0; i < TENANT_JWT_VCTX_MAX; i++) {
+        if (tenant_jwt_vctx[i].pkey == key->pkey) {
+            return tenant_jwt_vctx[i].ctx;
+        }
+    }
+
+    ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key->pkey, NULL);
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    if (EVP_PKEY_verify_init(ctx) != 1
+        || (key->type == TENANT_KEY_RSA
+            && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
+        || EVP_PKEY_CTX_set_signature_md(ctx, tenant_jwt_sha256) <= 0)
+    {
+        EVP_PKEY_CTX_free(ctx);
+        return NULL;
+    }
+
+    v = &tenant_jwt_vctx[tenant_jwt_vctx_next];
+    tenant_jwt_vctx_next = (tenant_jwt_vctx_next + 1) % TENANT_JWT_VCTX_MAX;
+
+    /* releases the replaced context's key reference */
+    EVP_PKEY_CTX_free(v->ctx);
+
+    v->pkey = key->pkey;
+    v->ctx = ctx;
+
+    return ctx;
 }
 
 

@@ -76,6 +76,29 @@ typedef struct {
 } tenant_jwt_claims_t;
 
 
+/*
+ * What a token cache hit needs, packed: the claims the gateway reads
+ * (sub, org_id, org_role, metadata_role, session, exp, nbf, version),
+ * the four strings one after the other, without NULs, in str.  Not kept:
+ * iat and org_slug, which nothing reads after verification.  144 bytes:
+ * with the cache's node it fills a 256-byte slab chunk.
+ */
+
+#define TENANT_JWT_PACKED_STR     120
+
+typedef struct {
+    int64_t       exp;
+    int64_t       nbf;
+    uint8_t       sub_len;
+    uint8_t       org_id_len;
+    uint8_t       org_role_len;
+    uint8_t       metadata_role_len;
+    uint8_t       session;
+    uint8_t       version;
+    char          str[TENANT_JWT_PACKED_STR];
+} tenant_jwt_packed_t;
+
+
 typedef struct {
     unsigned          algorithms;     /* TENANT_JWT_RS256 | TENANT_JWT_ES256 */
     int64_t           now;            /* seconds since the epoch */
@@ -111,6 +134,19 @@ typedef struct {
  */
 tenant_jwt_status_t tenant_jwt_verify(const unsigned char *token, size_t len,
     const tenant_keyset_t *keys, const tenant_jwt_policy_t *policy,
+    tenant_jwt_claims_t *claims);
+
+/*
+ * tenant_jwt_pack: 0, or -1 when the four strings together are longer
+ * than TENANT_JWT_PACKED_STR (the token is then not cached: verified
+ * again each time, never admitted with a claim cut short).
+ * tenant_jwt_unpack: sets every field of *claims the pack kept, with
+ * NUL-terminated strings, and empties the others (iat 0, org_slug ""):
+ * 0, or -1 (nothing written) when the lengths add up to more than str.
+ */
+int tenant_jwt_pack(const tenant_jwt_claims_t *claims,
+    tenant_jwt_packed_t *packed);
+int tenant_jwt_unpack(const tenant_jwt_packed_t *packed,
     tenant_jwt_claims_t *claims);
 
 /* A short stable identifier ("token_expired") and a human sentence

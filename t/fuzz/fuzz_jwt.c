@@ -69,6 +69,7 @@ static void fuzz_signed(unsigned mode, const uint8_t *data, size_t size,
 static void fuzz_check(tenant_jwt_status_t rc, const char *token,
     size_t len, const tenant_jwt_policy_t *policy,
     const tenant_jwt_claims_t *claims);
+static void fuzz_check_packed(const tenant_jwt_claims_t *claims);
 static void fuzz_check_claims(const tenant_jwt_claims_t *claims);
 static void fuzz_check_string(const char *s, uint16_t len);
 static void fuzz_check_payload(json_t *payload,
@@ -316,6 +317,8 @@ fuzz_check(tenant_jwt_status_t rc, const char *token, size_t len,
         return;
     }
 
+    fuzz_check_packed(claims);
+
     /* accepted: read the payload independently and compare */
 
     dot1 = memchr(token, '.', len);
@@ -346,6 +349,54 @@ fuzz_check(tenant_jwt_status_t rc, const char *token, size_t len,
 
     json_decref(payload);
     free(buf);
+}
+
+
+/*
+ * What the token cache keeps: packed, or refused when the strings do not
+ * fit; unpacked, every claim the gateway reads as verification gave it.
+ */
+
+static void
+fuzz_check_packed(const tenant_jwt_claims_t *claims)
+{
+    size_t               total;
+    tenant_jwt_packed_t  packed;
+    tenant_jwt_claims_t  back;
+
+    total = (size_t) claims->sub_len + claims->org_id_len
+            + claims->org_role_len + claims->metadata_role_len;
+
+    if (tenant_jwt_pack(claims, &packed) != 0) {
+        if (total <= TENANT_JWT_PACKED_STR) {
+            abort();
+        }
+
+        return;
+    }
+
+    memset(&back, 0xa5, sizeof(back));
+
+    if (total > TENANT_JWT_PACKED_STR
+        || tenant_jwt_unpack(&packed, &back) != 0
+        || back.exp != claims->exp || back.nbf != claims->nbf
+        || back.session != claims->session
+        || back.version != claims->version
+        || back.sub_len != claims->sub_len
+        || back.org_id_len != claims->org_id_len
+        || back.org_role_len != claims->org_role_len
+        || back.metadata_role_len != claims->metadata_role_len
+        || memcmp(back.sub, claims->sub, claims->sub_len + 1) != 0
+        || memcmp(back.org_id, claims->org_id, claims->org_id_len + 1) != 0
+        || memcmp(back.org_role, claims->org_role,
+                  claims->org_role_len + 1) != 0
+        || memcmp(back.metadata_role, claims->metadata_role,
+                  claims->metadata_role_len + 1) != 0)
+    {
+        abort();
+    }
+
+    fuzz_check_claims(&back);
 }
 
 

@@ -1275,6 +1275,185 @@ test_gaps(void)
 }
 
 
+/*
+ * The token cache keeps tenant_jwt_pack's compact form: unpacked, it
+ * gives every claim the gateway reads as verification gave it.
+ */
+
+static void
+test_pack(void)
+{
+    size_t                i;
+    tenant_jwt_packed_t   packed;
+    tenant_jwt_claims_t   orig, back;
+    char                  s60[61], s61[62];
+
+    ok(sizeof(tenant_jwt_packed_t) <= 144,
+       "packed claims: %zu bytes (<= 144)", sizeof(tenant_jwt_packed_t));
+
+    is_int(rs("{" BASE ",\"sid\":\"sess_1\",\"org_id\":\"org_2xyz\","
+              "\"org_role\":\"org:admin\",\"org_slug\":\"acme\","
+              "\"metadata\":{\"role\":\"cfo\"}}"),
+           TENANT_JWT_OK, "v1 token with every claim");
+    orig = claims;
+
+    is_int(tenant_jwt_pack(&orig, &packed), 0, "  packed");
+    memset(&back, 0xaa, sizeof(back));
+    is_int(tenant_jwt_unpack(&packed, &back), 0, "  unpacked");
+
+    is_str(back.sub, "user_2abc", "  sub");
+    is_int(back.sub_len, 9, "  sub_len");
+    is_str(back.org_id, "org_2xyz", "  org_id");
+    is_int(back.org_id_len, 8, "  org_id_len");
+    is_str(back.org_role, "org:admin", "  org_role");
+    is_int(back.org_role_len, 9, "  org_role_len");
+    is_str(back.metadata_role, "cfo", "  metadata_role");
+    is_int(back.metadata_role_len, 3, "  metadata_role_len");
+    ok(back.exp == orig.exp && back.exp == 1700000600, "  exp");
+    ok(back.nbf == orig.nbf && back.nbf == 1699999990, "  nbf");
+    is_int(back.session, 1, "  session");
+    is_int(back.version, orig.version, "  version");
+    ok(back.iat == 0 && back.org_slug_len == 0 && back.org_slug[0] == '\0',
+       "  iat and org_slug, which nothing reads, are empty");
+
+    /* v2, no sid, no role claim: empty strings stay empty */
+
+    is_int(es("{" BASE ",\"v\":2,\"o\":{\"id\":\"org_9\",\"rol\":\"member\"}}"),
+           TENANT_JWT_OK, "v2 token");
+    orig = claims;
+    is_int(tenant_jwt_pack(&orig, &packed), 0, "  packed");
+    memset(&back, 0xaa, sizeof(back));
+    is_int(tenant_jwt_unpack(&packed, &back), 0, "  unpacked");
+    is_str(back.org_id, "org_9", "  o.id");
+    is_str(back.org_role, "member", "  o.rol");
+    ok(back.metadata_role_len == 0 && back.metadata_role[0] == '\0',
+       "  no metadata.role");
+    is_int(back.session, 0, "  no session");
+    is_int(back.version, 2, "  version 2");
+
+    /* the bound: the four strings together in TENANT_JWT_PACKED_STR */
+
+    memset(s60, 'a', 60);
+    s60[60] = '\0';
+    memset(s61, 'b', 61);
+    s61[61] = '\0';
+
+    is_int(rs(P("{\"sub\":\"%s\",\"exp\":1700000600,\"org_id\":\"%s\"}",
+                s60, s60)),
+           TENANT_JWT_OK, "claims of %d bytes together", 120);
+    is_int(tenant_jwt_pack(&claims, &packed), 0, "  packed");
+    is_int(tenant_jwt_unpack(&packed, &back), 0, "  unpacked");
+    ok(back.sub_len == 60 && back.org_id_len == 60
+       && memcmp(back.sub, s60, 61) == 0 && memcmp(back.org_id, s60, 61) == 0,
+       "  whole");
+
+    is_int(rs(P("{\"sub\":\"%s\",\"exp\":1700000600,\"org_id\":\"%s\"}",
+                s60, s61)),
+           TENANT_JWT_OK, "claims of %d bytes together", 121);
+    is_int(tenant_jwt_pack(&claims, &packed), -1,
+           "  not packed (never cut short)");
+
+    /* lengths that do not add up: refused, nothing written */
+
+    is_int(rs("{" BASE ",\"org_id\":\"org_1\"}"), TENANT_JWT_OK, "token");
+    is_int(tenant_jwt_pack(&claims, &packed), 0, "  packed");
+
+    for (i = 0; i < 4; i++) {
+        tenant_jwt_packed_t  bad = packed;
+
+        switch (i) {
+        case 0: bad.sub_len = 255; break;
+        case 1: bad.org_id_len = 121; break;
+        case 2: bad.org_role_len = 112; break;
+        default: bad.metadata_role_len = 200; break;
+        }
+
+        memset(&back, 0x55, sizeof(back));
+        is_int(tenant_jwt_unpack(&bad, &back), -1,
+               "unpack refuses lengths over the buffer (%zu)", i);
+        ok(back.sub[0] == 0x55 && back.sub_len == 0x5555,
+           "  and writes nothing");
+    }
+}
+
+
+/*
+ * Verification contexts are kept per key (by the key's address, which a
+ * kept context holds on to).  Keys come and go, as with JWKS rotations,
+ * many more than the contexts kept: each key verifies its own tokens
+ * and no other key's, whatever address it got.
+ */
+
+static void
+test_key_contexts(void)
+{
+    int               i, good, bad;
+    EVP_PKEY         *key, *prev;
+    tenant_keyset_t   set;
+    char              pem[4096], t_prev[TOKEN_MAX];
+
+    good = 0;
+    bad = 0;
+    prev = NULL;
+
+    for (i = 0; i < 80; i++) {
+        key = (i % 8 == 0) ? gen_rsa(2048) : gen_ec("P-256");
+
+        memset(&set, 0, sizeof(set));
+        pem_of(key, pem, sizeof(pem));
+
+        if (tenant_keyset_add_pem(&set, (const unsigned char *) pem,
+                                  strlen(pem), "k", NULL, 0) != 0)
+        {
+            bail("add_pem rotation");
+        }
+
+        make_token(tok, key,
+                   (i % 8 == 0) ? "{\"alg\":\"RS256\",\"kid\":\"k\"}"
+                                : "{\"alg\":\"ES256\",\"kid\":\"k\"}",
+                   "{" BASE "}");
+
+        if (tenant_jwt_verify((const unsigned char *) tok, strlen(tok), &set,
+                              &policy, &claims)
+            == TENANT_JWT_OK)
+        {
+            good++;
+        }
+
+        /* the previous key's token, of the same type or not: refused */
+
+        if (prev != NULL
+            && tenant_jwt_verify((const unsigned char *) t_prev,
+                                 strlen(t_prev), &set, &policy, &claims)
+               == TENANT_JWT_OK)
+        {
+            bad++;
+        }
+
+        strcpy(t_prev, tok);
+
+        tenant_keyset_free(&set);
+        EVP_PKEY_free(prev);
+        prev = key;
+    }
+
+    EVP_PKEY_free(prev);
+
+    is_int(good, 80, "80 keys in turn: each verifies its own token");
+    is_int(bad, 0, "  and none the previous key's");
+
+    /* the first keys again, after their contexts were replaced */
+
+    make_token(tok, rsa, HDR_RS, "{" BASE "}");
+    is_int(verify(tok), TENANT_JWT_OK, "the first RSA key still verifies");
+    make_token(tok, rsa_other, HDR_RS, "{" BASE "}");
+    is_int(verify(tok), TENANT_JWT_BAD_SIGNATURE,
+           "  and refuses another key's signature");
+    make_token(tok, ec, HDR_ES, "{" BASE "}");
+    is_int(verify(tok), TENANT_JWT_OK, "the first EC key still verifies");
+}
+
+
 int
 main(void)
 {
@@ -1318,6 +1497,8 @@ main(void)
     test_claims();
     test_status_strings();
     test_gaps();
+    test_pack();
+    test_key_contexts();
 
     tenant_keyset_free(&ks);
     EVP_PKEY_free(rsa);
