@@ -107,6 +107,8 @@ openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 \
 openssl pkey -in "$dir/rsa.pem" -pubout -out "$dir/rsa.pub"
 
 mint() { node "$here/mint.js" "$dir/rsa.pem" "$@" "$iss" "$azp" 7200; }
+# fresh's tokens only when fresh runs (most of the minting time)
+case " ${names[*]} " in *" fresh "*) ;; *) nfresh=0 ;; esac
 half=$((nfresh / 2))
 mint "$ntenants" 0 "$ntenants" org_bench_ > "$dir/hot.txt" &
 m1=$!
@@ -531,7 +533,9 @@ echo "reproduce a scenario (plain runs too, for the ratios), and the load each r
 echo "(its token files and front ends go with the run):"
 for n in "${names[@]}"; do
     offset[$n]=0
-    printf '  %-9s bench/run.sh %s %s %s\n' "$n:" "$secs" "$rounds" "$([ "$n" = plain ] || echo "$n")"
+    cmd="bench/run.sh $secs $rounds"
+    [ "$n" = plain ] || cmd="$cmd $n"
+    printf '  %-9s %s\n' "$n:" "$cmd"
     printf '             %s\n' "$(wrk_cmd "$n" "$secs" | sed "s|$dir/||; s|$here/|bench/|")"
 done
 note "done"
