@@ -514,7 +514,7 @@ for n in "${names[@]}"; do
         "$(commas "$(med ${rps[$n]})")" "$(med ${r_rps[$n]})" \
         "$(med ${p99[$n]})" "$(med ${r_p99[$n]})" \
         "$(med ${cpu[$n]})" "$(med ${r_cpu[$n]})" \
-        "$(insn "$n")" "$(med ${r_ins[$n]:-0})"
+        "$(insn "$n")" "$(med ${r_ins[$n]:--})"
 done
 echo
 for n in "${names[@]}"; do
@@ -522,7 +522,9 @@ for n in "${names[@]}"; do
     printf '%-9s PostgreSQL queries per 1,000 requests: %s (per round)\n' "$n:" "${extra[$n]}"
 done
 case " ${names[*]} " in *" fresh "*)
-    echo "fresh:    token cache hits per request: ${tokhit[*]} (per round; 0 = every token verified)" ;;
+    echo "fresh:    token cache hits per request: ${tokhit[*]} (per round; 0 = every token verified)"
+    echo "${tokhit[*]}" | tr ' ' '\n' | awk '$1 > 0.05 {f = 1} END {exit !f}' \
+        && echo "fresh:    WARNING: tokens came back from the cache; it holds more than $nfresh: raise BENCH_FRESH" || true ;;
 esac
 case " ${names[*]} " in *" global "*)
     echo "global:   Redis commands per request: ${cmds[*]}; fallbacks: ${fbs[*]};" \
