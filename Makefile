@@ -6,7 +6,8 @@
 #   make guard      the blocking-call guard the integration tests preload
 #   make stop       stop the embedded PostgreSQL of make run
 #   make migrate    apply pending migrations to DATABASE_URL
-#   make bench      gateway vs plain proxy_pass (bench/run.sh)
+#   make bench      gateway vs plain proxy_pass, scenario by scenario
+#                   (bench/run.sh; BENCH_ARGS="10 5" for longer rounds)
 #   make scale      three gateways, one PostgreSQL, one Redis on this
 #                   machine: global limit, propagation, Redis stopped
 #                   (scripts/scale.sh)
@@ -90,7 +91,7 @@ migrate:
 	scripts/migrate.sh
 
 bench: module
-	bench/run.sh
+	bench/run.sh $(BENCH_ARGS)
 
 bench-provision: module
 	bench/provision.sh
