@@ -307,6 +307,10 @@ extern ngx_module_t  ngx_tenant_module;
 ngx_int_t ngx_tenant_access_handler(ngx_http_request_t *r);
 ngx_tenant_ctx_t *ngx_tenant_get_ctx(ngx_http_request_t *r);
 
+/* ngx_tenant_lookup.c */
+ngx_int_t ngx_tenant_lookup(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+
 /* ngx_tenant_log.c */
 ngx_int_t ngx_tenant_log_post_read_handler(ngx_http_request_t *r);
 

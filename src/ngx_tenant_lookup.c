@@ -1,0 +1,551 @@
+/*
+ * Copyright (C) ngx_tenant_module authors
+ *
+ * Organization -> tenant: the row in the shared-memory cache, else one
+ * query to PostgreSQL (public.tenants), whose answer fills the cache.  A
+ * cached row past its TTL is served while one background query refreshes
+ * it.  Lookups live in pools of their own: they outlive the requests
+ * that started them, and their answers still go into the cache.  An
+ * answer that was on its way when the organization changed (an
+ * invalidation, ngx_tenant_cache.h) is not cached, and a request waiting
+ * for it asks again.
+ *
+ * Allocation failures answer 500 and are not provoked by tests (class A
+ * of docs/coverage-gaps.md).
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <libpq-fe.h>
+
+#include "ngx_tenant.h"
+#include "ngx_tenant_cache.h"
+#include "ngx_tenant_pg.h"
+
+
+static const char  ngx_tenant_lookup_sql[] =
+    "SELECT id::text, slug, schema_name, subscription_tier,"
+    " subscription_status,"
+    " coalesce(extract(epoch FROM trial_ends_at)::bigint, 0)::text,"
+    " clerk_organization_id, coalesce(rate_limit_override, 0)::text"
+    " FROM public.tenants WHERE clerk_organization_id = $1";
+
+
+/*
+ * A tenant lookup, in a pool of its own: it outlives the request that
+ * started it (a background refresh; a request whose client went away),
+ * and its answer still goes into the cache.
+ */
+
+typedef struct {
+    ngx_pool_t               *pool;
+    ngx_tenant_main_conf_t   *tmcf;
+    ngx_http_request_t       *request;       /* waiting for it, or NULL */
+    ngx_tenant_pg_req_t       query;
+    ngx_uint_t                generation;    /* the cache's, when sent */
+    unsigned                  refresh:1;
+    unsigned                  superseded:1;  /* changed while in flight */
+    unsigned                  again:1;       /* sent a second time */
+    size_t                    org_id_len;
+    u_char                    org_id[TENANT_ORG_ID_MAX + 1];
+} ngx_tenant_lookup_t;
+
+
+typedef struct {
+    time_t                    fetched;
+    time_t                    now;
+    time_t                    until;
+} ngx_tenant_claim_t;
+
+
+static ngx_int_t ngx_tenant_lookup_query(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+static ngx_tenant_lookup_t *ngx_tenant_lookup_create(
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+static ngx_int_t ngx_tenant_lookup_send(ngx_tenant_lookup_t *lk);
+static void ngx_tenant_lookup_done(ngx_tenant_pg_req_t *req,
+    PGresult *res);
+static ngx_tenant_db_result_e ngx_tenant_lookup_store(
+    ngx_tenant_lookup_t *lk, PGresult *res, ngx_tenant_record_t *rec,
+    ngx_log_t *log);
+static void ngx_tenant_lookup_refresh(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+static void ngx_tenant_lookup_refresh_failed(ngx_tenant_lookup_t *lk);
+static ngx_int_t ngx_tenant_lookup_refresh_claim(void *value, void *data);
+static ngx_int_t ngx_tenant_lookup_record(PGresult *res,
+    ngx_tenant_record_t *rec);
+static void ngx_tenant_lookup_cleanup(void *data);
+
+
+/*
+ * The request's tenant: NGX_OK with ctx->db_result (and ctx->tenant when
+ * found) set; NGX_AGAIN while its lookup is in flight (the answer sets
+ * ctx->state to NGX_TENANT_STATE_RESOLVED and runs the request again);
+ * else an HTTP status.
+ */
+
+ngx_int_t
+ngx_tenant_lookup(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_ctx_t *ctx)
+{
+    if (ngx_tenant_cache_get(tmcf->tenant_cache, ctx->org_id,
+                             ctx->org_id_len, &ctx->tenant)
+        == NGX_OK)
+    {
+        if (!ctx->tenant.found) {
+            ctx->db_result = NGX_TENANT_DB_NOT_FOUND;
+            return NGX_OK;
+        }
+
+        ctx->db_result = NGX_TENANT_DB_FOUND;
+
+        if (ngx_time() < ctx->tenant.fetched + tmcf->tenant_ttl) {
+            return NGX_OK;
+        }
+
+        /*
+         * Past its TTL: served as it is while one background query
+         * refreshes it, so a slow or stalled database slows no request
+         * whose tenant is cached.  Within "stale" of its TTL only.
+         */
+
+        ngx_tenant_lookup_refresh(r, tmcf, ctx);
+
+        return NGX_OK;
+    }
+
+    return ngx_tenant_lookup_query(r, tmcf, ctx);
+}
+
+
+static ngx_int_t
+ngx_tenant_lookup_query(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_ctx_t *ctx)
+{
+    ngx_http_cleanup_t   *cln;
+    ngx_tenant_lookup_t  *lk;
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    lk = ngx_tenant_lookup_create(tmcf, ctx);
+    if (lk == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    lk->request = r;
+
+    if (ngx_tenant_lookup_send(lk) == NGX_DECLINED) {
+        ngx_destroy_pool(lk->pool);
+
+        /* the database failed moments ago: do not wait for it again */
+        ctx->db_result = NGX_TENANT_DB_ERROR;
+
+        return NGX_OK;
+    }
+
+    ctx->query = &lk->query;
+    ctx->state = NGX_TENANT_STATE_WAIT_DB;
+
+    cln->handler = ngx_tenant_lookup_cleanup;
+    cln->data = ctx;
+
+    /* a client that goes away ends the request meanwhile (499) */
+    r->read_event_handler = ngx_http_test_reading;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "tenant: looking up organization \"%s\"", ctx->org_id);
+
+    return NGX_AGAIN;
+}
+
+
+static ngx_tenant_lookup_t *
+ngx_tenant_lookup_create(ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx)
+{
+    ngx_pool_t           *pool;
+    ngx_tenant_lookup_t  *lk;
+
+    pool = ngx_create_pool(1024, ngx_cycle->log);
+    if (pool == NULL) {
+        return NULL;
+    }
+
+    lk = ngx_pcalloc(pool, sizeof(ngx_tenant_lookup_t));
+    if (lk == NULL) {
+        ngx_destroy_pool(pool);
+        return NULL;
+    }
+
+    lk->pool = pool;
+    lk->tmcf = tmcf;
+    lk->org_id_len = ctx->org_id_len;
+    ngx_memcpy(lk->org_id, ctx->org_id, ctx->org_id_len + 1);
+
+    lk->query.handler = ngx_tenant_lookup_done;
+    lk->query.data = lk;
+    lk->query.sql = ngx_tenant_lookup_sql;
+    lk->query.nparams = 1;
+    lk->query.values[0] = (const char *) lk->org_id;
+    lk->query.lengths[0] = (int) lk->org_id_len;
+    lk->query.resend = 1;
+
+    return lk;
+}
+
+
+/*
+ * The cache's generation is read before the query leaves: an
+ * invalidation of the organization after this point makes the answer
+ * unfit for the cache (ngx_tenant_lookup_store).
+ */
+
+static ngx_int_t
+ngx_tenant_lookup_send(ngx_tenant_lookup_t *lk)
+{
+    lk->generation = ngx_tenant_cache_generation(lk->tmcf->tenant_cache);
+    lk->superseded = 0;
+
+    return ngx_tenant_pg_query(lk->tmcf->pg, &lk->query);
+}
+
+
+/*
+ * The answer of a lookup.  A request waiting for it is resumed; when the
+ * organization changed while the answer was on its way (an invalidation
+ * came after the query left), the request asks once more instead of
+ * acting on what may be the old row, and acts on the second answer
+ * (cached only if nothing changed meanwhile again).  A lookup nobody
+ * waits for (a background refresh, a request whose client went away)
+ * only fills the cache.
+ */
+
+static void
+ngx_tenant_lookup_done(ngx_tenant_pg_req_t *req, PGresult *res)
+{
+    ngx_connection_t        *c;
+    ngx_tenant_ctx_t        *ctx;
+    ngx_http_request_t      *r;
+    ngx_tenant_lookup_t     *lk;
+    ngx_tenant_record_t      rec;
+    ngx_tenant_db_result_e   rc;
+
+    lk = req->data;
+    r = lk->request;
+
+    rc = ngx_tenant_lookup_store(lk, res, &rec, r ? r->connection->log
+                                           : ngx_cycle->log);
+
+    if (r == NULL) {
+        if (rc == NGX_TENANT_DB_ERROR && lk->refresh) {
+            ngx_tenant_lookup_refresh_failed(lk);
+            return;
+        }
+
+        ngx_destroy_pool(lk->pool);
+        return;
+    }
+
+    c = r->connection;
+
+    if (lk->superseded && !lk->again) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                       "tenant: organization \"%s\" changed during its "
+                       "lookup, looking it up again", lk->org_id);
+
+        lk->again = 1;
+
+        if (ngx_tenant_lookup_send(lk) == NGX_AGAIN) {
+            return;
+        }
+
+        rc = NGX_TENANT_DB_ERROR;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+
+    ctx->query = NULL;
+    ctx->state = NGX_TENANT_STATE_RESOLVED;
+    ctx->db_result = rc;
+
+    if (rc != NGX_TENANT_DB_ERROR) {
+        ctx->tenant = rec;
+    }
+
+    ngx_destroy_pool(lk->pool);
+
+    ngx_http_set_log_request(c->log, r);
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * Caches what the lookup found (or that it found nothing), unless the
+ * organization was invalidated after the query left: lk->superseded.
+ */
+
+static ngx_tenant_db_result_e
+ngx_tenant_lookup_store(ngx_tenant_lookup_t *lk, PGresult *res,
+    ngx_tenant_record_t *rec, ngx_log_t *log)
+{
+    u_char                  *msg, *p;
+    time_t                   expire;
+    ngx_tenant_main_conf_t  *tmcf;
+    ngx_tenant_db_result_e   rc;
+
+    if (res == NULL) {
+        return NGX_TENANT_DB_ERROR;
+    }
+
+    tmcf = lk->tmcf;
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        msg = (u_char *) PQresultErrorMessage(res);
+        for (p = msg; *p && *p != '\n'; p++) { /* void */ }
+
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "tenant: tenant lookup failed: %*s",
+                      (size_t) (p - msg), msg);
+        return NGX_TENANT_DB_ERROR;
+    }
+
+    ngx_memzero(rec, sizeof(ngx_tenant_record_t));
+    rec->fetched = ngx_time();
+
+    if (PQntuples(res) == 0) {
+        rc = NGX_TENANT_DB_NOT_FOUND;
+        expire = rec->fetched + tmcf->tenant_negative_ttl;
+
+    } else if (ngx_tenant_lookup_record(res, rec) == NGX_OK) {
+        rc = NGX_TENANT_DB_FOUND;
+        expire = rec->fetched + tmcf->tenant_ttl + tmcf->tenant_stale;
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "tenant: the tenants row of organization \"%*s\" "
+                      "has a value out of bounds", lk->org_id_len,
+                      lk->org_id);
+        return NGX_TENANT_DB_ERROR;
+    }
+
+    if (ngx_tenant_cache_put_since(tmcf->tenant_cache, lk->org_id,
+                                   lk->org_id_len, rec, expire,
+                                   lk->generation)
+        == NGX_DECLINED)
+    {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
+                       "tenant: organization \"%s\" changed since its "
+                       "lookup was sent: answer not cached", lk->org_id);
+        lk->superseded = 1;
+    }
+
+    return rc;
+}
+
+
+/*
+ * A background lookup for a cached row past its TTL.  The row in the
+ * zone is marked first, so that other requests (of any worker) do not
+ * start another one while this one runs; the query lives in a pool of its
+ * own, not in the request that started it.
+ */
+
+static void
+ngx_tenant_lookup_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_ctx_t *ctx)
+{
+    time_t                   now;
+    ngx_tenant_claim_t       claim;
+    ngx_tenant_lookup_t     *lk;
+
+    now = ngx_time();
+
+    if (ctx->tenant.refresh_at > now) {
+        return;
+    }
+
+    /*
+     * Claim the refresh in the zone, so that it runs once for all.  It is
+     * refused when another worker claimed it (or the row changed, went,
+     * expired) between this request's read of the row and here: a race
+     * between workers, not provoked by tests (t/145 checks the outcome:
+     * one refresh query for a burst on two workers).
+     */
+
+    claim.fetched = ctx->tenant.fetched;
+    claim.now = now;
+    claim.until = now + (time_t) (tmcf->db_timeout / 1000) + 1;
+
+    if (ngx_tenant_cache_update(tmcf->tenant_cache, ctx->org_id,
+                                ctx->org_id_len, ngx_tenant_lookup_refresh_claim,
+                                &claim)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    lk = ngx_tenant_lookup_create(tmcf, ctx);
+    if (lk == NULL) {
+        return;
+    }
+
+    lk->refresh = 1;
+    lk->query.cancelable = 1;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "tenant: refreshing organization \"%s\"", lk->org_id);
+
+    if (ngx_tenant_lookup_send(lk) != NGX_AGAIN) {
+        ngx_tenant_lookup_refresh_failed(lk);
+    }
+}
+
+
+/* The stale row stays in use until it is refreshed or expires. */
+
+static void
+ngx_tenant_lookup_refresh_failed(ngx_tenant_lookup_t *lk)
+{
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "tenant: database unavailable, serving the cached tenant "
+                  "of organization \"%s\" past its TTL", lk->org_id);
+
+    ngx_destroy_pool(lk->pool);
+}
+
+
+/* Under the zone's mutex: the same row, and nobody refreshing it. */
+
+static ngx_int_t
+ngx_tenant_lookup_refresh_claim(void *value, void *data)
+{
+    ngx_tenant_record_t  *rec = value;
+    ngx_tenant_claim_t   *claim = data;
+
+    if (!rec->found || rec->fetched != claim->fetched
+        || rec->refresh_at > claim->now)
+    {
+        return NGX_DECLINED;
+    }
+
+    rec->refresh_at = claim->until;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_tenant_lookup_record(PGresult *res, ngx_tenant_record_t *rec)
+{
+    int          i, len;
+    char        *v;
+    ngx_int_t    n;
+
+    /* the query's columns but trial_ends_at (5) and the rate (7) */
+
+    struct {
+        int      column;
+        u_char  *dst;
+        u_char  *len;
+        size_t   max;
+    } f[] = {
+        { 0, rec->id, &rec->id_len, sizeof(rec->id) },
+        { 1, rec->slug, &rec->slug_len, sizeof(rec->slug) },
+        { 2, rec->schema, &rec->schema_len, sizeof(rec->schema) },
+        { 3, rec->tier, &rec->tier_len, sizeof(rec->tier) },
+        { 4, rec->status, &rec->status_len, sizeof(rec->status) },
+        { 6, rec->org_id, &rec->org_id_len, sizeof(rec->org_id) }
+    };
+
+    /* the SELECT list is fixed: defensive, against a query edited
+     * without this function */
+
+    if (PQnfields(res) != 8) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < (int) (sizeof(f) / sizeof(f[0])); i++) {
+        v = PQgetvalue(res, 0, f[i].column);
+        len = PQgetlength(res, 0, f[i].column);
+
+        /*
+         * These values become request headers: visible ASCII only (a
+         * tier "a b" is tested, t/020).  Empty or over the buffer cannot
+         * happen with the schema's CHECKs and the org id already valid.
+         */
+        if (len <= 0 || (size_t) len > f[i].max
+            || !tenant_org_id_valid((u_char *) v, len))
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(f[i].dst, v, len);
+        *f[i].len = (u_char) len;
+    }
+
+    v = PQgetvalue(res, 0, 5);
+    n = ngx_atotm((u_char *) v, PQgetlength(res, 0, 5));
+
+    if (n == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    rec->trial_ends_at = (time_t) n;
+
+    /* coalesce(rate_limit_override, 0) and its CHECK (> 0) give digits:
+     * n == NGX_ERROR is defensive; n over the limit is tested (t/020) */
+
+    v = PQgetvalue(res, 0, 7);
+    n = ngx_atoi((u_char *) v, PQgetlength(res, 0, 7));
+
+    if (n == NGX_ERROR || n > TENANT_RATE_MAX_LIMIT) {
+        return NGX_ERROR;
+    }
+
+    rec->rate_limit = (uint32_t) n;
+    rec->found = 1;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request goes away while its lookup is in flight (its client went
+ * away: ngx_http_test_reading() while it waits; worker_shutdown_timeout):
+ * the query runs on, detached, on its connection, which stays in the
+ * pool, and its answer fills the cache (ngx_tenant_lookup_done).  One
+ * still waiting for a connection is dropped.
+ */
+
+static void
+ngx_tenant_lookup_cleanup(void *data)
+{
+    ngx_tenant_ctx_t  *ctx = data;
+
+    ngx_tenant_lookup_t  *lk;
+
+    if (ctx->query == NULL) {
+        return;
+    }
+
+    lk = ctx->query->data;
+    ctx->query = NULL;
+    lk->request = NULL;
+
+    if (ngx_tenant_pg_orphan(&lk->query) != NGX_AGAIN) {
+        ngx_destroy_pool(lk->pool);
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "tenant: request gone, its lookup of organization "
+                   "\"%s\" runs on", lk->org_id);
+}
