@@ -41,14 +41,17 @@ static const char  ngx_tenant_lookup_sql[] =
  */
 
 typedef struct {
+    ngx_str_node_t            sn;            /* in ngx_tenant_lookups */
     ngx_pool_t               *pool;
     ngx_tenant_main_conf_t   *tmcf;
-    ngx_http_request_t       *request;       /* waiting for it, or NULL */
+    ngx_queue_t               waiters;       /* ngx_tenant_lookup_waiter_t */
     ngx_tenant_pg_req_t       query;
     ngx_uint_t                generation;    /* the cache's, when sent */
     unsigned                  refresh:1;
     unsigned                  superseded:1;  /* changed while in flight */
     unsigned                  again:1;       /* sent a second time */
+    unsigned                  shared:1;      /* in ngx_tenant_lookups */
+    unsigned                  answering:1;   /* waking its waiters */
     size_t                    org_id_len;
     u_char                    org_id[TENANT_ORG_ID_MAX + 1];
 } ngx_tenant_lookup_t;
@@ -59,6 +62,15 @@ typedef struct {
     time_t                    now;
     time_t                    until;
 } ngx_tenant_claim_t;
+
+
+/* A request waiting for a lookup, in the request's pool. */
+
+typedef struct {
+    ngx_queue_t               queue;
+    ngx_http_request_t       *request;
+    ngx_tenant_lookup_t      *lookup;        /* NULL: answered */
+} ngx_tenant_lookup_waiter_t;
 
 
 static ngx_int_t ngx_tenant_lookup_query(ngx_http_request_t *r,
@@ -78,6 +90,17 @@ static ngx_int_t ngx_tenant_lookup_refresh_claim(void *value, void *data);
 static ngx_int_t ngx_tenant_lookup_record(PGresult *res,
     ngx_tenant_record_t *rec);
 static void ngx_tenant_lookup_cleanup(void *data);
+static void ngx_tenant_lookup_unshare(ngx_tenant_lookup_t *lk);
+
+
+/*
+ * The lookups of this worker that requests wait for, by organization:
+ * a request whose organization is being looked up waits for that query
+ * instead of sending one of its own (single flight).
+ */
+
+static ngx_rbtree_t       ngx_tenant_lookups;
+static ngx_rbtree_node_t  ngx_tenant_lookups_sentinel;
 
 
 /*
@@ -121,47 +144,111 @@ ngx_tenant_lookup(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
 }
 
 
+/*
+ * A cache miss.  A lookup of the organization already in flight in this
+ * worker is joined, unless the zone saw an invalidation since it was sent
+ * (its answer could be from before a change this request could know of):
+ * then a query of its own, which later requests join instead.
+ */
+
 static ngx_int_t
 ngx_tenant_lookup_query(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ngx_tenant_ctx_t *ctx)
 {
-    ngx_http_cleanup_t   *cln;
-    ngx_tenant_lookup_t  *lk;
+    uint32_t                     hash;
+    ngx_str_t                    key;
+    ngx_str_node_t              *sn;
+    ngx_http_cleanup_t          *cln;
+    ngx_tenant_lookup_t         *lk;
+    ngx_tenant_lookup_waiter_t  *w;
+
+    if (ngx_tenant_lookups.root == NULL) {
+        ngx_rbtree_init(&ngx_tenant_lookups, &ngx_tenant_lookups_sentinel,
+                        ngx_str_rbtree_insert_value);
+    }
 
     cln = ngx_http_cleanup_add(r, 0);
     if (cln == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    lk = ngx_tenant_lookup_create(tmcf, ctx);
-    if (lk == NULL) {
+    w = ngx_palloc(r->pool, sizeof(ngx_tenant_lookup_waiter_t));
+    if (w == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    lk->request = r;
+    key.data = ctx->org_id;
+    key.len = ctx->org_id_len;
+    hash = ngx_crc32_short(key.data, key.len);
 
-    if (ngx_tenant_lookup_send(lk) == NGX_DECLINED) {
-        ngx_destroy_pool(lk->pool);
+    sn = ngx_str_rbtree_lookup(&ngx_tenant_lookups, &key, hash);
+    lk = (ngx_tenant_lookup_t *) sn;
 
-        /* the database failed moments ago: do not wait for it again */
-        ctx->db_result = NGX_TENANT_DB_ERROR;
-
-        return NGX_OK;
+    if (lk
+        && lk->generation
+           != ngx_tenant_cache_generation(tmcf->tenant_cache))
+    {
+        ngx_tenant_lookup_unshare(lk);
+        lk = NULL;
     }
+
+    if (lk) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "tenant: waiting for the lookup of organization "
+                       "\"%s\" in flight", ctx->org_id);
+
+    } else {
+        lk = ngx_tenant_lookup_create(tmcf, ctx);
+        if (lk == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (ngx_tenant_lookup_send(lk) == NGX_DECLINED) {
+            ngx_destroy_pool(lk->pool);
+
+            /* the database failed moments ago: do not wait for it again */
+            ctx->db_result = NGX_TENANT_DB_ERROR;
+
+            return NGX_OK;
+        }
+
+        lk->sn.node.key = hash;
+        lk->sn.str.data = lk->org_id;
+        lk->sn.str.len = lk->org_id_len;
+        ngx_rbtree_insert(&ngx_tenant_lookups, &lk->sn.node);
+        lk->shared = 1;
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "tenant: looking up organization \"%s\"",
+                       ctx->org_id);
+    }
+
+    w->request = r;
+    w->lookup = lk;
+    ngx_queue_insert_tail(&lk->waiters, &w->queue);
 
     ctx->query = &lk->query;
     ctx->state = NGX_TENANT_STATE_WAIT_DB;
 
     cln->handler = ngx_tenant_lookup_cleanup;
-    cln->data = ctx;
+    cln->data = w;
 
     /* a client that goes away ends the request meanwhile (499) */
     r->read_event_handler = ngx_http_test_reading;
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "tenant: looking up organization \"%s\"", ctx->org_id);
-
     return NGX_AGAIN;
+}
+
+
+/* Later requests of its organization no longer join the lookup. */
+
+static void
+ngx_tenant_lookup_unshare(ngx_tenant_lookup_t *lk)
+{
+    if (lk->shared) {
+        ngx_rbtree_delete(&ngx_tenant_lookups, &lk->sn.node);
+        lk->shared = 0;
+    }
 }
 
 
@@ -184,6 +271,7 @@ ngx_tenant_lookup_create(ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx)
 
     lk->pool = pool;
     lk->tmcf = tmcf;
+    ngx_queue_init(&lk->waiters);
     lk->org_id_len = ctx->org_id_len;
     ngx_memcpy(lk->org_id, ctx->org_id, ctx->org_id_len + 1);
 
@@ -216,32 +304,44 @@ ngx_tenant_lookup_send(ngx_tenant_lookup_t *lk)
 
 
 /*
- * The answer of a lookup.  A request waiting for it is resumed; when the
- * organization changed while the answer was on its way (an invalidation
- * came after the query left), the request asks once more instead of
- * acting on what may be the old row, and acts on the second answer
- * (cached only if nothing changed meanwhile again).  A lookup nobody
- * waits for (a background refresh, a request whose client went away)
- * only fills the cache.
+ * The answer of a lookup.  The requests waiting for it are resumed, each
+ * with the same answer; when the organization changed while the answer
+ * was on its way (an invalidation came after the query left), the lookup
+ * asks once more instead of letting them act on what may be the old row,
+ * and they act on the second answer (cached only if nothing changed
+ * meanwhile again).  A lookup nobody waits for (a background refresh,
+ * requests whose clients went away) only fills the cache.
  */
 
 static void
 ngx_tenant_lookup_done(ngx_tenant_pg_req_t *req, PGresult *res)
 {
-    ngx_connection_t        *c;
-    ngx_tenant_ctx_t        *ctx;
-    ngx_http_request_t      *r;
-    ngx_tenant_lookup_t     *lk;
-    ngx_tenant_record_t      rec;
-    ngx_tenant_db_result_e   rc;
+    ngx_log_t                   *log;
+    ngx_queue_t                 *q;
+    ngx_connection_t            *c;
+    ngx_tenant_ctx_t            *ctx;
+    ngx_http_request_t          *r;
+    ngx_tenant_lookup_t         *lk;
+    ngx_tenant_record_t          rec;
+    ngx_tenant_db_result_e       rc;
+    ngx_tenant_lookup_waiter_t  *w;
 
     lk = req->data;
-    r = lk->request;
 
-    rc = ngx_tenant_lookup_store(lk, res, &rec, r ? r->connection->log
-                                           : ngx_cycle->log);
+    if (ngx_queue_empty(&lk->waiters)) {
+        log = ngx_cycle->log;
 
-    if (r == NULL) {
+    } else {
+        w = ngx_queue_data(ngx_queue_head(&lk->waiters),
+                           ngx_tenant_lookup_waiter_t, queue);
+        log = w->request->connection->log;
+    }
+
+    rc = ngx_tenant_lookup_store(lk, res, &rec, log);
+
+    if (ngx_queue_empty(&lk->waiters)) {
+        ngx_tenant_lookup_unshare(lk);
+
         if (rc == NGX_TENANT_DB_ERROR && lk->refresh) {
             ngx_tenant_lookup_refresh_failed(lk);
             return;
@@ -251,10 +351,8 @@ ngx_tenant_lookup_done(ngx_tenant_pg_req_t *req, PGresult *res)
         return;
     }
 
-    c = r->connection;
-
     if (lk->superseded && !lk->again) {
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
                        "tenant: organization \"%s\" changed during its "
                        "lookup, looking it up again", lk->org_id);
 
@@ -267,23 +365,39 @@ ngx_tenant_lookup_done(ngx_tenant_pg_req_t *req, PGresult *res)
         rc = NGX_TENANT_DB_ERROR;
     }
 
-    ctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+    /* requests that come from now on look the organization up afresh */
 
-    ctx->query = NULL;
-    ctx->state = NGX_TENANT_STATE_RESOLVED;
-    ctx->db_result = rc;
+    ngx_tenant_lookup_unshare(lk);
+    lk->answering = 1;
 
-    if (rc != NGX_TENANT_DB_ERROR) {
-        ctx->tenant = rec;
+    while (!ngx_queue_empty(&lk->waiters)) {
+        q = ngx_queue_head(&lk->waiters);
+        ngx_queue_remove(q);
+
+        w = ngx_queue_data(q, ngx_tenant_lookup_waiter_t, queue);
+        w->lookup = NULL;
+
+        r = w->request;
+        c = r->connection;
+
+        ctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
+
+        ctx->query = NULL;
+        ctx->state = NGX_TENANT_STATE_RESOLVED;
+        ctx->db_result = rc;
+
+        if (rc != NGX_TENANT_DB_ERROR) {
+            ctx->tenant = rec;
+        }
+
+        ngx_http_set_log_request(c->log, r);
+
+        r->read_event_handler = ngx_http_block_reading;
+        r->write_event_handler(r);
+        ngx_http_run_posted_requests(c);
     }
 
     ngx_destroy_pool(lk->pool);
-
-    ngx_http_set_log_request(c->log, r);
-
-    r->read_event_handler = ngx_http_block_reading;
-    r->write_event_handler(r);
-    ngx_http_run_posted_requests(c);
 }
 
 
@@ -518,29 +632,44 @@ ngx_tenant_lookup_record(PGresult *res, ngx_tenant_record_t *rec)
 
 
 /*
- * The request goes away while its lookup is in flight (its client went
- * away: ngx_http_test_reading() while it waits; worker_shutdown_timeout):
- * the query runs on, detached, on its connection, which stays in the
- * pool, and its answer fills the cache (ngx_tenant_lookup_done).  One
- * still waiting for a connection is dropped.
+ * A request goes away while it waits for a lookup (its client went away:
+ * ngx_http_test_reading() while it waits; worker_shutdown_timeout): the
+ * other requests waiting for it wait on.  When it was the last one, the
+ * query runs on, detached, on its connection, which stays in the pool,
+ * and its answer fills the cache (ngx_tenant_lookup_done); one still
+ * waiting for a connection is dropped.
  */
 
 static void
 ngx_tenant_lookup_cleanup(void *data)
 {
-    ngx_tenant_ctx_t  *ctx = data;
+    ngx_tenant_lookup_waiter_t  *w = data;
 
+    ngx_tenant_ctx_t     *ctx;
     ngx_tenant_lookup_t  *lk;
 
-    if (ctx->query == NULL) {
+    lk = w->lookup;
+
+    if (lk == NULL) {
         return;
     }
 
-    lk = ctx->query->data;
-    ctx->query = NULL;
-    lk->request = NULL;
+    w->lookup = NULL;
+    ngx_queue_remove(&w->queue);
+
+    ctx = ngx_http_get_module_ctx(w->request, ngx_tenant_module);
+    if (ctx) {
+        ctx->query = NULL;
+    }
+
+    /* the others wait on; the lookup waking them frees itself */
+
+    if (lk->answering || !ngx_queue_empty(&lk->waiters)) {
+        return;
+    }
 
     if (ngx_tenant_pg_orphan(&lk->query) != NGX_AGAIN) {
+        ngx_tenant_lookup_unshare(lk);
         ngx_destroy_pool(lk->pool);
         return;
     }
