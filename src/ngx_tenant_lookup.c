@@ -18,12 +18,15 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
+#include <ngx_md5.h>
 
 #include <libpq-fe.h>
+#include <openssl/sha.h>
 
 #include "ngx_tenant.h"
 #include "ngx_tenant_cache.h"
 #include "ngx_tenant_pg.h"
+#include "ngx_tenant_metrics.h"
 
 
 static const char  ngx_tenant_lookup_sql[] =
@@ -54,6 +57,8 @@ typedef struct {
     unsigned                  answering:1;   /* waking its waiters */
     size_t                    org_id_len;
     u_char                    org_id[TENANT_ORG_ID_MAX + 1];
+    size_t                    key_len;
+    u_char                    key[NGX_TENANT_KEY_MAX];
 } ngx_tenant_lookup_t;
 
 
@@ -73,6 +78,16 @@ typedef struct {
 } ngx_tenant_lookup_waiter_t;
 
 
+static size_t ngx_tenant_lookup_key(u_char *org_id, size_t len,
+    u_char *key);
+static size_t ngx_tenant_lookup_schema(u_char *slug, size_t len,
+    u_char *schema);
+static ngx_int_t ngx_tenant_lookup_pack(ngx_tenant_record_t *rec,
+    ngx_tenant_entry_t *e);
+static void ngx_tenant_lookup_unpack(ngx_tenant_entry_t *e,
+    ngx_tenant_record_t *rec, u_char *org_id, size_t len);
+static ngx_int_t ngx_tenant_lookup_fresh(ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_record_t *t);
 static ngx_int_t ngx_tenant_lookup_query(ngx_http_request_t *r,
     ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
 static ngx_tenant_lookup_t *ngx_tenant_lookup_create(
@@ -114,33 +129,109 @@ ngx_int_t
 ngx_tenant_lookup(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     ngx_tenant_ctx_t *ctx)
 {
-    if (ngx_tenant_cache_get(tmcf->tenant_cache, ctx->org_id,
-                             ctx->org_id_len, &ctx->tenant)
+    size_t              key_len;
+    u_char              key[NGX_TENANT_KEY_MAX];
+    ngx_tenant_entry_t  e;
+
+    key_len = ngx_tenant_lookup_key(ctx->org_id, ctx->org_id_len, key);
+
+    if (ngx_tenant_cache_get(tmcf->tenant_cache, key, key_len, &e)
         == NGX_OK)
     {
+        ngx_tenant_lookup_unpack(&e, &ctx->tenant, ctx->org_id,
+                                 ctx->org_id_len);
+
         if (!ctx->tenant.found) {
             ctx->db_result = NGX_TENANT_DB_NOT_FOUND;
             return NGX_OK;
         }
 
-        ctx->db_result = NGX_TENANT_DB_FOUND;
+        switch (ngx_tenant_lookup_fresh(tmcf, &ctx->tenant)) {
 
-        if (ngx_time() < ctx->tenant.fetched + tmcf->tenant_ttl) {
+        case NGX_OK:
+            ctx->db_result = NGX_TENANT_DB_FOUND;
             return NGX_OK;
+
+        case NGX_AGAIN:
+
+            /*
+             * Past its TTL: served as it is while one background query
+             * refreshes it, so a slow or stalled database slows no
+             * request whose tenant is cached.  Within "stale" of its TTL
+             * only.
+             */
+
+            ngx_tenant_lookup_refresh(r, tmcf, ctx);
+
+            ctx->db_result = NGX_TENANT_DB_FOUND;
+            return NGX_OK;
+
+        default: /* NGX_DECLINED: past "stale" too */
+            break;
         }
-
-        /*
-         * Past its TTL: served as it is while one background query
-         * refreshes it, so a slow or stalled database slows no request
-         * whose tenant is cached.  Within "stale" of its TTL only.
-         */
-
-        ngx_tenant_lookup_refresh(r, tmcf, ctx);
-
-        return NGX_OK;
     }
 
     return ngx_tenant_lookup_query(r, tmcf, ctx);
+}
+
+
+/*
+ * A cached row: NGX_OK (current), NGX_AGAIN (past its TTL, or to be
+ * checked again: refreshed in the background) or NGX_DECLINED (past
+ * "stale" too: looked up as if it were not cached).
+ *
+ * While the listener is up (ngx_tenant_listen.c), changes arrive pushed,
+ * and rows live for listen_ttl.  Else for ttl from the last time they are
+ * known to have been current: when they were fetched, or, for a row
+ * fetched while the listener was up, when it stopped, at the latest
+ * listen_ttl after the fetch.  A row cached while nobody listened is
+ * marked to be checked again when the listener starts: a change made
+ * while it reconnected is seen at the row's next use.
+ */
+
+static ngx_int_t
+ngx_tenant_lookup_fresh(ngx_tenant_main_conf_t *tmcf,
+    ngx_tenant_record_t *t)
+{
+    time_t                    now, seen, ttl, lost;
+    ngx_tenant_metrics_sh_t  *sh;
+
+    now = ngx_time();
+    seen = t->fetched;
+    ttl = tmcf->tenant_ttl;
+
+    sh = tmcf->metrics;
+
+    if (tmcf->listen_info && sh
+        && tmcf->tenant_listen_ttl > tmcf->tenant_ttl)
+    {
+
+        if (sh->listener) {
+            ttl = tmcf->tenant_listen_ttl;
+
+        } else {
+            ngx_memory_barrier();
+            lost = (time_t) sh->listener_lost;
+
+            if (lost > seen) {
+                seen = ngx_min(lost, t->fetched + tmcf->tenant_listen_ttl);
+            }
+        }
+    }
+
+    if (t->recheck) {
+        return NGX_AGAIN;
+    }
+
+    if (now < seen + ttl) {
+        return NGX_OK;
+    }
+
+    if (now < seen + ttl + tmcf->tenant_stale) {
+        return NGX_AGAIN;
+    }
+
+    return NGX_DECLINED;
 }
 
 
@@ -274,6 +365,7 @@ ngx_tenant_lookup_create(ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx)
     ngx_queue_init(&lk->waiters);
     lk->org_id_len = ctx->org_id_len;
     ngx_memcpy(lk->org_id, ctx->org_id, ctx->org_id_len + 1);
+    lk->key_len = ngx_tenant_lookup_key(lk->org_id, lk->org_id_len, lk->key);
 
     lk->query.handler = ngx_tenant_lookup_done;
     lk->query.data = lk;
@@ -412,6 +504,7 @@ ngx_tenant_lookup_store(ngx_tenant_lookup_t *lk, PGresult *res,
 {
     u_char                  *msg, *p;
     time_t                   expire;
+    ngx_tenant_entry_t       e;
     ngx_tenant_main_conf_t  *tmcf;
     ngx_tenant_db_result_e   rc;
 
@@ -440,7 +533,8 @@ ngx_tenant_lookup_store(ngx_tenant_lookup_t *lk, PGresult *res,
 
     } else if (ngx_tenant_lookup_record(res, rec) == NGX_OK) {
         rc = NGX_TENANT_DB_FOUND;
-        expire = rec->fetched + tmcf->tenant_ttl + tmcf->tenant_stale;
+        expire = rec->fetched + tmcf->tenant_listen_ttl
+                 + tmcf->tenant_stale;
 
     } else {
         ngx_log_error(NGX_LOG_ERR, log, 0,
@@ -450,8 +544,19 @@ ngx_tenant_lookup_store(ngx_tenant_lookup_t *lk, PGresult *res,
         return NGX_TENANT_DB_ERROR;
     }
 
-    if (ngx_tenant_cache_put_since(tmcf->tenant_cache, lk->org_id,
-                                   lk->org_id_len, rec, expire,
+    if (ngx_tenant_lookup_pack(rec, &e) != NGX_OK) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "tenant: the tenants row of organization \"%*s\" "
+                      "is too long to be cached (%d bytes of text, %d fit)",
+                      lk->org_id_len, lk->org_id,
+                      (int) (rec->id_len + rec->slug_len + rec->schema_len
+                             + rec->tier_len + rec->status_len),
+                      NGX_TENANT_PACKED_MAX);
+        return rc;
+    }
+
+    if (ngx_tenant_cache_put_since(tmcf->tenant_cache, lk->key,
+                                   lk->key_len, &e, expire,
                                    lk->generation)
         == NGX_DECLINED)
     {
@@ -498,16 +603,16 @@ ngx_tenant_lookup_refresh(ngx_http_request_t *r, ngx_tenant_main_conf_t *tmcf,
     claim.now = now;
     claim.until = now + (time_t) (tmcf->db_timeout / 1000) + 1;
 
-    if (ngx_tenant_cache_update(tmcf->tenant_cache, ctx->org_id,
-                                ctx->org_id_len, ngx_tenant_lookup_refresh_claim,
-                                &claim)
-        != NGX_OK)
-    {
+    lk = ngx_tenant_lookup_create(tmcf, ctx);
+    if (lk == NULL) {
         return;
     }
 
-    lk = ngx_tenant_lookup_create(tmcf, ctx);
-    if (lk == NULL) {
+    if (ngx_tenant_cache_update(tmcf->tenant_cache, lk->key, lk->key_len,
+                                ngx_tenant_lookup_refresh_claim, &claim)
+        != NGX_OK)
+    {
+        ngx_destroy_pool(lk->pool);
         return;
     }
 
@@ -541,8 +646,8 @@ ngx_tenant_lookup_refresh_failed(ngx_tenant_lookup_t *lk)
 static ngx_int_t
 ngx_tenant_lookup_refresh_claim(void *value, void *data)
 {
-    ngx_tenant_record_t  *rec = value;
-    ngx_tenant_claim_t   *claim = data;
+    ngx_tenant_entry_t  *rec = value;
+    ngx_tenant_claim_t  *claim = data;
 
     if (!rec->found || rec->fetched != claim->fetched
         || rec->refresh_at > claim->now)
@@ -677,4 +782,186 @@ ngx_tenant_lookup_cleanup(void *data)
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "tenant: request gone, its lookup of organization "
                    "\"%s\" runs on", lk->org_id);
+}
+
+
+/* Drops the organization's row (a change), leaving a tombstone. */
+
+void
+ngx_tenant_lookup_invalidate(ngx_tenant_main_conf_t *tmcf, u_char *org_id,
+    size_t len)
+{
+    size_t  key_len;
+    u_char  key[NGX_TENANT_KEY_MAX];
+
+    if (len == 0 || len > TENANT_ORG_ID_MAX) {
+        return;
+    }
+
+    key_len = ngx_tenant_lookup_key(org_id, len, key);
+
+    ngx_tenant_cache_invalidate(tmcf->tenant_cache, key, key_len);
+}
+
+
+/*
+ * The cache's key of an organization: its id, up to NGX_TENANT_KEY_MAX - 1
+ * bytes (Clerk's are 31); the SHA-256 of a longer one, of a length no id
+ * has.  Keys of one size keep the zone's nodes of one slab size.
+ */
+
+static size_t
+ngx_tenant_lookup_key(u_char *org_id, size_t len, u_char *key)
+{
+    if (len < NGX_TENANT_KEY_MAX) {
+        ngx_memcpy(key, org_id, len);
+        return len;
+    }
+
+    (void) SHA256(org_id, len, key);
+
+    return SHA256_DIGEST_LENGTH;
+}
+
+
+static ngx_int_t
+ngx_tenant_lookup_pack(ngx_tenant_record_t *rec, ngx_tenant_entry_t *e)
+{
+    u_char      *p;
+    size_t       len;
+    ngx_uint_t   derived;
+    u_char       schema[NGX_TENANT_SCHEMA_MAX];
+
+    ngx_memzero(e, sizeof(ngx_tenant_entry_t));
+
+    e->fetched = rec->fetched;
+    e->trial_ends_at = rec->trial_ends_at;
+    e->refresh_at = rec->refresh_at;
+    e->rate_limit = rec->rate_limit;
+    e->found = rec->found;
+
+    if (!rec->found) {
+        return NGX_OK;
+    }
+
+    /* the schema public.create_tenant() gives the slug: not stored */
+
+    len = ngx_tenant_lookup_schema(rec->slug, rec->slug_len, schema);
+
+    derived = (len == rec->schema_len
+               && ngx_memcmp(schema, rec->schema, len) == 0);
+
+    len = rec->id_len + rec->slug_len + (derived ? 0 : rec->schema_len)
+          + rec->tier_len + rec->status_len;
+
+    if (len > NGX_TENANT_PACKED_MAX) {
+        return NGX_DECLINED;
+    }
+
+    p = e->text;
+    p = ngx_cpymem(p, rec->id, rec->id_len);
+    p = ngx_cpymem(p, rec->slug, rec->slug_len);
+
+    if (!derived) {
+        p = ngx_cpymem(p, rec->schema, rec->schema_len);
+        e->schema_len = rec->schema_len;
+    }
+
+    p = ngx_cpymem(p, rec->tier, rec->tier_len);
+    (void) ngx_cpymem(p, rec->status, rec->status_len);
+
+    e->id_len = rec->id_len;
+    e->slug_len = rec->slug_len;
+    e->tier_len = rec->tier_len;
+    e->status_len = rec->status_len;
+
+    return NGX_OK;
+}
+
+
+/* The entry's lengths were checked by ngx_tenant_lookup_pack(). */
+
+static void
+ngx_tenant_lookup_unpack(ngx_tenant_entry_t *e, ngx_tenant_record_t *rec,
+    u_char *org_id, size_t len)
+{
+    u_char  *p;
+
+    rec->fetched = e->fetched;
+    rec->trial_ends_at = e->trial_ends_at;
+    rec->refresh_at = e->refresh_at;
+    rec->rate_limit = e->rate_limit;
+    rec->found = e->found;
+    rec->recheck = e->recheck;
+
+    rec->id_len = e->id_len;
+    rec->slug_len = e->slug_len;
+    rec->tier_len = e->tier_len;
+    rec->status_len = e->status_len;
+
+    p = e->text;
+
+    ngx_memcpy(rec->id, p, e->id_len);
+    p += e->id_len;
+
+    ngx_memcpy(rec->slug, p, e->slug_len);
+    p += e->slug_len;
+
+    if (e->schema_len) {
+        ngx_memcpy(rec->schema, p, e->schema_len);
+        rec->schema_len = e->schema_len;
+        p += e->schema_len;
+
+    } else if (e->found) {
+        rec->schema_len = (u_char) ngx_tenant_lookup_schema(rec->slug,
+                                                            rec->slug_len,
+                                                            rec->schema);
+
+    } else {
+        rec->schema_len = 0;
+    }
+
+    ngx_memcpy(rec->tier, p, e->tier_len);
+    p += e->tier_len;
+
+    ngx_memcpy(rec->status, p, e->status_len);
+
+    ngx_memcpy(rec->org_id, org_id, len);
+    rec->org_id_len = (u_char) len;
+}
+
+
+/*
+ * The schema of a slug, as public.tenant_schema_name() (migrations/002)
+ * names it: tenant_<slug, - as _>, or, over 63 bytes, tenant_<the first
+ * 47 of those>_<the first 8 hex digits of the MD5 of the slug>.  The
+ * slug is at most 63 bytes (the schema's CHECK and this file's bounds).
+ */
+
+static size_t
+ngx_tenant_lookup_schema(u_char *slug, size_t len, u_char *schema)
+{
+    u_char     *p;
+    size_t      i, n;
+    ngx_md5_t   md5;
+    u_char      digest[16];
+
+    p = ngx_cpymem(schema, "tenant_", sizeof("tenant_") - 1);
+
+    n = (sizeof("tenant_") - 1 + len <= 63) ? len : 47;
+
+    for (i = 0; i < n; i++) {
+        *p++ = (slug[i] == '-') ? '_' : slug[i];
+    }
+
+    if (n < len) {
+        ngx_md5_init(&md5);
+        ngx_md5_update(&md5, slug, len);
+        ngx_md5_final(digest, &md5);
+
+        *p++ = '_';
+        p = ngx_hex_dump(p, digest, 4);
+    }
+
+    return p - schema;
 }

@@ -16,10 +16,10 @@
 #             is suspended (its NOTIFY processed) before the answer comes:
 #             every one of them is refused (403 suspended), after a
 #             second query (two in all)
-#   restart   a fresh gateway (one worker) in front of 150 active
-#             tenants, 3 concurrent requests each: one query per
-#             organization; with two workers, at most two (one per worker:
-#             the flight is per worker)
+#   restart   a fresh gateway (one worker, its listener up) in front of
+#             150 active tenants, 3 concurrent requests each: one query
+#             per organization; with two workers, at most two (one per
+#             worker: the flight is per worker)
 
 use strict;
 use warnings;
@@ -259,6 +259,11 @@ for my $workers (1, 2) {
     nginx_stop();
     $NGX = nginx_start(workers => $workers, error_level => 'info',
                        http => conf($PG->{tcp_conninfo}));
+
+    # rows cached before the listener is up are looked up once more when
+    # it is (a change may have been missed): the burst comes after
+    my ($up) = retry_until(10, sub { error_log() }, sub { $_[0] =~ /listening for tenant changes/ });
+    like $up, qr/listening for tenant changes/, "restart ($workers worker(s)): the listener is up";
     my $from = -s $LOG;
 
     my @s = send_all(map { ($_) x 3 } @ORGS);
