@@ -103,7 +103,7 @@ smoke:
 
 test: deps module unit guard
 	prove --exec "" $(UNIT_TESTS)
-	prove -j1 t/
+	prove -j1 --timer t/
 
 image-test: deps
 	IMAGE_TEST=1 prove -v t/160-image.t

@@ -39,6 +39,7 @@
 #include "ngx_tenant.h"
 #include "ngx_tenant_cache.h"
 #include "ngx_tenant_pg.h"
+#include "ngx_tenant_content.h"
 #include "tenant_admin.h"
 #include "tenant_json.h"
 
@@ -124,12 +125,10 @@ typedef enum {
 
 
 typedef struct {
-    ngx_http_request_t       *request;
+    ngx_tenant_content_t      content;        /* the statement */
     ngx_tenant_admin_op_e     op;
     ngx_str_t                 ident;          /* id or slug */
     ngx_uint_t                limit;
-    ngx_tenant_pg_req_t       query;
-    unsigned                  waiting:1;
     unsigned                  purge:1;
     unsigned                  force:1;
 
@@ -146,9 +145,8 @@ static ngx_int_t ngx_tenant_admin_handler(ngx_http_request_t *r);
 static void ngx_tenant_admin_body(ngx_http_request_t *r);
 static ngx_int_t ngx_tenant_admin_run(ngx_http_request_t *r,
     ngx_tenant_admin_ctx_t *ctx, ngx_uint_t hold);
-static void ngx_tenant_admin_done(ngx_tenant_pg_req_t *req, PGresult *res);
 static ngx_int_t ngx_tenant_admin_answer(ngx_http_request_t *r,
-    ngx_tenant_admin_ctx_t *ctx, PGresult *res);
+    void *data, PGresult *res);
 static u_char *ngx_tenant_admin_row(u_char *p, PGresult *res, int row);
 static size_t ngx_tenant_admin_row_len(PGresult *res, int row);
 static ngx_int_t ngx_tenant_admin_problem(ngx_http_request_t *r,
@@ -158,7 +156,6 @@ static ngx_int_t ngx_tenant_admin_purge_refused(ngx_http_request_t *r,
     ngx_tenant_admin_ctx_t *ctx, PGresult *res, char *state);
 static void ngx_tenant_admin_purge_log(ngx_http_request_t *r,
     PGresult *res);
-static void ngx_tenant_admin_cleanup(void *data);
 
 
 static const char  *ngx_tenant_admin_names[NGX_TENANT_ADMIN_NCOLS] = {
@@ -222,8 +219,6 @@ ngx_tenant_admin_handler(ngx_http_request_t *r)
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    ctx->request = r;
 
     /* the URI after the location's name: "" or "/<id-or-slug>" */
 
@@ -457,16 +452,16 @@ ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     ngx_uint_t hold)
 {
     ngx_tenant_ctx_t        *tctx;
-    ngx_http_cleanup_t      *cln;
     ngx_tenant_pg_req_t     *q;
     ngx_tenant_main_conf_t  *tmcf;
 
     tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
     tctx = ngx_http_get_module_ctx(r, ngx_tenant_module);
 
-    q = &ctx->query;
-    q->handler = ngx_tenant_admin_done;
-    q->data = ctx;
+    ctx->content.answer = ngx_tenant_admin_answer;
+    ctx->content.data = ctx;
+
+    q = &ctx->content.query;
 
     /* a write waits for locks a little less long than the pool for it */
 
@@ -550,57 +545,15 @@ ngx_tenant_admin_run(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
                     ctx->ident.len) = '\0';
     }
 
-    cln = ngx_http_cleanup_add(r, 0);
-    if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (ngx_tenant_pg_query(tmcf->pg, q) != NGX_AGAIN) {
-        return ngx_tenant_admin_problem(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                        "tenant_unavailable",
-                                        "Tenant directory unavailable",
-                                        NULL, NULL, NULL);
-    }
-
-    ctx->waiting = 1;
-    cln->handler = ngx_tenant_admin_cleanup;
-    cln->data = ctx;
-
-    if (hold) {
-        r->main->count++;
-    }
-
-    return NGX_DONE;
-}
-
-
-static void
-ngx_tenant_admin_done(ngx_tenant_pg_req_t *req, PGresult *res)
-{
-    ngx_int_t                rc;
-    ngx_connection_t        *c;
-    ngx_http_request_t      *r;
-    ngx_tenant_admin_ctx_t  *ctx;
-
-    ctx = req->data;
-    ctx->waiting = 0;
-
-    r = ctx->request;
-    c = r->connection;
-
-    ngx_http_set_log_request(c->log, r);
-
-    rc = ngx_tenant_admin_answer(r, ctx, res);
-
-    ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
+    return ngx_tenant_content_query(r, tmcf->pg, &ctx->content, hold);
 }
 
 
 static ngx_int_t
-ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
-    PGresult *res)
+ngx_tenant_admin_answer(ngx_http_request_t *r, void *data, PGresult *res)
 {
+    ngx_tenant_admin_ctx_t  *ctx = data;
+
     int                      i, n, rows;
     char                    *state, *constraint, *v;
     u_char                  *body, *p, *loc;
@@ -609,13 +562,6 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, ngx_tenant_admin_ctx_t *ctx,
     ngx_tenant_main_conf_t  *tmcf;
 
     tmcf = ngx_http_get_module_main_conf(r, ngx_tenant_module);
-
-    if (res == NULL) {
-        return ngx_tenant_admin_problem(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                        "tenant_unavailable",
-                                        "Tenant directory unavailable",
-                                        NULL, NULL, NULL);
-    }
 
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
 
@@ -1030,16 +976,4 @@ ngx_tenant_admin_purge_log(ngx_http_request_t *r, PGresult *res)
                   " its row, schema \"%s\" and the objects outside it that"
                   " depended on it: %s",
                   slug, id, tctx->claims.sub, schema, deps);
-}
-
-
-static void
-ngx_tenant_admin_cleanup(void *data)
-{
-    ngx_tenant_admin_ctx_t  *ctx = data;
-
-    if (ctx->waiting) {
-        ngx_tenant_pg_cancel(&ctx->query);
-        ctx->waiting = 0;
-    }
 }

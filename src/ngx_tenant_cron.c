@@ -24,24 +24,18 @@
 #include "ngx_tenant.h"
 #include "ngx_tenant_cache.h"
 #include "ngx_tenant_pg.h"
-
-
-typedef struct {
-    ngx_http_request_t    *request;
-    ngx_tenant_pg_req_t    query;
-    unsigned               waiting:1;
-} ngx_tenant_cron_ctx_t;
+#include "ngx_tenant_content.h"
 
 
 static ngx_int_t ngx_tenant_cron_handler(ngx_http_request_t *r);
 static ngx_uint_t ngx_tenant_cron_authorized(ngx_http_request_t *r,
     u_char *digest);
-static void ngx_tenant_cron_done(ngx_tenant_pg_req_t *req, PGresult *res);
+static ngx_int_t ngx_tenant_cron_done(ngx_http_request_t *r, void *data,
+    PGresult *res);
 static ngx_int_t ngx_tenant_cron_answer(ngx_http_request_t *r,
     PGresult *res);
 static ngx_int_t ngx_tenant_cron_refuse(ngx_http_request_t *r,
     ngx_uint_t status, char *code, char *title);
-static void ngx_tenant_cron_cleanup(void *data);
 
 
 static const char  ngx_tenant_cron_sql[] =
@@ -67,8 +61,7 @@ static ngx_int_t
 ngx_tenant_cron_handler(ngx_http_request_t *r)
 {
     ngx_int_t                rc;
-    ngx_http_cleanup_t      *cln;
-    ngx_tenant_cron_ctx_t   *ctx;
+    ngx_tenant_content_t    *cq;
     ngx_tenant_main_conf_t  *tmcf;
 
     if (r->method != NGX_HTTP_POST) {
@@ -103,35 +96,16 @@ ngx_tenant_cron_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_tenant_cron_ctx_t));
-    if (ctx == NULL) {
+    cq = ngx_pcalloc(r->pool, sizeof(ngx_tenant_content_t));
+    if (cq == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    cln = ngx_http_cleanup_add(r, 0);
-    if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    cq->answer = ngx_tenant_cron_done;
+    cq->query.sql = ngx_tenant_cron_sql;
+    cq->query.resend = 1;                   /* expiring twice is harmless */
 
-    ctx->request = r;
-    ctx->query.handler = ngx_tenant_cron_done;
-    ctx->query.data = ctx;
-    ctx->query.sql = ngx_tenant_cron_sql;
-    ctx->query.resend = 1;                  /* expiring twice is harmless */
-
-    if (ngx_tenant_pg_query(tmcf->pg, &ctx->query) != NGX_AGAIN) {
-        return ngx_tenant_cron_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "tenant_unavailable",
-                                      "Tenant directory unavailable");
-    }
-
-    ctx->waiting = 1;
-    cln->handler = ngx_tenant_cron_cleanup;
-    cln->data = ctx;
-
-    r->main->count++;
-
-    return NGX_DONE;
+    return ngx_tenant_content_query(r, tmcf->pg, cq, 1);
 }
 
 
@@ -160,42 +134,22 @@ ngx_tenant_cron_authorized(ngx_http_request_t *r, u_char *digest)
 }
 
 
-static void
-ngx_tenant_cron_done(ngx_tenant_pg_req_t *req, PGresult *res)
+static ngx_int_t
+ngx_tenant_cron_done(ngx_http_request_t *r, void *data, PGresult *res)
 {
-    ngx_int_t               rc;
-    ngx_connection_t       *c;
-    ngx_http_request_t     *r;
-    ngx_tenant_cron_ctx_t  *ctx;
-
-    ctx = req->data;
-    ctx->waiting = 0;
-
-    r = ctx->request;
-    c = r->connection;
-
-    ngx_http_set_log_request(c->log, r);
-
     /* PQnfields() != 4 is defensive: the SELECT list is fixed */
 
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK
-        || PQnfields(res) != 4)
-    {
-        if (res) {
-            ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                          "tenant: expiring trials failed: %s",
-                          PQresStatus(PQresultStatus(res)));
-        }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 4) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tenant: expiring trials failed: %s",
+                      PQresStatus(PQresultStatus(res)));
 
-        rc = ngx_tenant_cron_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                    "tenant_unavailable",
-                                    "Tenant directory unavailable");
-    } else {
-        rc = ngx_tenant_cron_answer(r, res);
+        return ngx_tenant_cron_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "tenant_unavailable",
+                                      "Tenant directory unavailable");
     }
 
-    ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
+    return ngx_tenant_cron_answer(r, res);
 }
 
 
@@ -281,16 +235,4 @@ ngx_tenant_cron_refuse(ngx_http_request_t *r, ngx_uint_t status, char *code,
     ngx_memzero(&pb, sizeof(tenant_problem_t));
 
     return ngx_tenant_problem_answer(r, &pb, status, code, title, NULL);
-}
-
-
-static void
-ngx_tenant_cron_cleanup(void *data)
-{
-    ngx_tenant_cron_ctx_t  *ctx = data;
-
-    if (ctx->waiting) {
-        ngx_tenant_pg_cancel(&ctx->query);
-        ctx->waiting = 0;
-    }
 }

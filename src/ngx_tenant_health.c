@@ -42,6 +42,7 @@
 #include "ngx_tenant.h"
 #include "ngx_tenant_pg.h"
 #include "ngx_tenant_redis.h"
+#include "ngx_tenant_content.h"
 
 
 #define NGX_TENANT_HEALTH_REUSE      1000
@@ -264,7 +265,6 @@ ngx_tenant_health_answer(void)
 {
     ngx_int_t                  rc;
     ngx_queue_t               *q;
-    ngx_connection_t          *c;
     ngx_http_request_t        *r;
     ngx_tenant_health_ctx_t   *ctx;
     ngx_tenant_health_ping_t  *ping;
@@ -286,14 +286,12 @@ ngx_tenant_health_answer(void)
         ctx->waiting = 0;
 
         r = ctx->request;
-        c = r->connection;
 
-        ngx_http_set_log_request(c->log, r);
+        ngx_http_set_log_request(r->connection->log, r);
 
         rc = ngx_tenant_health_send(r, ping->ok, ping->redis_ok);
 
-        ngx_http_finalize_request(r, rc);
-        ngx_http_run_posted_requests(c);
+        ngx_tenant_content_finalize(r, rc);
     }
 }
 

@@ -258,7 +258,7 @@ is scalar(keys %{{ map { $_->{pid} => 1 } @GW }}), 3, 'three nginx masters';
 {
     my $fb0  = metric_sum('tenant_redis_fallbacks_total');
     my $cmd0 = metric_sum('tenant_redis_commands_total');
-    my $h = hammer(org => $T{GLOBAL}{clerk_organization_id}, secs => 1.5 + 2 * $WINDOW);
+    my $h = hammer(org => $T{GLOBAL}{clerk_organization_id}, secs => 3 + 2 * $WINDOW);
     my $fb1  = metric_sum('tenant_redis_fallbacks_total');
     my $cmd1 = metric_sum('tenant_redis_commands_total');
 
@@ -406,7 +406,7 @@ is scalar(keys %{{ map { $_->{pid} => 1 } @GW }}), 3, 'three nginx masters';
 
 {
     start_three(redis => 0);
-    my $h = hammer(org => $T{LOCAL}{clerk_organization_id}, secs => 2 + $WINDOW);
+    my $h = hammer(org => $T{LOCAL}{clerk_organization_id}, secs => 3.5 + $WINDOW);
     my $t0 = (first_429($h) // $h->{end}) + 0.5;
     ok $t0 + $WINDOW <= $h->{end}, 'local: the burst spent, a whole window follows';
     my $got = count_in($h, $t0, $t0 + $WINDOW, 200);

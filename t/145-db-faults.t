@@ -530,9 +530,9 @@ my ($slow_def, $slow_bg, $inf_before, $le5_before);
 
 # --- 5. the server stalls: admin and cron statements time out (C-24, C-28) --
 
-# ngx_tenant_admin.c, ngx_tenant_admin_answer (res == NULL) and
-# ngx_tenant_cron.c, ngx_tenant_cron_done (res == NULL): no answer within
-# the timeout.  A reload gives a worker without open connections: both
+# ngx_tenant_content.c, ngx_tenant_content_done (res == NULL), for the
+# admin API's and the trial job's statements: no answer within the
+# timeout.  A reload gives a worker without open connections: both
 # statements wait in the handshake, so they never reach the server, and
 # nothing is written when it runs again.  (A statement already sent when
 # the server stalls can still commit after the 503: README, Known limits.)
