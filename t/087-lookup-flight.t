@@ -145,10 +145,20 @@ sub wait_joined {
     return scalar @j;
 }
 
+# A new active tenant, once the gateway processed the NOTIFYs of its
+# creation (an invalidation while a lookup is out makes it ask again, and
+# later requests not join it: the counts below would vary).
 my $SEQ = 0;
 sub tenant {
     my $n = ++$SEQ;
-    return create_tenant(org => "org_087_${n}_x", slug => "t087-$n", status => 'active');
+    my $org = "org_087_${n}_x";
+    my $mark = log_mark();
+    my $t = create_tenant(org => $org, slug => "t087-$n", status => 'active');
+    my $re = qr/tenant: organization "\Q$org\E" changed/;
+    retry_until(5, sub { my @n = error_log(since => $mark) =~ /$re/g; scalar @n },
+                sub { $_[0] >= 2 });
+    sleep 0.1;
+    return $t;
 }
 
 
