@@ -433,6 +433,7 @@ ngx_tenant_create_main_conf(ngx_conf_t *cf)
     tmcf->tenant_ttl = NGX_CONF_UNSET;
     tmcf->tenant_negative_ttl = NGX_CONF_UNSET;
     tmcf->tenant_stale = NGX_CONF_UNSET;
+    tmcf->tenant_listen_ttl = NGX_CONF_UNSET;
     tmcf->algorithms = NGX_CONF_UNSET_UINT;
     tmcf->leeway = NGX_CONF_UNSET;
     tmcf->admin_session = NGX_CONF_UNSET;
@@ -470,6 +471,22 @@ ngx_tenant_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_value(tmcf->tenant_ttl, 30);
     ngx_conf_init_value(tmcf->tenant_negative_ttl, 5);
     ngx_conf_init_value(tmcf->tenant_stale, 300);
+
+    /*
+     * Rows live longer while changes arrive pushed, by default only with
+     * a connection of tenant_database_listen's own: a listener on
+     * tenant_database's may be behind PgBouncer, where LISTEN succeeds and
+     * notifications do not come.
+     */
+
+    ngx_conf_init_value(tmcf->tenant_listen_ttl,
+                        (tmcf->listen_set && tmcf->listen_info)
+                        ? 3600 : tmcf->tenant_ttl);
+
+    if (tmcf->tenant_listen_ttl < tmcf->tenant_ttl) {
+        tmcf->tenant_listen_ttl = tmcf->tenant_ttl;
+    }
+
     ngx_conf_init_uint_value(tmcf->algorithms,
                              TENANT_JWT_RS256|TENANT_JWT_ES256);
     ngx_conf_init_value(tmcf->leeway, 5);
@@ -1243,7 +1260,8 @@ ngx_tenant_conninfo_keepalive(ngx_conf_t *cf, ngx_tenant_pg_conn_info_t *info)
 }
 
 
-/* tenant_cache zone=name:size [ttl=30s] [negative_ttl=5s] [stale=5m]; */
+/* tenant_cache zone=name:size [ttl=30s] [negative_ttl=5s] [stale=5m]
+ *     [listen_ttl=1h]; */
 
 static char *
 ngx_tenant_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -1267,8 +1285,8 @@ ngx_tenant_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             s.len = value[i].len - 5;
 
             tmcf->tenant_cache = ngx_tenant_cache_add(cf, &s,
-                                                TENANT_ORG_ID_MAX,
-                                                sizeof(ngx_tenant_record_t));
+                                                NGX_TENANT_KEY_MAX,
+                                                sizeof(ngx_tenant_entry_t));
             if (tmcf->tenant_cache == NULL) {
                 return NGX_CONF_ERROR;
             }
@@ -1287,6 +1305,10 @@ ngx_tenant_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         } else if (ngx_strncmp(value[i].data, "stale=", 6) == 0) {
             t = &tmcf->tenant_stale;
             len = 6;
+
+        } else if (ngx_strncmp(value[i].data, "listen_ttl=", 11) == 0) {
+            t = &tmcf->tenant_listen_ttl;
+            len = 11;
 
         } else {
             goto invalid;
@@ -2049,6 +2071,7 @@ ngx_tenant_exit_process(ngx_cycle_t *cycle)
     }
 
     if (tmcf && tmcf->listen_pool) {
+        ngx_tenant_listen_exit(tmcf);
         ngx_tenant_pg_pool_destroy(tmcf->listen_pool);
         tmcf->listen_pool = NULL;
     }

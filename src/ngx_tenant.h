@@ -94,7 +94,10 @@ typedef struct {
 } ngx_tenant_pg_conn_info_t;
 
 
-/* A tenant as cached in shared memory: fixed size, no pointers. */
+/*
+ * A tenant as a request sees it (ngx_tenant_ctx_t.tenant): every field
+ * at its full size.  The cache keeps it packed (ngx_tenant_entry_t).
+ */
 
 typedef struct {
     time_t              fetched;          /* loaded from the database at */
@@ -102,6 +105,7 @@ typedef struct {
     time_t              refresh_at;       /* a refresh runs until then */
     uint32_t            rate_limit;       /* per-tenant override, 0: none */
     u_char              found;            /* 0: negative entry */
+    u_char              recheck;          /* refresh before its TTL */
 
     u_char              id_len;
     u_char              slug_len;
@@ -117,6 +121,36 @@ typedef struct {
     u_char              status[NGX_TENANT_STATUS_MAX];
     u_char              org_id[TENANT_ORG_ID_MAX];
 } ngx_tenant_record_t;
+
+
+/*
+ * A tenant as cached in shared memory: 152 bytes, so that with its key
+ * (the organization id up to NGX_TENANT_KEY_MAX - 1 bytes, a SHA-256 of a
+ * longer one) and the node's header it takes a slab chunk of 256 bytes:
+ * 4,096 entries a MB, ~120,000 in 32 MB (t/089-tenant-entries.t).  The
+ * texts are packed one after the other: id, slug, schema, tier, status; a
+ * schema named after the slug (tenant_<slug, - as _>, as
+ * public.create_tenant() names it) is not stored (schema_len 0).  A row
+ * whose texts do not fit is not cached (ngx_tenant_lookup.c).
+ */
+
+#define NGX_TENANT_KEY_MAX        32
+#define NGX_TENANT_PACKED_MAX     117
+
+typedef struct {
+    time_t              fetched;
+    time_t              trial_ends_at;
+    time_t              refresh_at;
+    uint32_t            rate_limit;
+    u_char              found;
+    u_char              recheck;
+    u_char              id_len;
+    u_char              slug_len;
+    u_char              schema_len;       /* 0: tenant_<slug> */
+    u_char              tier_len;
+    u_char              status_len;
+    u_char              text[NGX_TENANT_PACKED_MAX];
+} ngx_tenant_entry_t;
 
 
 /* A verified token as cached in shared memory: 152 bytes, a node of 256
@@ -149,6 +183,7 @@ typedef struct {
     time_t                    tenant_ttl;
     time_t                    tenant_negative_ttl;
     time_t                    tenant_stale;
+    time_t                    tenant_listen_ttl;  /* the listener up */
     ngx_tenant_cache_t       *token_cache;
 
     /* JWT */
@@ -308,6 +343,12 @@ extern ngx_module_t  ngx_tenant_module;
 ngx_int_t ngx_tenant_access_handler(ngx_http_request_t *r);
 ngx_tenant_ctx_t *ngx_tenant_get_ctx(ngx_http_request_t *r);
 
+/* ngx_tenant_lookup.c */
+ngx_int_t ngx_tenant_lookup(ngx_http_request_t *r,
+    ngx_tenant_main_conf_t *tmcf, ngx_tenant_ctx_t *ctx);
+void ngx_tenant_lookup_invalidate(ngx_tenant_main_conf_t *tmcf,
+    u_char *org_id, size_t len);
+
 /* ngx_tenant_log.c */
 ngx_int_t ngx_tenant_log_post_read_handler(ngx_http_request_t *r);
 
@@ -370,6 +411,7 @@ void ngx_tenant_jwks_stats(ngx_tenant_main_conf_t *tmcf,
 /* ngx_tenant_listen.c */
 ngx_int_t ngx_tenant_listen_init(ngx_cycle_t *cycle,
     ngx_tenant_main_conf_t *tmcf);
+void ngx_tenant_listen_exit(ngx_tenant_main_conf_t *tmcf);
 
 /* ngx_tenant_admin.c */
 char *ngx_tenant_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

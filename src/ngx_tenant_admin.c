@@ -669,8 +669,7 @@ ngx_tenant_admin_answer(ngx_http_request_t *r, void *data, PGresult *res)
         && ctx->op != NGX_TENANT_ADMIN_LIST)
     {
         v = PQgetvalue(res, 0, NGX_TENANT_ADMIN_COL_ORG);
-        ngx_tenant_cache_invalidate(tmcf->tenant_cache, (u_char *) v,
-                                    ngx_strlen(v));
+        ngx_tenant_lookup_invalidate(tmcf, (u_char *) v, ngx_strlen(v));
     }
 
     n = (ctx->op == NGX_TENANT_ADMIN_LIST)

@@ -213,8 +213,7 @@ ngx_tenant_cron_answer(ngx_http_request_t *r, PGresult *res)
         /* the row changed: no worker may serve the old one */
         if (tmcf->tenant_cache) {
             v = PQgetvalue(res, i, 2);
-            ngx_tenant_cache_invalidate(tmcf->tenant_cache,
-                                        (u_char *) v, ngx_strlen(v));
+            ngx_tenant_lookup_invalidate(tmcf, (u_char *) v, ngx_strlen(v));
         }
     }
 

@@ -9,10 +9,16 @@
  * change.  The connection is asynchronous like the pool's, and comes back
  * by itself after a failure (1 s, doubling up to 30 s).  Notifications
  * sent while it was away are lost: each time it starts listening, every
- * cached row is marked past its TTL (served while a background lookup
- * refreshes it, and while the database is down) and every negative entry
- * dropped.  Both are invalidations (ngx_tenant_cache.h): a lookup that
- * was sent before one cannot put its answer in the cache after it.
+ * cached row is marked to be checked again (served while a background
+ * lookup refreshes it, and while the database is down) and every negative
+ * entry dropped.  Both are invalidations (ngx_tenant_cache.h): a lookup
+ * that was sent before one cannot put its answer in the cache after it.
+ *
+ * While it listens, every cached row is known to be current: the metrics
+ * zone says so to all workers (listener: its pid), and rows live for
+ * tenant_cache's listen_ttl instead of its ttl (ngx_tenant_lookup.c).
+ * When it stops, the time is noted (listener_lost): a row cached before
+ * was current until then, and lives for ttl from then on.
  *
  * Allocation failures at worker start fail that start, as nginx does for
  * its own modules; tests do not provoke them (class A of
@@ -29,6 +35,7 @@
 #include "ngx_tenant.h"
 #include "ngx_tenant_cache.h"
 #include "ngx_tenant_pg.h"
+#include "ngx_tenant_metrics.h"
 
 
 #define NGX_TENANT_LISTEN_CHANNEL   "tenant_changed"
@@ -55,6 +62,8 @@ static void ngx_tenant_listen_notify(void *data, const char *channel,
 static void ngx_tenant_listen_lost(void *data);
 static void ngx_tenant_listen_later(ngx_tenant_listen_t *ls);
 static void ngx_tenant_listen_retry(ngx_event_t *ev);
+static void ngx_tenant_listen_stopped(ngx_tenant_main_conf_t *tmcf,
+    ngx_atomic_uint_t pid);
 
 
 ngx_int_t
@@ -87,6 +96,11 @@ ngx_tenant_listen_init(ngx_cycle_t *cycle, ngx_tenant_main_conf_t *tmcf)
     ls->retry.cancelable = 1;
 
     tmcf->listen_pool = ls->pool;
+
+    /* a listener of a worker that died, or of the previous cycle's
+     * workers, is not listening for this one */
+
+    ngx_tenant_listen_stopped(tmcf, 0);
 
     ngx_tenant_listen_start(ls);
 
@@ -140,23 +154,28 @@ ngx_tenant_listen_ready(ngx_tenant_pg_req_t *req, PGresult *res)
     ngx_tenant_cache_walk(ls->tmcf->tenant_cache, ngx_tenant_listen_stale,
                           NULL, 1);
 
+    /* from now on, rows cached are current while it listens */
+
+    ngx_memory_barrier();
+    ls->tmcf->metrics->listener = (ngx_atomic_uint_t) ngx_pid;
+
     ls->listening = 1;
     ls->backoff = NGX_TENANT_LISTEN_RETRY;
 }
 
 
-/* Under the zone's mutex: rows past their TTL, negative entries gone. */
+/* Under the zone's mutex: rows to be checked, negative entries gone. */
 
 static ngx_int_t
 ngx_tenant_listen_stale(void *value, void *data)
 {
-    ngx_tenant_record_t  *rec = value;
+    ngx_tenant_entry_t  *rec = value;
 
     if (!rec->found) {
         return NGX_DECLINED;
     }
 
-    rec->fetched = 0;
+    rec->recheck = 1;
     rec->refresh_at = 0;
 
     return NGX_OK;
@@ -183,8 +202,7 @@ ngx_tenant_listen_notify(void *data, const char *channel,
                    "tenant: organization \"%*s\" changed", len, payload);
 
     if (len && len <= TENANT_ORG_ID_MAX) {
-        ngx_tenant_cache_invalidate(ls->tmcf->tenant_cache,
-                                    (u_char *) payload, len);
+        ngx_tenant_lookup_invalidate(ls->tmcf, (u_char *) payload, len);
     }
 }
 
@@ -200,6 +218,8 @@ ngx_tenant_listen_lost(void *data)
                       "cached rows live until their TTL meanwhile");
         ls->listening = 0;
     }
+
+    ngx_tenant_listen_stopped(ls->tmcf, (ngx_atomic_uint_t) ngx_pid);
 
     ngx_tenant_listen_later(ls);
 }
@@ -222,4 +242,38 @@ static void
 ngx_tenant_listen_retry(ngx_event_t *ev)
 {
     ngx_tenant_listen_start(ev->data);
+}
+
+
+/* The worker exits: its listener stops (with its connection). */
+
+void
+ngx_tenant_listen_exit(ngx_tenant_main_conf_t *tmcf)
+{
+    ngx_tenant_listen_stopped(tmcf, (ngx_atomic_uint_t) ngx_pid);
+}
+
+
+/*
+ * Nobody listens from now on (pid: only if this worker's listener was the
+ * one; 0: whoever it was).  The time is noted first: a worker that reads
+ * "no listener" reads the time of its end.
+ */
+
+static void
+ngx_tenant_listen_stopped(ngx_tenant_main_conf_t *tmcf,
+    ngx_atomic_uint_t pid)
+{
+    ngx_tenant_metrics_sh_t  *sh;
+
+    sh = tmcf->metrics;
+
+    if (sh->listener == 0 || (pid && sh->listener != pid)) {
+        return;
+    }
+
+    sh->listener_lost = (ngx_atomic_uint_t) ngx_time();
+    ngx_memory_barrier();
+
+    (void) ngx_atomic_cmp_set(&sh->listener, pid ? pid : sh->listener, 0);
 }

@@ -34,6 +34,11 @@ struct ngx_tenant_metrics_sh_s {
                                     [NGX_TENANT_NOUTCOMES];
     ngx_tenant_pg_stats_t   db;
     ngx_tenant_redis_stats_t redis;
+
+    /* the worker that listens for tenant changes (0: none), and when the
+     * last one stopped listening (ngx_tenant_listen.c) */
+    ngx_atomic_t            listener;
+    ngx_atomic_t            listener_lost;
 };
 
 

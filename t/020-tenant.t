@@ -351,7 +351,7 @@ nginx_reload(http => http_conf('1s'));
 
 # --- a tenants row out of the module's bounds -------------------------------
 
-# ngx_tenant_access.c, ngx_tenant_record_from_row (via ngx_tenant_store):
+# ngx_tenant_lookup.c, ngx_tenant_lookup_record (via ngx_tenant_lookup_store):
 # rows the schema's CHECKs allow but the module does not accept (a rate
 # above TENANT_RATE_MAX_LIMIT = 100000000, a trial end before 1970 whose
 # epoch is negative) -> 503 tenant_unavailable with Retry-After and one

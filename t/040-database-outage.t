@@ -300,7 +300,7 @@ is scalar(nginx_workers()), 2, 'reloaded with ttl=1s stale=5m';
 
 # --- the lookup gets an SQL error -------------------------------------------
 
-# ngx_tenant_access.c, ngx_tenant_store: the lookup statement fails with an
+# ngx_tenant_lookup.c, ngx_tenant_lookup_store: the lookup statement fails with an
 # SQL error while the database is up (a renamed column): uncached tenants
 # get 503 tenant_unavailable with Retry-After and one [error] "tenant
 # lookup failed: <the server's message>"; a cached tenant past its TTL is

@@ -64,7 +64,7 @@ sub conf {
     return <<"EOF";
     tenant_database         "$PROXY->{conninfo}" pool=2 timeout=5s;
     tenant_database_listen  $listen;
-    tenant_cache            zone=tenants:$zone ttl=$ttl stale=5m;
+    tenant_cache            zone=tenants:$zone ttl=$ttl listen_ttl=$ttl stale=5m;
     tenant_token_cache      zone=tokens:1m;
     tenant_jwks_file        %%JWKS%%;
     tenant_signing_key      $SIGNING_KEY;

@@ -705,7 +705,7 @@ nginx_reload();
 
 # --- 9. a row past its TTL, both workers: one refresh (C-48, D-30) ---------
 
-# ngx_tenant_access.c, ngx_tenant_refresh: the first request past the TTL
+# ngx_tenant_lookup.c, ngx_tenant_lookup_refresh: the first request past the TTL
 # claims the refresh in the shared zone; the other worker's requests see
 # the claim (in their copy of the row, or when claiming) and start none.
 # PostgreSQL logs every statement meanwhile.
