@@ -209,6 +209,9 @@ conf() { # scenario
     fi
     [ "$n" = global ] && http="$http
     tenant_redis redis://127.0.0.1:$rport;"
+    # a token entry is 264 bytes: 10m would hold all the fresh tokens
+    # (about 40,000); 1m holds about 4,000, so the rotation never hits
+    [ "$n" = fresh ] && http=${http/zone=tokens:10m/zone=tokens:1m}
     mkdir -p "$dir/$n"
     cat > "$dir/$n/nginx.conf" <<CONF
 load_module $module;
