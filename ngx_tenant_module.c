@@ -1284,7 +1284,7 @@ ngx_tenant_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             s.data = value[i].data + 5;
             s.len = value[i].len - 5;
 
-            tmcf->tenant_cache = ngx_tenant_cache_add(cf, &s,
+            tmcf->tenant_cache = ngx_tenant_cache_add(cf, &s, "tenant",
                                                 NGX_TENANT_KEY_MAX,
                                                 sizeof(ngx_tenant_entry_t));
             if (tmcf->tenant_cache == NULL) {
@@ -1364,7 +1364,8 @@ ngx_tenant_token_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     s.data = value[1].data + 5;
     s.len = value[1].len - 5;
 
-    tmcf->token_cache = ngx_tenant_cache_add(cf, &s, TENANT_SHA256_LEN,
+    tmcf->token_cache = ngx_tenant_cache_add(cf, &s, "token",
+                                             TENANT_SHA256_LEN,
                                              sizeof(ngx_tenant_token_t));
     if (tmcf->token_cache == NULL) {
         return NGX_CONF_ERROR;
@@ -1587,7 +1588,7 @@ ngx_tenant_rate_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    tmcf->rl_zone = ngx_tenant_cache_add(cf, &zone,
+    tmcf->rl_zone = ngx_tenant_cache_add(cf, &zone, "ratelimit",
                                          NGX_TENANT_ID_MAX + 1
                                          + TENANT_CLAIM_MAX,
                                          sizeof(ngx_tenant_rl_value_t));

@@ -68,8 +68,8 @@ static void ngx_tenant_cache_expire(ngx_tenant_cache_t *cache, time_t now,
 
 
 ngx_tenant_cache_t *
-ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec, size_t key_max,
-    size_t value_size)
+ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec, const char *kind,
+    size_t key_max, size_t value_size)
 {
     u_char              *p;
     ssize_t              size;
@@ -109,6 +109,7 @@ ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec, size_t key_max,
         return NULL;
     }
 
+    cache->kind = kind;
     cache->value_size = value_size;
     cache->key_max = ngx_align(key_max, NGX_ALIGNMENT);
     cache->name = name;
@@ -144,10 +145,11 @@ ngx_tenant_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     if (ocache) {
 
-        /* the kinds differ in value_size already; key_max is checked
-         * for a kind that may come */
+        /* by name: compact tenant and token entries are of one size;
+         * the sizes too, for a module built with other ones */
 
-        if (ocache->value_size != cache->value_size
+        if (ngx_strcmp(ocache->kind, cache->kind) != 0
+            || ocache->value_size != cache->value_size
             || ocache->key_max != cache->key_max)
         {
             ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,

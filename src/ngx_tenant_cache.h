@@ -44,6 +44,7 @@ typedef struct {
 
 
 struct ngx_tenant_cache_s {
+    const char               *kind;          /* "tenant", "token", ... */
     ngx_tenant_cache_sh_t    *sh;
     ngx_slab_pool_t          *shpool;
     ngx_shm_zone_t           *shm_zone;
@@ -65,7 +66,7 @@ typedef ngx_int_t (*ngx_tenant_cache_update_pt)(void *value, void *data);
  * are of one slab size and evicting any of them makes room for any other.
  */
 ngx_tenant_cache_t *ngx_tenant_cache_add(ngx_conf_t *cf, ngx_str_t *spec,
-    size_t key_max, size_t value_size);
+    const char *kind, size_t key_max, size_t value_size);
 
 /* Copies the value out: NGX_OK, or NGX_DECLINED (absent or expired). */
 ngx_int_t ngx_tenant_cache_get(ngx_tenant_cache_t *cache, u_char *key,
